@@ -1,0 +1,93 @@
+"""The model catalog: the `[[models]]` entries of the config file.
+
+Scheduler and worker read the same entries: the scheduler for limits and readiness, the
+worker for how to load and run each model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from services.common.config import ConfigError
+
+ENGINES = ("transformers", "simulated")
+
+
+@dataclass(frozen=True)
+class SimulationSpec:
+    """Timing model of a big model on a big GPU, for the simulated engine.
+
+    A step decodes one token for every running sequence and takes
+    `decode_ms_per_step * (1 + batch_slowdown * (batch - 1))` ms, so per-sequence speed falls
+    slowly with batch size while total throughput grows. A prompt is prefilled at
+    `prefill_tokens_per_s` before its first token.
+    """
+
+    gpu_type: str = "H100"
+    prefill_tokens_per_s: float = 10_000.0
+    decode_ms_per_step: float = 25.0
+    batch_slowdown: float = 0.02
+    memory_bytes: int = 140 * 1024**3
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    model_id: str
+    engine: str
+    description: str = ""
+    max_context_tokens: int = 2048
+    max_output_tokens: int = 512
+    default_max_tokens: int = 128
+    max_slots: int = 4
+    # transformers engine
+    source: str = ""  # "package:<python package>" or a local model directory
+    gguf_file: str = ""
+    dtype: str = "float32"
+    chat_template: bool = True
+    simulation: SimulationSpec = field(default_factory=SimulationSpec)
+
+    @property
+    def simulated(self) -> bool:
+        return self.engine == "simulated"
+
+    def __post_init__(self) -> None:
+        where = f"model {self.model_id!r}"
+        if not self.model_id:
+            raise ConfigError("[[models]] entry without id")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"{where}: engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.engine == "transformers" and not self.source:
+            raise ConfigError(f"{where}: the transformers engine needs a source")
+        if not 0 < self.default_max_tokens <= self.max_output_tokens < self.max_context_tokens:
+            raise ConfigError(
+                f"{where}: need 0 < default_max_tokens <= max_output_tokens < max_context_tokens"
+            )
+        if self.max_slots < 1:
+            raise ConfigError(f"{where}: max_slots must be at least 1")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"{where}: dtype must be float32, bfloat16 or float16")
+
+
+def parse_catalog(entries: list[Mapping[str, Any]]) -> dict[str, ModelSpec]:
+    """Builds specs from the `[[models]]` array; rejects duplicates and unknown keys."""
+    known = set(ModelSpec.__dataclass_fields__) - {"model_id", "simulation"} | {"id", "simulation"}
+    specs: dict[str, ModelSpec] = {}
+    for raw in entries:
+        unknown = set(raw) - known
+        if unknown:
+            raise ConfigError(f"[[models]] {raw.get('id')!r}: unknown keys {sorted(unknown)}")
+        values = {k: v for k, v in raw.items() if k not in ("id", "simulation")}
+        sim = raw.get("simulation", {})
+        try:
+            simulation = SimulationSpec(**sim)
+        except TypeError as exc:
+            raise ConfigError(f"[[models]] {raw.get('id')!r} simulation: {exc}") from exc
+        try:
+            spec = ModelSpec(model_id=str(raw.get("id", "")), simulation=simulation, **values)
+        except TypeError as exc:
+            raise ConfigError(f"[[models]] {raw.get('id')!r}: {exc}") from exc
+        if spec.model_id in specs:
+            raise ConfigError(f"[[models]] duplicate id {spec.model_id!r}")
+        specs[spec.model_id] = spec
+    return specs

@@ -1,0 +1,44 @@
+"""Shared command-line handling of the three services' `__main__` modules."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from services.common.config import ConfigError, read_toml
+from services.common.server import configure_logging, install_uvloop
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "local" / "config.toml"
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--config", default=os.environ.get("INFERENCE_CONFIG", str(DEFAULT_CONFIG)),
+        help="TOML config file (default: deploy/local/config.toml or $INFERENCE_CONFIG)",
+    )
+    parser.add_argument("--listen", help="host:port to serve on (overrides the config)")
+    parser.add_argument("--log-level", help="debug, info, warning or error")
+    return parser
+
+
+def run_service(
+    parser: argparse.ArgumentParser,
+    load: Callable[[dict[str, Any], os._Environ, dict[str, Any]], Any],
+    main: Callable[[Any], Awaitable[None]],
+) -> None:
+    """Parses flags, loads and validates the config, runs `main(config)` on uvloop."""
+    args = parser.parse_args()
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    try:
+        config = load(read_toml(args.config), os.environ, overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    configure_logging(config.log_level)
+    install_uvloop()
+    asyncio.run(main(config))

@@ -1,0 +1,119 @@
+"""The one place that maps errors to gRPC status codes (see DESIGN.md, status-code table).
+
+`ErrorMappingInterceptor` wraps every handler of a server: domain errors become their status
+code, errors relayed from a downstream service keep their code (INTERNAL/UNKNOWN excepted),
+anything else becomes INTERNAL with a generic message and the details go to the log only.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any, Awaitable, Callable
+
+import grpc
+
+from services.common import errors
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_KEY = "retry-after-ms"
+
+_CODES: dict[type[errors.ServiceError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Cancelled: grpc.StatusCode.CANCELLED,
+}
+
+# Codes a downstream service may hand us that we pass on unchanged.
+_RELAYED_CODES = frozenset(_CODES.values())
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    """Returns (code, client-safe details, trailing metadata) for an exception."""
+    if isinstance(exc, errors.ServiceError):
+        trailers: tuple[tuple[str, str], ...] = ()
+        if isinstance(exc, errors.ResourceExhausted):
+            trailers = ((RETRY_AFTER_KEY, str(exc.retry_after_ms)),)
+        return _CODES[type(exc)], exc.message, trailers
+    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _RELAYED_CODES:
+        retry = [(k, v) for k, v in (exc.trailing_metadata() or ()) if k == RETRY_AFTER_KEY]
+        return exc.code(), exc.details() or exc.code().name, tuple(retry)
+    log.error("unexpected error", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal error", ()
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    """Ends the call with the status for `exc`. Always raises."""
+    code, details, trailers = status_for(exc)
+    if trailers:
+        context.set_trailing_metadata(trailers)
+    await context.abort(code, details)
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request_or_iterator, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped to a status, logged if unexpected
+            await abort_with(context, exc)
+
+    return wrapped
+
+
+def _wrap_streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    if not inspect.isasyncgenfunction(behavior):
+        return _wrap_unary(behavior)  # writes with context.write(); same error handling
+
+    async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            async for item in behavior(request_or_iterator, context):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            await abort_with(context, exc)
+
+    return wrapped
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Applies `status_for` to every handler of the server it is installed on."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        codec = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary), **codec)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_streaming(handler.unary_stream), **codec
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary), **codec)
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_streaming(handler.stream_stream), **codec
+        )
+
+
+def retry_after_ms(exc: grpc.aio.AioRpcError) -> int | None:
+    """The retry hint a RESOURCE_EXHAUSTED answer carried, if any."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == RETRY_AFTER_KEY:
+            return int(value)
+    return None

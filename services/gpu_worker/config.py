@@ -1,0 +1,61 @@
+"""Worker configuration: the [worker] section and the shared [[models]] catalog."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from services.common.catalog import ModelSpec, parse_catalog
+from services.common.config import ConfigError, load_section, require
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    listen: str = "127.0.0.1:50061"
+    advertise_address: str = ""  # what the scheduler dials; default: listen host + bound port
+    scheduler_address: str = "127.0.0.1:50052"
+    worker_id: str = ""  # default: <hostname>-<port>
+    gpu_index: int = -1  # >= 0 pins the process to that GPU through CUDA_VISIBLE_DEVICES
+    models: str = ""  # comma-separated model ids to load; empty: every model in the catalog
+    device: str = "auto"  # auto (CUDA when the pinned GPU exists), cpu or cuda
+    cache_dir: str = ".cache/models"
+    flush_interval_ms: float = 5.0  # tokens produced within this window go out as one message
+    torch_threads: int = 0  # 0: torch's default
+    shutdown_grace_s: float = 10.0
+    log_level: str = "info"
+    catalog: dict[str, ModelSpec] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require(self.device in ("auto", "cpu", "cuda"), "worker.device: auto, cpu or cuda")
+        require(self.flush_interval_ms >= 0, "worker.flush_interval_ms must be >= 0")
+        for model_id in self.model_ids:
+            require(model_id in self.catalog, f"worker.models: {model_id!r} is not in [[models]]")
+
+    @property
+    def model_ids(self) -> list[str]:
+        chosen = [m.strip() for m in self.models.split(",") if m.strip()]
+        return chosen or list(self.catalog)
+
+    def worker_id_for(self, port: int) -> str:
+        return self.worker_id or f"{socket.gethostname()}-{port}"
+
+    def advertise_for(self, port: int) -> str:
+        if self.advertise_address:
+            return self.advertise_address
+        host = self.listen.rsplit(":", 1)[0]
+        if host in ("0.0.0.0", "[::]", ""):
+            host = socket.gethostname()
+        return f"{host}:{port}"
+
+
+def load(
+    data: Mapping[str, Any], env: Mapping[str, str], overrides: Mapping[str, Any]
+) -> WorkerConfig:
+    config = load_section(
+        WorkerConfig, data.get("worker", {}), env, "WORKER", overrides,
+        catalog=parse_catalog(data.get("models", [])),
+    )
+    if not config.model_ids:
+        raise ConfigError("worker: no models to serve ([[models]] is empty)")
+    return config

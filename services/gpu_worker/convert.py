@@ -1,0 +1,110 @@
+"""Protobuf ↔ worker domain objects. Protobuf types stop here."""
+
+from __future__ import annotations
+
+from inference.v1 import scheduler_pb2, types_pb2
+
+from services.common.catalog import ModelSpec
+from services.common.errors import InvalidArgument
+from services.gpu_worker.engines.base import (
+    Engine,
+    Finished,
+    FinishReason,
+    GenerationInput,
+    ModelState,
+    SamplingOptions,
+)
+from services.gpu_worker.telemetry import DeviceSample
+
+_STATES = {
+    ModelState.LOADING: types_pb2.MODEL_STATE_LOADING,
+    ModelState.READY: types_pb2.MODEL_STATE_READY,
+    ModelState.FAILED: types_pb2.MODEL_STATE_FAILED,
+}
+_FINISH = {
+    FinishReason.LENGTH: types_pb2.FINISH_REASON_LENGTH,
+    FinishReason.STOP: types_pb2.FINISH_REASON_STOP,
+}
+
+
+def generation_input(request: types_pb2.GenerateRequest, spec: ModelSpec) -> GenerationInput:
+    """Applies the model's defaults; rejects what the router should already have rejected."""
+    max_tokens = request.max_tokens or spec.default_max_tokens
+    if max_tokens > spec.max_output_tokens:
+        raise InvalidArgument(
+            f"max_tokens {max_tokens} exceeds the limit of {spec.model_id} "
+            f"({spec.max_output_tokens})"
+        )
+    s = request.sampling
+    sampling = SamplingOptions(
+        temperature=s.temperature if s.HasField("temperature") else 0.0,
+        top_p=s.top_p if s.HasField("top_p") else 1.0,
+        top_k=s.top_k,
+        seed=s.seed if s.HasField("seed") else None,
+        stop=tuple(s.stop),
+    )
+    return GenerationInput(request.request_id, request.prompt, max_tokens, sampling)
+
+
+def model_info(spec: ModelSpec) -> types_pb2.ModelInfo:
+    return types_pb2.ModelInfo(
+        model_id=spec.model_id,
+        kind=types_pb2.MODEL_KIND_GENERATIVE,
+        simulated=spec.simulated,
+        max_context_tokens=spec.max_context_tokens,
+        max_output_tokens=spec.max_output_tokens,
+        default_max_tokens=spec.default_max_tokens,
+        description=spec.description,
+    )
+
+
+def worker_model(engine: Engine) -> types_pb2.WorkerModel:
+    return types_pb2.WorkerModel(
+        info=model_info(engine.spec),
+        state=_STATES[engine.state] if engine.healthy else types_pb2.MODEL_STATE_FAILED,
+        max_slots=engine.spec.max_slots,
+        active_sequences=engine.active_sequences(),
+    )
+
+
+def device(sample: DeviceSample) -> types_pb2.DeviceTelemetry:
+    return types_pb2.DeviceTelemetry(
+        gpu_id=sample.gpu_id,
+        name=sample.name,
+        is_cpu=sample.is_cpu,
+        utilization_percent=sample.utilization_percent,
+        memory_used_bytes=sample.memory_used_bytes,
+        memory_total_bytes=sample.memory_total_bytes,
+        temperature_celsius=sample.temperature_celsius,
+        power_watts=sample.power_watts,
+    )
+
+
+def summary(
+    finished: Finished, model_id: str, worker_id: str, gpu_id: str,
+    inference_ms: float, ttft_ms: float,
+) -> types_pb2.GenerationSummary:
+    return types_pb2.GenerationSummary(
+        finish_reason=_FINISH[finished.reason],
+        prompt_tokens=finished.prompt_tokens,
+        completion_tokens=finished.completion_tokens,
+        inference_time_ms=inference_ms,
+        time_to_first_token_ms=ttft_ms,
+        gpu_id=gpu_id,
+        worker_id=worker_id,
+        model_id=model_id,
+    )
+
+
+def heartbeat(
+    sequence: int, sample: DeviceSample, engines: list[Engine], healthy: bool, draining: bool
+) -> scheduler_pb2.WorkerSessionRequest:
+    return scheduler_pb2.WorkerSessionRequest(
+        heartbeat=scheduler_pb2.WorkerHeartbeat(
+            sequence=sequence,
+            device=device(sample),
+            models=[worker_model(e) for e in engines],
+            healthy=healthy,
+            draining=draining,
+        )
+    )

@@ -1,0 +1,19 @@
+"""Model engines behind one interface (see base.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.common.catalog import ModelSpec
+from services.gpu_worker.engines.base import Engine
+
+
+def create_engine(spec: ModelSpec, cache_dir: Path, device: str) -> Engine:
+    """The engine the spec names. Weights are loaded later, by `engine.load()`."""
+    if spec.engine == "simulated":
+        from services.gpu_worker.engines.simulated import SimulatedEngine
+
+        return SimulatedEngine(spec)
+    from services.gpu_worker.engines.transformers_engine import TransformersEngine
+
+    return TransformersEngine(spec, cache_dir, device)

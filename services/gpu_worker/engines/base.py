@@ -1,0 +1,87 @@
+"""The engine interface: what every model engine (real or simulated) offers the worker.
+
+An engine runs sequences on its own thread or task and reports each sequence's progress to a
+`Sink`: zero or more `TextDelta`, then exactly one `Finished` or one exception
+(`services.common.errors.ServiceError` for a request problem, anything else for an engine
+fault). A sink must be safe to call from any thread.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Union
+
+from services.common.catalog import ModelSpec
+
+
+class ModelState(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class FinishReason(enum.Enum):
+    LENGTH = "length"
+    STOP = "stop"
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = disabled
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class GenerationInput:
+    request_id: str
+    prompt: str
+    max_tokens: int
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str  # may be empty while a multi-byte character is incomplete
+    token_count: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+Event = Union[TextDelta, Finished, BaseException]
+Sink = Callable[[Event], None]
+
+
+class SequenceHandle(Protocol):
+    def cancel(self) -> None:
+        """Stops the sequence at the next step and frees its cache. Idempotent."""
+
+
+class Engine(Protocol):
+    spec: ModelSpec
+    state: ModelState
+    healthy: bool  # False after a device or runtime fault: the worker stops taking work
+
+    def load(self) -> None:
+        """Loads weights. Blocking: the worker calls it in a thread."""
+
+    def submit(self, request: GenerationInput, sink: Sink) -> SequenceHandle:
+        """Starts a sequence; returns at once. Progress goes to `sink`."""
+
+    def active_sequences(self) -> int:
+        """Sequences admitted and not yet finished."""
+
+    def close(self) -> None:
+        """Stops the engine; running sequences get an error event."""

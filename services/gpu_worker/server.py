@@ -1,0 +1,89 @@
+"""Assembles the worker process: model host, servicer, scheduler session."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from inference.v1 import scheduler_pb2, worker_pb2, worker_pb2_grpc
+
+from services.common.server import GrpcService
+from services.gpu_worker import convert
+from services.gpu_worker.config import WorkerConfig
+from services.gpu_worker.host import ModelHost
+from services.gpu_worker.servicer import WorkerServicer
+from services.gpu_worker.session import SchedulerSession
+from services.gpu_worker.telemetry import DeviceProbe, open_probe
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
+
+
+class WorkerServer:
+    """A running worker. `start()` binds, registers with the scheduler, then loads models
+    (reported as loading until ready)."""
+
+    def __init__(self, config: WorkerConfig, device: str, probe: DeviceProbe | None = None):
+        self.config = config
+        self.probe = probe or open_probe(config.gpu_index, device)
+        self.gpu_id = self.probe.sample().gpu_id
+        specs = [config.catalog[m] for m in config.model_ids]
+        self.host = ModelHost(specs, Path(config.cache_dir), device)
+        self.grpc = GrpcService(config.listen, [SERVICE_NAME], grace_s=config.shutdown_grace_s)
+        self.worker_id = ""
+        self.session: SchedulerSession | None = None
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    async def start(self, load_models: bool = True) -> int:
+        port = self.grpc.bind()
+        self.worker_id = self.config.worker_id_for(port)
+        worker_pb2_grpc.add_WorkerServicer_to_server(
+            WorkerServicer(self.host, self.worker_id, self.gpu_id,
+                           self.config.flush_interval_ms / 1000.0),
+            self.grpc.server,
+        )
+        await self.grpc.start()
+        self.session = SchedulerSession(
+            self.config.scheduler_address, self._registration, self._heartbeat, self._drain
+        )
+        self.session.start()
+        if load_models:
+            await self.host.load_all()
+            self.session.send_heartbeat_now()  # tell the scheduler at once
+        return port
+
+    async def stop(self) -> None:
+        """Drains: no new work, in-flight streams finish within the grace period."""
+        self._drain("shutting down")
+        await self.host.wait_idle(self.config.shutdown_grace_s)
+        await self.grpc.stop(grace_s=1.0)
+        if self.session is not None:
+            await self.session.stop()
+        self.host.close()
+
+    def _drain(self, reason: str) -> None:
+        if not self.host.draining:
+            log.info("draining: %s", reason)
+        self.host.draining = True
+        if self.session is not None:
+            self.session.send_heartbeat_now()
+
+    def _registration(self) -> scheduler_pb2.WorkerSessionRequest:
+        return scheduler_pb2.WorkerSessionRequest(
+            registration=scheduler_pb2.WorkerRegistration(
+                worker_id=self.worker_id,
+                address=self.config.advertise_for(self.port),
+                device=convert.device(self.probe.sample()),
+                models=[convert.worker_model(e) for e in self.host.engines.values()],
+            )
+        )
+
+    def _heartbeat(self, sequence: int) -> scheduler_pb2.WorkerSessionRequest:
+        return convert.heartbeat(
+            sequence, self.probe.sample(), list(self.host.engines.values()),
+            self.host.healthy, self.host.draining,
+        )

@@ -1,0 +1,84 @@
+"""inference.v1.Worker: runs leased requests on the model engines and streams tokens.
+
+The first token goes out at once; after it, what the engine produces within
+`flush_interval_s` is coalesced into one message (each relay hop costs CPU per message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator
+
+import grpc
+from inference.v1 import types_pb2, worker_pb2, worker_pb2_grpc
+
+from services.common.errors import ServiceError, Unavailable
+from services.gpu_worker import convert
+from services.gpu_worker.engines.base import Event, Finished, TextDelta
+from services.gpu_worker.host import ModelHost
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServicer):
+    def __init__(
+        self, host: ModelHost, worker_id: str, gpu_id: str, flush_interval_s: float
+    ) -> None:
+        self._host = host
+        self._worker_id = worker_id
+        self._gpu_id = gpu_id
+        self._flush_s = flush_interval_s
+
+    async def Execute(
+        self, request: worker_pb2.ExecuteRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[types_pb2.GenerateResponse]:
+        req = request.request
+        engine = self._host.engine_for(req.model_id)
+        generation = convert.generation_input(req, engine.spec)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        started = time.monotonic()
+        handle = engine.submit(generation, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+        first_token_ms = 0.0
+        try:
+            while True:
+                batch = [await events.get()]
+                if first_token_ms and self._flush_s > 0:
+                    await asyncio.sleep(self._flush_s)  # let the next tokens join this message
+                while not events.empty():
+                    batch.append(events.get_nowait())
+                text, tokens, finished = _merge(batch)
+                if tokens or text:
+                    if not first_token_ms:
+                        first_token_ms = (time.monotonic() - started) * 1000.0
+                    yield types_pb2.GenerateResponse(
+                        request_id=req.request_id,
+                        delta=types_pb2.TokenDelta(text=text, token_count=tokens),
+                    )
+                if finished is not None:
+                    yield types_pb2.GenerateResponse(
+                        request_id=req.request_id,
+                        summary=convert.summary(
+                            finished, req.model_id, self._worker_id, self._gpu_id,
+                            (time.monotonic() - started) * 1000.0, first_token_ms,
+                        ),
+                    )
+                    return
+        finally:
+            handle.cancel()
+
+
+def _merge(batch: list[Event]) -> tuple[str, int, Finished | None]:
+    """Joins deltas; returns (text, tokens, the Finished event if one came). Raises an error
+    event: a ServiceError as is, anything else (an engine fault) as Unavailable."""
+    texts, tokens, finished = [], 0, None
+    for event in batch:
+        if isinstance(event, TextDelta):
+            texts.append(event.text)
+            tokens += event.token_count
+        elif isinstance(event, Finished):
+            finished = event
+        elif isinstance(event, ServiceError):
+            raise event
+        else:
+            raise Unavailable("the model failed on this worker") from event
+    return "".join(texts), tokens, finished

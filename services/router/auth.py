@@ -1,0 +1,36 @@
+"""API key → tenant. Keys arrive as `authorization: Bearer <key>` metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Iterable
+
+from services.common.errors import Unauthenticated
+from services.router.config import TenantSpec
+
+ANONYMOUS = "anonymous"
+
+
+class Authenticator:
+    def __init__(self, tenants: Iterable[TenantSpec], allow_anonymous: bool) -> None:
+        self._by_hash = {t.api_key_sha256: t.tenant_id for t in tenants}
+        self._allow_anonymous = allow_anonymous
+
+    def tenant_for(self, metadata: Iterable[tuple[str, str | bytes]]) -> str:
+        """The tenant of the caller. Raises Unauthenticated for a missing or wrong key."""
+        header = next((v for k, v in metadata if k == "authorization"), None)
+        if header is None:
+            if self._allow_anonymous:
+                return ANONYMOUS
+            raise Unauthenticated("missing authorization metadata (Bearer <api key>)")
+        if isinstance(header, bytes):
+            header = header.decode("latin-1")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthenticated("authorization must be 'Bearer <api key>'")
+        digest = hashlib.sha256(key.strip().encode()).hexdigest()
+        for known, tenant in self._by_hash.items():
+            if hmac.compare_digest(known, digest):
+                return tenant
+        raise Unauthenticated("invalid API key")

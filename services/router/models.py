@@ -1,0 +1,42 @@
+"""The model list, fetched from the scheduler and reused for a short while."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from inference.v1 import scheduler_pb2_grpc, types_pb2
+
+from services.common.errors import NotFound, Unavailable
+
+
+class ModelDirectory:
+    def __init__(self, scheduler: scheduler_pb2_grpc.SchedulerStub, refresh_s: float) -> None:
+        self._scheduler = scheduler
+        self._refresh_s = refresh_s
+        self._models: dict[str, types_pb2.ModelInfo] = {}
+        self._fetched_at = float("-inf")
+
+    async def get(self, model_id: str) -> types_pb2.ModelInfo:
+        """The model's info. Raises NotFound, or Unavailable when the scheduler is down."""
+        if model_id not in self._models or self._stale():
+            await self.refresh()
+        model = self._models.get(model_id)
+        if model is None:
+            raise NotFound(f"unknown model {model_id!r}; ListModels shows the served models")
+        return model
+
+    async def list(self) -> types_pb2.ListModelsResponse:
+        await self.refresh()
+        return types_pb2.ListModelsResponse(models=list(self._models.values()))
+
+    async def refresh(self) -> None:
+        try:
+            response = await self._scheduler.ListModels(types_pb2.ListModelsRequest(), timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"scheduler unavailable ({exc.code().name})") from None
+        self._models = {m.model_id: m for m in response.models}
+        self._fetched_at = time.monotonic()
+
+    def _stale(self) -> bool:
+        return time.monotonic() - self._fetched_at > self._refresh_s

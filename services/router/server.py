@@ -1,0 +1,42 @@
+"""Assembles the router process."""
+
+from __future__ import annotations
+
+import grpc
+from inference.v1 import router_pb2, router_pb2_grpc, scheduler_pb2_grpc
+
+from services.common.server import CHANNEL_OPTIONS, GrpcService
+from services.router.auth import Authenticator
+from services.router.config import RouterConfig
+from services.router.models import ModelDirectory
+from services.router.servicer import RouterServicer
+
+SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
+
+
+class RouterServer:
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.channel = grpc.aio.insecure_channel(config.scheduler_address, options=CHANNEL_OPTIONS)
+        scheduler = scheduler_pb2_grpc.SchedulerStub(self.channel)
+        self.grpc = GrpcService(config.listen, [SERVICE_NAME], grace_s=config.shutdown_grace_s)
+        router_pb2_grpc.add_RouterServicer_to_server(
+            RouterServicer(
+                config,
+                scheduler,
+                ModelDirectory(scheduler, config.model_refresh_s),
+                Authenticator(config.tenants, config.allow_anonymous),
+            ),
+            self.grpc.server,
+        )
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    async def start(self) -> int:
+        return await self.grpc.start()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        await self.grpc.stop(grace_s)
+        await self.channel.close()

@@ -1,0 +1,24 @@
+"""python -m services.scheduler --config deploy/local/config.toml"""
+
+from __future__ import annotations
+
+import logging
+
+from services.common.cli import base_parser, run_service
+from services.scheduler.config import SchedulerConfig, load
+from services.scheduler.server import SchedulerServer
+
+log = logging.getLogger("services.scheduler")
+
+
+async def main(config: SchedulerConfig) -> None:
+    server = SchedulerServer(config)
+    port = await server.start()
+    log.info("scheduler serving on %s (port %d)", config.listen, port)
+    await server.grpc.wait_for_stop_signal()
+    log.info("stopping: in-flight requests get %.1fs", config.shutdown_grace_s)
+    await server.stop()
+
+
+if __name__ == "__main__":
+    run_service(base_parser("Inference scheduler"), load, main)

@@ -1,0 +1,43 @@
+"""Scheduler configuration: the [scheduler] section and the shared [[models]] catalog."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from services.common.catalog import ModelSpec, parse_catalog
+from services.common.config import load_section, require
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    listen: str = "127.0.0.1:50052"
+    heartbeat_interval_ms: int = 1000
+    heartbeat_misses: int = 3  # a worker silent this many intervals is declared dead
+    queue_capacity: int = 1024
+    full_retry_after_ms: int = 1000
+    shutdown_grace_s: float = 10.0
+    log_level: str = "info"
+    catalog: dict[str, ModelSpec] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require(self.heartbeat_interval_ms >= 50, "scheduler.heartbeat_interval_ms must be >= 50")
+        require(self.heartbeat_misses >= 1, "scheduler.heartbeat_misses must be >= 1")
+        require(self.queue_capacity >= 1, "scheduler.queue_capacity must be >= 1")
+
+    @property
+    def heartbeat_timeout_s(self) -> float:
+        return self.heartbeat_interval_ms * self.heartbeat_misses / 1000.0
+
+
+def load(
+    data: Mapping[str, Any], env: Mapping[str, str], overrides: Mapping[str, Any]
+) -> SchedulerConfig:
+    return load_section(
+        SchedulerConfig,
+        data.get("scheduler", {}),
+        env,
+        "SCHEDULER",
+        overrides,
+        catalog=parse_catalog(data.get("models", [])),
+    )

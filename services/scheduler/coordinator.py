@@ -1,0 +1,187 @@
+"""The async shell around SchedulerCore.
+
+Handlers call the coordinator from the scheduler's one event loop; each method changes the
+core with synchronous calls only (no await in between), so the state changes one call at a
+time without locks. Waiting requests hold a future that `_dispatch` resolves with a lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+from services.common.errors import DeadlineExceeded, Unavailable
+from services.scheduler.core.scheduler import SchedulerCore, WorkerRemoval
+from services.scheduler.core.types import (
+    Lease,
+    ModelCatalogEntry,
+    ModelSlots,
+    Priority,
+    WorkerState,
+)
+
+log = logging.getLogger(__name__)
+
+# Sentinel put in a session outbox to end the session.
+END_SESSION = None
+
+
+@dataclass
+class Session:
+    """One worker's WorkerSession stream: commands to send it, and its latest telemetry."""
+
+    worker_id: str
+    outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    device: object = None  # last DeviceTelemetry message, shown by GetStatus
+
+
+@dataclass(frozen=True)
+class Grant:
+    lease: Lease
+    queue_time_ms: float
+
+
+class Coordinator:
+    def __init__(self, core: SchedulerCore) -> None:
+        self.core = core
+        self._waiters: dict[str, asyncio.Future[Lease]] = {}
+        self._sessions: dict[str, Session] = {}
+        self._revokers: dict[str, Callable[[], object]] = {}
+        self.revoked: set[str] = set()
+        self._closing = False  # shutting down: sessions end, leases stay until streams finish
+
+    # -- requests --------------------------------------------------------------------------
+    async def acquire(
+        self,
+        request_id: str,
+        model_id: str,
+        priority: Priority,
+        tenant_id: str,
+        timeout_s: float | None,
+    ) -> Grant:
+        """Queues the request and waits for a lease. Raises the core's admission errors,
+        DeadlineExceeded when `timeout_s` passes first, Unavailable when its model's last
+        worker leaves; on cancellation the request leaves the queue."""
+        if request_id in self._waiters:
+            raise Unavailable(f"request {request_id!r} is already in flight")
+        pending = self.core.enqueue(request_id, model_id, priority, tenant_id)
+        future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        self._waiters[request_id] = future
+        self._dispatch()
+        try:
+            lease = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            self._abandon(request_id, future)
+            raise DeadlineExceeded("deadline passed while waiting in the queue") from None
+        except asyncio.CancelledError:
+            self._abandon(request_id, future)
+            raise
+        finally:
+            self._waiters.pop(request_id, None)
+        return Grant(lease, (self.core.clock() - pending.enqueued_at) * 1000.0)
+
+    def release(self, lease_id: str) -> None:
+        """Frees a lease (a second call does nothing) and serves the queue."""
+        self._revokers.pop(lease_id, None)
+        self.revoked.discard(lease_id)
+        if self.core.release(lease_id) is not None:
+            self._dispatch()
+
+    def on_revoke(self, lease_id: str, revoke: Callable[[], object]) -> None:
+        """Registers what to call if the lease is reclaimed (its worker died)."""
+        self._revokers[lease_id] = revoke
+
+    def _abandon(self, request_id: str, future: asyncio.Future[Lease]) -> None:
+        self.core.cancel(request_id)
+        if future.done() and not future.cancelled() and future.exception() is None:
+            self.release(future.result().lease_id)  # granted just as we gave up
+        elif not future.done():
+            future.cancel()
+
+    def _dispatch(self) -> None:
+        for request, lease in self.core.dispatch():
+            future = self._waiters.get(request.request_id)
+            if future is None or future.done():
+                self.release(lease.lease_id)
+                continue
+            future.set_result(lease)
+
+    # -- workers ---------------------------------------------------------------------------
+    def open_session(
+        self,
+        worker_id: str,
+        address: str,
+        gpu_id: str,
+        models: list[tuple[ModelCatalogEntry, ModelSlots]],
+        device: object,
+    ) -> Session:
+        old = self._sessions.get(worker_id)
+        if old is not None:  # a worker that reconnects replaces its old session
+            old.outbox.put_nowait(END_SESSION)
+        session = Session(worker_id, device=device)
+        self._sessions[worker_id] = session
+        self.core.register_worker(worker_id, address, gpu_id, models)
+        log.info("worker %s registered at %s (%s)", worker_id, address, gpu_id)
+        self._dispatch()
+        return session
+
+    def heartbeat(
+        self, session: Session, state: WorkerState, models: list[ModelSlots], device: object
+    ) -> bool:
+        """False when the worker was declared dead meanwhile: the session must end."""
+        if self._sessions.get(session.worker_id) is not session:
+            return False
+        session.device = device
+        alive = self.core.heartbeat(session.worker_id, state, models)
+        self._dispatch()
+        return alive
+
+    def close_session(self, session: Session) -> None:
+        if self._sessions.get(session.worker_id) is not session:
+            return  # replaced by a newer session of the same worker
+        del self._sessions[session.worker_id]
+        if self._closing:
+            return
+        self._handle_removal(self.core.remove_worker(session.worker_id))
+        log.info("worker %s left", session.worker_id)
+
+    def expire_silent_workers(self) -> None:
+        for removal in self.core.expire_silent_workers():
+            log.warning("worker %s missed its heartbeats: declared dead", removal.worker_id)
+            session = self._sessions.pop(removal.worker_id, None)
+            if session is not None:
+                session.outbox.put_nowait(END_SESSION)
+            self._handle_removal(removal)
+
+    def end_all_sessions(self) -> None:
+        """At shutdown: ends every session but keeps leases so in-flight streams finish."""
+        self._closing = True
+        for session in self._sessions.values():
+            session.outbox.put_nowait(END_SESSION)
+
+    def session(self, worker_id: str) -> Session | None:
+        return self._sessions.get(worker_id)
+
+    def _handle_removal(self, removal: WorkerRemoval) -> None:
+        for request in removal.orphaned:
+            future = self._waiters.get(request.request_id)
+            if future is not None and not future.done():
+                future.set_exception(
+                    Unavailable(f"no worker is serving model {request.model_id!r} now")
+                )
+        for lease in removal.reclaimed:
+            self.revoked.add(lease.lease_id)
+            revoke = self._revokers.pop(lease.lease_id, None)
+            if revoke is not None:
+                revoke()
+        self._dispatch()
+
+
+async def sweep_forever(coordinator: Coordinator, interval_s: float) -> None:
+    """Declares silent workers dead, every `interval_s`."""
+    while True:
+        await asyncio.sleep(interval_s)
+        coordinator.expire_silent_workers()
+

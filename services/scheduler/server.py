@@ -1,0 +1,59 @@
+"""Assembles the scheduler process: core, coordinator, servicer, sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from inference.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+from services.common.server import GrpcService
+from services.scheduler import convert
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.coordinator import Coordinator, sweep_forever
+from services.scheduler.core.scheduler import SchedulerCore
+from services.scheduler.servicer import SchedulerServicer
+from services.scheduler.worker_pool import WorkerChannels
+
+SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
+
+
+class SchedulerServer:
+    """A running scheduler. `start()` binds; `port` is the bound port."""
+
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+        core = SchedulerCore(
+            catalog={k: convert.entry_from_spec(v) for k, v in config.catalog.items()},
+            queue_capacity=config.queue_capacity,
+            heartbeat_timeout_s=config.heartbeat_timeout_s,
+            clock=time.monotonic,
+            full_retry_after_ms=config.full_retry_after_ms,
+        )
+        self.coordinator = Coordinator(core)
+        self.workers = WorkerChannels()
+        self.grpc = GrpcService(config.listen, [SERVICE_NAME], grace_s=config.shutdown_grace_s)
+        scheduler_pb2_grpc.add_SchedulerServicer_to_server(
+            SchedulerServicer(self.coordinator, self.workers, config.heartbeat_interval_ms),
+            self.grpc.server,
+        )
+        self._sweeper: asyncio.Task | None = None
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    async def start(self) -> int:
+        port = await self.grpc.start()
+        interval = self.config.heartbeat_interval_ms / 1000.0 / 2
+        self._sweeper = asyncio.create_task(sweep_forever(self.coordinator, interval))
+        return port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Ends worker sessions, lets in-flight requests finish within the grace period."""
+        await self.grpc.set_serving(False)
+        self.coordinator.end_all_sessions()
+        await self.grpc.stop(grace_s)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.workers.close()
