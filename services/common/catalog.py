@@ -6,8 +6,9 @@ worker for how to load and run each model.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from services.common.config import ConfigError
 

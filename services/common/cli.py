@@ -6,8 +6,9 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from services.common.config import ConfigError, read_toml
 from services.common.server import configure_logging, install_uvloop
@@ -18,7 +19,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "local" / "con
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
-        "--config", default=os.environ.get("INFERENCE_CONFIG", str(DEFAULT_CONFIG)),
+        "--config",
+        default=os.environ.get("INFERENCE_CONFIG", str(DEFAULT_CONFIG)),
         help="TOML config file (default: deploy/local/config.toml or $INFERENCE_CONFIG)",
     )
     parser.add_argument("--listen", help="host:port to serve on (overrides the config)")

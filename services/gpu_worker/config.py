@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from services.common.catalog import ModelSpec, parse_catalog
 from services.common.config import ConfigError, load_section, require
@@ -53,7 +54,11 @@ def load(
     data: Mapping[str, Any], env: Mapping[str, str], overrides: Mapping[str, Any]
 ) -> WorkerConfig:
     config = load_section(
-        WorkerConfig, data.get("worker", {}), env, "WORKER", overrides,
+        WorkerConfig,
+        data.get("worker", {}),
+        env,
+        "WORKER",
+        overrides,
         catalog=parse_catalog(data.get("models", [])),
     )
     if not config.model_ids:

@@ -81,8 +81,12 @@ def device(sample: DeviceSample) -> types_pb2.DeviceTelemetry:
 
 
 def summary(
-    finished: Finished, model_id: str, worker_id: str, gpu_id: str,
-    inference_ms: float, ttft_ms: float,
+    finished: Finished,
+    model_id: str,
+    worker_id: str,
+    gpu_id: str,
+    inference_ms: float,
+    ttft_ms: float,
 ) -> types_pb2.GenerationSummary:
     return types_pb2.GenerationSummary(
         finish_reason=_FINISH[finished.reason],

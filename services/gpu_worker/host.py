@@ -52,7 +52,7 @@ class ModelHost:
         """Waits until no sequence runs; False if `timeout_s` passed first."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while self.active_sequences() and loop.time() < deadline:
+        while self.active_sequences() and loop.time() < deadline:  # noqa: ASYNC110 - engines run on threads
             await asyncio.sleep(0.05)
         return self.active_sequences() == 0
 

@@ -42,8 +42,9 @@ class WorkerServer:
         port = self.grpc.bind()
         self.worker_id = self.config.worker_id_for(port)
         worker_pb2_grpc.add_WorkerServicer_to_server(
-            WorkerServicer(self.host, self.worker_id, self.gpu_id,
-                           self.config.flush_interval_ms / 1000.0),
+            WorkerServicer(
+                self.host, self.worker_id, self.gpu_id, self.config.flush_interval_ms / 1000.0
+            ),
             self.grpc.server,
         )
         await self.grpc.start()
@@ -84,6 +85,9 @@ class WorkerServer:
 
     def _heartbeat(self, sequence: int) -> scheduler_pb2.WorkerSessionRequest:
         return convert.heartbeat(
-            sequence, self.probe.sample(), list(self.host.engines.values()),
-            self.host.healthy, self.host.draining,
+            sequence,
+            self.probe.sample(),
+            list(self.host.engines.values()),
+            self.host.healthy,
+            self.host.draining,
         )

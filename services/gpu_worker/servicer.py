@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 from inference.v1 import types_pb2, worker_pb2, worker_pb2_grpc
@@ -37,7 +37,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
         started = time.monotonic()
-        handle = engine.submit(generation, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+        handle = engine.submit(
+            generation, lambda e: loop.call_soon_threadsafe(events.put_nowait, e)
+        )
         first_token_ms = 0.0
         try:
             while True:
@@ -58,8 +60,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     yield types_pb2.GenerateResponse(
                         request_id=req.request_id,
                         summary=convert.summary(
-                            finished, req.model_id, self._worker_id, self._gpu_id,
-                            (time.monotonic() - started) * 1000.0, first_token_ms,
+                            finished,
+                            req.model_id,
+                            self._worker_id,
+                            self._gpu_id,
+                            (time.monotonic() - started) * 1000.0,
+                            first_token_ms,
                         ),
                     )
                     return

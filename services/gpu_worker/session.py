@@ -7,8 +7,9 @@ again each time, so the scheduler may come and go.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from inference.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -58,8 +59,9 @@ class SchedulerSession:
                     await self._session(stub)
                     backoff = MIN_BACKOFF_S  # the scheduler ended the session cleanly
                 except grpc.aio.AioRpcError as exc:
-                    log.warning("scheduler session failed (%s); retrying in %.1fs",
-                                exc.code().name, backoff)
+                    log.warning(
+                        "scheduler session failed (%s); retrying in %.1fs", exc.code().name, backoff
+                    )
                 finally:
                     self.connected.clear()
                 await asyncio.sleep(backoff)
@@ -71,6 +73,7 @@ class SchedulerSession:
             kind = command.WhichOneof("command")
             if kind == "accepted":
                 self._interval_s = max(0.05, command.accepted.heartbeat_interval_ms / 1000.0)
+                self._wake.set()  # first heartbeat now, then on the scheduler's interval
                 self.connected.set()
                 log.info("registered with the scheduler at %s", self._address)
             elif kind == "drain":
@@ -82,10 +85,8 @@ class SchedulerSession:
         yield self._registration()
         sequence = 0
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval_s)
-            except TimeoutError:
-                pass
             self._wake.clear()
             sequence += 1
             yield self._heartbeat(sequence)

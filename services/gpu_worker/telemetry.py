@@ -90,7 +90,7 @@ def open_probe(gpu_index: int, device: str) -> DeviceProbe:
     if device != "cpu":
         try:
             return NvmlProbe(max(gpu_index, 0))
-        except Exception as exc:  # no driver, no GPU, no library
+        except Exception as exc:  # noqa: BLE001 - no driver, no GPU or no library
             if gpu_index >= 0:
                 log.warning("NVML unavailable for GPU %d (%s); reporting the CPU", gpu_index, exc)
     return CpuProbe()

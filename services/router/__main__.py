@@ -14,8 +14,12 @@ log = logging.getLogger("services.router")
 async def main(config: RouterConfig) -> None:
     server = RouterServer(config)
     port = await server.start()
-    log.info("router serving on %s (port %d), scheduler at %s",
-             config.listen, port, config.scheduler_address)
+    log.info(
+        "router serving on %s (port %d), scheduler at %s",
+        config.listen,
+        port,
+        config.scheduler_address,
+    )
     await server.grpc.wait_for_stop_signal()
     log.info("stopping: in-flight requests get %.1fs", config.shutdown_grace_s)
     await server.stop()

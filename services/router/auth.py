@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Iterable
+from collections.abc import Iterable
 
 from services.common.errors import Unauthenticated
 from services.router.config import TenantSpec

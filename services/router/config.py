@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from services.common.config import ConfigError, load_section, require
 
@@ -29,8 +30,10 @@ class RouterConfig:
     tenants: tuple[TenantSpec, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        require(0 < self.default_deadline_s <= self.max_deadline_s,
-                "router: need 0 < default_deadline_s <= max_deadline_s")
+        require(
+            0 < self.default_deadline_s <= self.max_deadline_s,
+            "router: need 0 < default_deadline_s <= max_deadline_s",
+        )
         require(self.max_prompt_chars > 0, "router.max_prompt_chars must be > 0")
         if self.allow_anonymous and not is_loopback(self.listen):
             raise ConfigError(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 from inference.v1 import router_pb2, router_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, types_pb2
@@ -109,6 +109,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 def _upstream_error(exc: grpc.aio.AioRpcError) -> Exception:
     """The scheduler's status, passed on; a scheduler we cannot reach is UNAVAILABLE."""
     details = (exc.details() or "").lower()
-    if exc.code() == grpc.StatusCode.UNAVAILABLE and any(s in details for s in _CONNECTION_FAILURES):
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and any(
+        s in details for s in _CONNECTION_FAILURES
+    ):
         return Unavailable("scheduler unavailable")
     return exc

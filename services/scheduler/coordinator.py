@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from services.common.errors import DeadlineExceeded, Unavailable
 from services.scheduler.core.scheduler import SchedulerCore, WorkerRemoval
@@ -184,4 +184,3 @@ async def sweep_forever(coordinator: Coordinator, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         coordinator.expire_silent_workers()
-

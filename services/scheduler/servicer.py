@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 from inference.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2, worker_pb2
@@ -47,7 +47,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         )
         lease = grant.lease
         call = self._workers.stub(lease.worker_address).Execute(
-            worker_pb2.ExecuteRequest(lease_id=lease.lease_id, request=req, tenant_id=request.tenant_id),
+            worker_pb2.ExecuteRequest(
+                lease_id=lease.lease_id, request=req, tenant_id=request.tenant_id
+            ),
             timeout=context.time_remaining(),
         )
         self._coord.on_revoke(lease.lease_id, call.cancel)
@@ -78,7 +80,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         reg = first.registration
         if not reg.worker_id or not reg.address:
             raise InvalidArgument("registration needs worker_id and address")
-        models = [(convert.entry_from_proto(m.info), convert.slots_from_proto(m)) for m in reg.models]
+        models = [
+            (convert.entry_from_proto(m.info), convert.slots_from_proto(m)) for m in reg.models
+        ]
         session = self._coord.open_session(
             reg.worker_id, reg.address, reg.device.gpu_id or "cpu-0", models, reg.device
         )
@@ -104,7 +108,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                     continue
                 beat = message.heartbeat
                 models = [convert.slots_from_proto(m) for m in beat.models]
-                if not self._coord.heartbeat(session, convert.worker_state(beat), models, beat.device):
+                if not self._coord.heartbeat(
+                    session, convert.worker_state(beat), models, beat.device
+                ):
                     break
         except grpc.aio.AioRpcError:
             pass  # stream broke: the worker is gone

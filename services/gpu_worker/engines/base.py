@@ -9,8 +9,9 @@ fault). A sink must be safe to call from any thread.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Union
+from typing import Protocol
 
 from services.common.catalog import ModelSpec
 
@@ -60,7 +61,7 @@ class Finished:
     completion_tokens: int
 
 
-Event = Union[TextDelta, Finished, BaseException]
+Event = TextDelta | Finished | BaseException
 Sink = Callable[[Event], None]
 
 

@@ -11,9 +11,10 @@ import fcntl
 import importlib.util
 import logging
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from services.common.catalog import ModelSpec
 
@@ -29,7 +30,7 @@ def resolve_source(source: str) -> Path:
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:
             raise FileNotFoundError(f"python package {name!r} is not installed")
-        return Path(list(spec.submodule_search_locations)[0])
+        return Path(next(iter(spec.submodule_search_locations)))
     path = Path(source).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"model directory {path} does not exist")
@@ -64,8 +65,9 @@ def _cached_copy(spec: ModelSpec, source: Path, cache_dir: Path) -> Path:
 def _convert_gguf(spec: ModelSpec, source: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting %s/%s once into %s (later starts load the copy)",
-             source, spec.gguf_file, target)
+    log.info(
+        "converting %s/%s once into %s (later starts load the copy)", source, spec.gguf_file, target
+    )
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=spec.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=spec.gguf_file)
     # transformers refuses to save a model it thinks is still GGUF-quantized; the weights

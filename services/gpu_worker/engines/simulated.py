@@ -28,12 +28,58 @@ from services.gpu_worker.engines.base import (
 )
 from services.gpu_worker.engines.text import StopMatcher
 
-WORDS = (
-    "the model streams tokens from a simulated accelerator while the scheduler keeps every "
-    "lease honest and the router guards the door so each tenant gets a fair share of the "
-    "fleet under load with low latency high throughput and graceful degradation when GPUs "
-    "are busy serving requests in priority order"
-).split()
+WORDS = [
+    "the",
+    "model",
+    "streams",
+    "tokens",
+    "from",
+    "a",
+    "simulated",
+    "accelerator",
+    "while",
+    "the",
+    "scheduler",
+    "keeps",
+    "every",
+    "lease",
+    "honest",
+    "and",
+    "the",
+    "router",
+    "guards",
+    "the",
+    "door",
+    "so",
+    "each",
+    "tenant",
+    "gets",
+    "a",
+    "fair",
+    "share",
+    "of",
+    "the",
+    "fleet",
+    "under",
+    "load",
+    "with",
+    "low",
+    "latency",
+    "high",
+    "throughput",
+    "and",
+    "graceful",
+    "degradation",
+    "when",
+    "GPUs",
+    "are",
+    "busy",
+    "serving",
+    "requests",
+    "in",
+    "priority",
+    "order",
+]
 
 
 def prompt_token_estimate(prompt: str) -> int:
@@ -103,10 +149,12 @@ class SimulatedEngine:
             sink(Unavailable(f"model {self.spec.model_id} is shutting down"))
             return seq
         if prompt_tokens + request.max_tokens > self.spec.max_context_tokens:
-            sink(InvalidArgument(
-                f"prompt ({prompt_tokens} tokens) plus max_tokens ({request.max_tokens}) "
-                f"exceeds the context of {self.spec.model_id} ({self.spec.max_context_tokens})"
-            ))
+            sink(
+                InvalidArgument(
+                    f"prompt ({prompt_tokens} tokens) plus max_tokens ({request.max_tokens}) "
+                    f"exceeds the context of {self.spec.model_id} ({self.spec.max_context_tokens})"
+                )
+            )
             return seq
         self._running.append(seq)
         if self._task is None or self._task.done():

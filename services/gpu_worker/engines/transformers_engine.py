@@ -76,12 +76,14 @@ class TransformersEngine:
             self.state = ModelState.FAILED
             raise
         self._eos = _eos_ids(self._tokenizer, self._model)
-        self._thread = threading.Thread(target=self._run, name=f"engine-{self.spec.model_id}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"engine-{self.spec.model_id}", daemon=True
+        )
         self._thread.start()
         self.state = ModelState.READY
-        log.info("%s ready on %s in %.1fs", self.spec.model_id, self.device,
-                 time.monotonic() - started)
+        log.info(
+            "%s ready on %s in %.1fs", self.spec.model_id, self.device, time.monotonic() - started
+        )
 
     def close(self) -> None:
         with self._wake:

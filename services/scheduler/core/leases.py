@@ -8,7 +8,7 @@ returns None); removing a worker reclaims all of its leases.
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from services.scheduler.core.types import Lease, ModelSlots, WorkerRecord, WorkerState
 

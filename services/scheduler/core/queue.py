@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from services.scheduler.core.types import PendingRequest, Priority
 
@@ -56,9 +56,7 @@ class RequestQueue:
         """Removes and returns the request to serve next among models where `can_serve`."""
         for priority in Priority:
             heads = [
-                fifo[0]
-                for model_id, fifo in self._fifos[priority].items()
-                if can_serve(model_id)
+                fifo[0] for model_id, fifo in self._fifos[priority].items() if can_serve(model_id)
             ]
             if heads:
                 chosen = min(heads, key=lambda r: r.sequence)

@@ -7,8 +7,8 @@ one call at a time.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from services.common.errors import NotFound, ResourceExhausted, Unavailable
 from services.scheduler.core.leases import LeaseTable, PlacementPolicy, least_loaded

@@ -1,0 +1,36 @@
+# Distributed inference serving: see README.md.
+.PHONY: setup protos up test test-fast lint fmt bench clean
+
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+setup:            ## create .venv and install everything (idempotent)
+	./scripts/bootstrap.sh
+
+protos: setup     ## generate Python stubs and .pyi files into gen/
+	./scripts/gen_protos.sh
+
+up: protos        ## start scheduler, $(WORKERS) worker(s) and router on localhost; Ctrl-C stops
+	./scripts/up.sh
+
+test: protos      ## unit, service and integration tests (real model on CPU)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: protos ## everything but the slow integration tests
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: protos      ## buf lint on the protos, ruff on the Python
+	cd protos && npx --yes @bufbuild/buf lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: protos     ## first-token latency and throughput through the stack (needs no running system)
+	$(PY) -m bench.latency
+
+clean:
+	rm -rf gen .run .pytest_cache .ruff_cache

@@ -1,0 +1,96 @@
+"""Command-line client.
+
+python -m client generate --model smollm2-135m --priority high "Hello"
+python -m client infer --model llama-3-70b "Hello"
+python -m client models
+python -m client status
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import grpc
+from google.protobuf import json_format
+from inference.v1 import types_pb2
+
+from client.sdk import PRIORITIES, InferenceClient
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        with InferenceClient(args.address, args.api_key, args.timeout) as client:
+            return _run(client, args)
+    except grpc.RpcError as exc:
+        print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(client: InferenceClient, args: argparse.Namespace) -> int:
+    if args.command in ("models", "status"):
+        response = client.models() if args.command == "models" else client.status()
+        print(json_format.MessageToJson(response, indent=2))
+        return 0
+    request = client.request(
+        args.model,
+        args.prompt,
+        priority=args.priority,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=args.stop,
+    )
+    if args.command == "infer":
+        print(json_format.MessageToJson(client.infer(request), indent=2))
+        return 0
+    for message in client.generate(request):
+        if message.HasField("delta"):
+            print(message.delta.text, end="", flush=True)
+        else:
+            s = message.summary
+            print(
+                f"\n\n[{s.completion_tokens} tokens, {_finish(s.finish_reason)}, "
+                f"first token {s.time_to_first_token_ms:.0f} ms, queue {s.queue_time_ms:.1f} ms,"
+                f" total {s.inference_time_ms:.0f} ms on {s.gpu_id} ({s.worker_id})]",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _finish(reason: int) -> str:
+    return types_pb2.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m client",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--address", default=os.environ.get("INFERENCE_ADDRESS", "localhost:50051"))
+    parser.add_argument("--api-key", default=os.environ.get("INFERENCE_API_KEY"))
+    parser.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("generate", "infer"):
+        sub = commands.add_parser(name, help=f"{name} text")
+        sub.add_argument("prompt")
+        sub.add_argument("--model", required=True)
+        sub.add_argument("--priority", choices=sorted(PRIORITIES), default="medium")
+        sub.add_argument("--max-tokens", type=int, default=0)
+        sub.add_argument("--temperature", type=float)
+        sub.add_argument("--top-p", type=float)
+        sub.add_argument("--seed", type=int)
+        sub.add_argument("--stop", action="append")
+    commands.add_parser("models", help="list models")
+    commands.add_parser("status", help="queue, workers and leases")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

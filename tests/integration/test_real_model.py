@@ -1,0 +1,106 @@
+"""The transformers engine with the real SmolLM2-135M on the CPU."""
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from services.common.config import read_toml
+from services.common.errors import InvalidArgument
+from services.gpu_worker import config as worker_config
+from services.gpu_worker.engines.base import (
+    Finished,
+    FinishReason,
+    GenerationInput,
+    SamplingOptions,
+)
+from services.gpu_worker.engines.text import IncrementalDetokenizer
+from services.gpu_worker.engines.transformers_engine import TransformersEngine
+
+pytestmark = pytest.mark.slow
+
+CACHE = Path(".cache/models")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    config = worker_config.load(read_toml("deploy/local/config.toml"), {}, {})
+    engine = TransformersEngine(config.catalog["smollm2-135m"], CACHE, "cpu")
+    engine.load()
+    yield engine
+    engine.close()
+
+
+def run(engine, prompt, max_tokens=24, **sampling):
+    """Runs one sequence to the end; returns (deltas, final event)."""
+    done = threading.Event()
+    events = []
+
+    def sink(event):
+        events.append(event)
+        if not hasattr(event, "text"):
+            done.set()
+
+    engine.submit(GenerationInput("t", prompt, max_tokens, SamplingOptions(**sampling)), sink)
+    assert done.wait(120), "engine did not finish"
+    return [e for e in events if hasattr(e, "text")], events[-1]
+
+
+def text_of(deltas):
+    return "".join(d.text for d in deltas)
+
+
+def test_greedy_answer_is_real_and_stops_on_eos(engine):
+    deltas, final = run(engine, "What is the capital of France?", max_tokens=40)
+    assert isinstance(final, Finished) and final.reason is FinishReason.STOP
+    assert "Paris" in text_of(deltas)
+    assert final.completion_tokens == sum(d.token_count for d in deltas) < 40
+    again, _ = run(engine, "What is the capital of France?", max_tokens=40)
+    assert text_of(again) == text_of(deltas)
+
+
+def test_max_tokens_bounds_the_output(engine):
+    deltas, final = run(engine, "Write a long story about a dragon.", max_tokens=5)
+    assert final.reason is FinishReason.LENGTH and final.completion_tokens == 5
+
+
+def test_seeded_sampling_is_reproducible(engine):
+    a, _ = run(engine, "Tell me a joke.", max_tokens=16, temperature=0.9, top_p=0.95, seed=7)
+    b, _ = run(engine, "Tell me a joke.", max_tokens=16, temperature=0.9, top_p=0.95, seed=7)
+    assert text_of(a) == text_of(b)
+
+
+def test_stop_string(engine):
+    full, _ = run(engine, "Count from 1 to 10, separated by commas.", max_tokens=30)
+    assert "4" in text_of(full)
+    cut, final = run(engine, "Count from 1 to 10, separated by commas.", max_tokens=30, stop=("4",))
+    assert final.reason is FinishReason.STOP and "4" not in text_of(cut)
+    assert text_of(full).startswith(text_of(cut))
+
+
+def test_a_prompt_beyond_the_context_is_invalid(engine):
+    _, final = run(engine, "word " * 3000, max_tokens=10)
+    assert isinstance(final, InvalidArgument)
+
+
+def test_incremental_detokenization_matches_the_tokenizer(engine):
+    tokenizer = engine._tokenizer
+    text = "Grüße aus Köln! 東京 🚀 naïve — «quotes»\n  indented"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    detok = IncrementalDetokenizer(tokenizer)
+    pieces = [detok.push(i) for i in ids] + [detok.flush()]
+    assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True)
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_sequences_interleave_so_both_stream(engine):
+    async def both():
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(
+            *[loop.run_in_executor(None, run, engine, f"Name a color. #{i}", 8) for i in range(2)]
+        )
+        return results
+
+    results = asyncio.run(both())
+    assert all(final.completion_tokens > 0 for _, final in results)

@@ -1,0 +1,107 @@
+"""Queueing, priorities, deadlines, cancellation and admission through real servers."""
+
+import asyncio
+
+import grpc
+import pytest
+from inference.v1 import types_pb2
+
+from services.common.status import RETRY_AFTER_KEY
+from tests.stack import request, sim_model, start_stack
+
+SLOW = sim_model("sim-slow", slots=1, step_ms=20.0)
+
+
+@pytest.fixture
+async def one_slot():
+    stack = await start_stack([SLOW], queue_capacity=3)
+    yield stack
+    await stack.close()
+
+
+async def wait_until(predicate, timeout_s=5.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.01)
+
+
+def queued(stack) -> int:
+    return sum(stack.scheduler.coordinator.core.queue_depths().values())
+
+
+async def test_waiting_requests_are_served_high_then_medium_then_low(one_slot):
+    stub = one_slot.router_stub()
+    blocker = asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=10)))
+    await wait_until(lambda: one_slot.scheduler.coordinator.core.active_leases() == 1)
+    finished: list[str] = []
+
+    async def run(name, priority):
+        await stub.Infer(request("sim-slow", max_tokens=2, priority=priority))
+        finished.append(name)
+
+    tasks = []
+    for name, priority in [("low", 3), ("medium", 2), ("high", 1)]:
+        tasks.append(asyncio.create_task(run(name, priority)))
+        await wait_until(lambda n=len(tasks): queued(one_slot) == n)
+    await asyncio.gather(blocker, *tasks)
+    assert finished == ["high", "medium", "low"]
+
+
+async def test_deadline_passing_in_the_queue_is_deadline_exceeded(one_slot):
+    stub = one_slot.router_stub()
+    blocker = asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=30)))
+    await wait_until(lambda: one_slot.scheduler.coordinator.core.active_leases() == 1)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Infer(request("sim-slow", max_tokens=2), timeout=0.2)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await wait_until(lambda: queued(one_slot) == 0)
+    await blocker
+
+
+async def test_full_queue_is_resource_exhausted_with_retry_after(one_slot):
+    stub = one_slot.router_stub()
+    calls = [asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=20)))]
+    await wait_until(lambda: one_slot.scheduler.coordinator.core.active_leases() == 1)
+    calls += [
+        asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=1))) for _ in range(3)
+    ]
+    await wait_until(lambda: queued(one_slot) == 3)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Infer(request("sim-slow", max_tokens=1))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert int(dict(info.value.trailing_metadata())[RETRY_AFTER_KEY]) > 0
+    await asyncio.gather(*calls)
+
+
+async def test_client_cancel_stops_the_work_on_the_worker_and_frees_the_lease(one_slot):
+    stub = one_slot.router_stub()
+    call = stub.Generate(request("sim-slow", max_tokens=200))
+    first = await call.read()
+    assert first.HasField("delta")
+    engine = one_slot.workers[0].host.engines["sim-slow"]
+    assert engine.active_sequences() == 1
+    call.cancel()
+    await wait_until(lambda: engine.active_sequences() == 0)
+    await wait_until(lambda: one_slot.scheduler.coordinator.core.active_leases() == 0)
+    # the slot is usable again at once
+    answer = await stub.Infer(request("sim-slow", max_tokens=2), timeout=5)
+    assert answer.completion_tokens == 2
+
+
+async def test_concurrent_streams_all_complete_and_every_lease_is_freed(stack):
+    stub = stack.router_stub()
+    answers = await asyncio.gather(
+        *[stub.Infer(request(prompt=f"p{i}", max_tokens=8)) for i in range(20)]
+    )
+    assert all(a.completion_tokens == 8 for a in answers)
+    assert stack.scheduler.coordinator.core.active_leases() == 0
+
+
+async def test_priority_unspecified_means_medium(one_slot):
+    answer = await one_slot.router_stub().Infer(
+        request("sim-slow", max_tokens=1, priority=types_pb2.PRIORITY_UNSPECIFIED)
+    )
+    assert answer.completion_tokens == 1

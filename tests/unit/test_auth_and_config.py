@@ -1,0 +1,82 @@
+import hashlib
+
+import pytest
+
+from services.common.catalog import parse_catalog
+from services.common.config import ConfigError, read_toml
+from services.common.errors import Unauthenticated
+from services.gpu_worker import config as worker_config
+from services.router import config as router_config
+from services.router.auth import ANONYMOUS, Authenticator
+from services.router.config import TenantSpec
+from services.scheduler import config as scheduler_config
+
+DEFAULT_CONFIG = "deploy/local/config.toml"
+
+
+def sha(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def test_api_key_picks_the_tenant_and_wrong_or_missing_keys_are_refused():
+    auth = Authenticator([TenantSpec("acme", sha("s3cret"))], allow_anonymous=False)
+    assert auth.tenant_for([("authorization", "Bearer s3cret")]) == "acme"
+    for metadata in ([], [("authorization", "Bearer nope")], [("authorization", "s3cret")]):
+        with pytest.raises(Unauthenticated):
+            auth.tenant_for(metadata)
+
+
+def test_anonymous_callers_when_allowed():
+    auth = Authenticator([], allow_anonymous=True)
+    assert auth.tenant_for([]) == ANONYMOUS
+
+
+def test_the_default_config_loads_for_every_service():
+    data = read_toml(DEFAULT_CONFIG)
+    router = router_config.load(data, {}, {})
+    scheduler = scheduler_config.load(data, {}, {})
+    worker = worker_config.load(data, {}, {})
+    assert router.listen == "127.0.0.1:50051"
+    assert set(scheduler.catalog) == {"smollm2-135m", "llama-3-70b"}
+    assert worker.model_ids == ["smollm2-135m", "llama-3-70b"]
+    assert scheduler.catalog["llama-3-70b"].simulated
+
+
+def test_environment_and_flags_override_the_file_in_that_order():
+    data = read_toml(DEFAULT_CONFIG)
+    env = {"SCHEDULER_QUEUE_CAPACITY": "7", "SCHEDULER_LISTEN": "127.0.0.1:1"}
+    config = scheduler_config.load(data, env, {"listen": "127.0.0.1:2"})
+    assert config.queue_capacity == 7
+    assert config.listen == "127.0.0.1:2"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"scheduler": {"queue_capacity": "many"}}, "expected int"),
+        ({"scheduler": {"bogus": 1}}, "unknown keys"),
+        ({"scheduler": {"queue_capacity": 0}}, "queue_capacity"),
+        ({"models": [{"id": "x", "engine": "magic"}]}, "engine must be"),
+        ({"models": [{"id": "x", "engine": "transformers"}]}, "needs a source"),
+        ({"models": [{"id": "x", "engine": "simulated"}] * 2}, "duplicate"),
+    ],
+)
+def test_bad_config_gives_a_clear_error(data, message):
+    with pytest.raises(ConfigError, match=message):
+        scheduler_config.load(data, {}, {})
+
+
+def test_anonymous_access_is_refused_off_loopback():
+    with pytest.raises(ConfigError, match="loopback"):
+        router_config.load({"router": {"listen": "0.0.0.0:50051"}}, {}, {})
+    config = router_config.load(
+        {"router": {"listen": "0.0.0.0:50051", "allow_anonymous": False}}, {}, {}
+    )
+    assert not config.allow_anonymous
+
+
+def test_worker_refuses_models_missing_from_the_catalog():
+    catalog = {"models": [{"id": "a", "engine": "simulated"}]}
+    with pytest.raises(ConfigError, match="not in"):
+        worker_config.load(catalog, {"WORKER_MODELS": "b"}, {})
+    assert parse_catalog(catalog["models"])["a"].max_slots == 4

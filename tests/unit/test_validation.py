@@ -1,0 +1,50 @@
+import pytest
+from inference.v1 import types_pb2
+
+from services.common.errors import InvalidArgument
+from services.router import validation
+
+
+def req(**fields):
+    fields.setdefault("model_id", "m")
+    fields.setdefault("prompt", "hi")
+    return types_pb2.GenerateRequest(**fields)
+
+
+MODEL = types_pb2.ModelInfo(model_id="m", max_output_tokens=512)
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (req(model_id=""), "model_id is required"),
+        (req(prompt="   "), "prompt must not be empty"),
+        (req(prompt="x" * 101), "prompt too long"),
+        (req(priority=9), "priority 9"),
+        (req(request_id="x" * 129), "request_id"),
+        (req(sampling=types_pb2.SamplingParams(temperature=2.5)), "temperature"),
+        (req(sampling=types_pb2.SamplingParams(temperature=float("nan"))), "temperature"),
+        (req(sampling=types_pb2.SamplingParams(top_p=0)), "top_p"),
+        (req(sampling=types_pb2.SamplingParams(top_k=5000)), "top_k"),
+        (req(sampling=types_pb2.SamplingParams(stop=["a"] * 5)), "stop strings"),
+        (req(sampling=types_pb2.SamplingParams(stop=[""])), "stop strings"),
+    ],
+)
+def test_bad_fields_are_invalid_argument_with_a_precise_message(request_, message):
+    with pytest.raises(InvalidArgument, match=message):
+        validation.check_shape(request_, max_prompt_chars=100)
+
+
+def test_max_tokens_is_checked_against_the_model():
+    validation.check_against_model(req(max_tokens=512), MODEL)
+    with pytest.raises(InvalidArgument, match="max_tokens 513"):
+        validation.check_against_model(req(max_tokens=513), MODEL)
+
+
+def test_a_good_request_passes_and_is_normalized():
+    good = req(sampling=types_pb2.SamplingParams(temperature=0.7, top_p=0.9, stop=["\n"]))
+    validation.check_shape(good, max_prompt_chars=100)
+    out = validation.normalized(good)
+    assert out.priority == types_pb2.PRIORITY_MEDIUM
+    assert len(out.request_id) == 32
+    assert validation.normalized(req(request_id="mine")).request_id == "mine"
