@@ -1,11 +1,7 @@
 """The three services as processes, as `make up` runs them, with the real SmolLM2 model."""
 
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -13,60 +9,20 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inference.v1 import router_pb2_grpc, types_pb2
 
+from bench.local_system import LocalSystem
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 GRPCURL = str(Path(sys.prefix) / "bin" / "grpcurl")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
     """Scheduler, one worker and router, each its own process, on free ports."""
-    logs = tmp_path_factory.mktemp("logs")
-    ports = {name: free_port() for name in ("router", "scheduler", "worker")}
-    env = {
-        **os.environ,
-        "ROUTER_LISTEN": f"127.0.0.1:{ports['router']}",
-        "ROUTER_SCHEDULER_ADDRESS": f"127.0.0.1:{ports['scheduler']}",
-        "SCHEDULER_LISTEN": f"127.0.0.1:{ports['scheduler']}",
-        "WORKER_LISTEN": f"127.0.0.1:{ports['worker']}",
-        "WORKER_SCHEDULER_ADDRESS": f"127.0.0.1:{ports['scheduler']}",
-        "WORKER_CACHE_DIR": str(ROOT / ".cache" / "models"),
-    }
-    procs = {}
-    for name, module in [
-        ("scheduler", "services.scheduler"),
-        ("worker", "services.gpu_worker"),
-        ("router", "services.router"),
-    ]:
-        out = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-        procs[name] = subprocess.Popen(
-            [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    address = f"127.0.0.1:{ports['router']}"
-    try:
-        ready = subprocess.run(
-            [sys.executable, "scripts/wait_ready.py", "--address", address, "--timeout", "240"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
-        assert ready.returncode == 0, ready.stdout + ready.stderr + dump(logs)
-        yield address, procs, logs
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-
-
-def dump(logs: Path) -> str:
-    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(logs.glob("*.log")))
+    local = LocalSystem(tmp_path_factory.mktemp("logs"))
+    local.start(ready_timeout_s=240)
+    yield local
+    local.kill()
 
 
 def grpcurl(*args: str) -> subprocess.CompletedProcess:
@@ -76,7 +32,7 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_grpcurl_lists_the_router_and_checks_health(system):
-    address, _, _ = system
+    address = system.router_address
     listed = grpcurl(address, "list")
     assert "inference.v1.Router" in listed.stdout
     health = grpcurl(address, "grpc.health.v1.Health/Check")
@@ -84,7 +40,7 @@ def test_grpcurl_lists_the_router_and_checks_health(system):
 
 
 def test_generate_streams_a_real_answer_in_several_messages(system):
-    address, _, _ = system
+    address = system.router_address
     with grpc.insecure_channel(address) as channel:
         stub = router_pb2_grpc.RouterStub(channel)
         request = types_pb2.GenerateRequest(
@@ -103,7 +59,7 @@ def test_generate_streams_a_real_answer_in_several_messages(system):
 
 
 def test_the_sample_request_works_out_of_the_box(system):
-    address, _, _ = system
+    address = system.router_address
     out = grpcurl(
         "-d",
         '{"model_id": "llama-3-70b", "prompt": "Hello", "priority": "PRIORITY_HIGH"}',
@@ -123,20 +79,15 @@ def test_the_sample_request_works_out_of_the_box(system):
     ],
 )
 def test_bad_requests_get_clear_codes(system, body, code):
-    address, _, _ = system
+    address = system.router_address
     out = grpcurl("-d", body, address, "inference.v1.Router/Infer")
     assert out.returncode != 0
     assert f"Code: {code}" in out.stderr
 
 
 def test_sigterm_stops_every_service_cleanly(system):
-    address, procs, logs = system
-    with grpc.insecure_channel(address) as channel:
+    with grpc.insecure_channel(system.router_address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == 1
-    for name in ("router", "worker", "scheduler"):
-        procs[name].send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    for name, proc in procs.items():
-        code = proc.wait(timeout=max(1, deadline - time.monotonic()))
-        assert code == 0, f"{name} exited {code}\n{dump(logs)}"
+    codes = system.stop(timeout_s=30)
+    assert codes == {name: 0 for name in codes}, system.logs()

@@ -61,7 +61,7 @@ def test_greedy_answer_is_real_and_stops_on_eos(engine):
 
 
 def test_max_tokens_bounds_the_output(engine):
-    deltas, final = run(engine, "Write a long story about a dragon.", max_tokens=5)
+    _, final = run(engine, "Write a long story about a dragon.", max_tokens=5)
     assert final.reason is FinishReason.LENGTH and final.completion_tokens == 5
 
 

@@ -43,9 +43,9 @@ async def test_waiting_requests_are_served_high_then_medium_then_low(one_slot):
         finished.append(name)
 
     tasks = []
-    for name, priority in [("low", 3), ("medium", 2), ("high", 1)]:
+    for count, (name, priority) in enumerate([("low", 3), ("medium", 2), ("high", 1)], 1):
         tasks.append(asyncio.create_task(run(name, priority)))
-        await wait_until(lambda n=len(tasks): queued(one_slot) == n)
+        await wait_until(lambda n=count: queued(one_slot) == n)
     await asyncio.gather(blocker, *tasks)
     assert finished == ["high", "medium", "low"]
 

@@ -1,7 +1,7 @@
+import pytest
+
 from services.scheduler.core.queue import QueueFull, RequestQueue
 from services.scheduler.core.types import PendingRequest, Priority
-
-import pytest
 
 
 def pending(rid: str, priority: Priority = Priority.MEDIUM, model: str = "m") -> PendingRequest:
