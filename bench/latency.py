@@ -113,7 +113,7 @@ def main() -> None:
         json.dumps(
             {
                 "machine": {
-                    "cpus": __import__("os").cpu_count(),
+                    "cpus": os.cpu_count(),
                     "python": platform.python_version(),
                 },
                 "rows": rows,
