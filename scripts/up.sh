@@ -47,7 +47,7 @@ start router services.router
 "$PY" scripts/wait_ready.py --address localhost:50051 --timeout 600
 cat <<MSG
 
-==> ready in $(( $(date +%s) - started ))s: router on localhost:50051 (scheduler :50052, workers from :50061)
+==> services ready in $(( $(date +%s) - started ))s: router on localhost:50051 (scheduler :50052, workers from :50061)
     .venv/bin/grpcurl -plaintext localhost:50051 list
     .venv/bin/grpcurl -plaintext -d '{"model_id": "llama-3-70b", "prompt": "Hello", "priority": "PRIORITY_HIGH"}' localhost:50051 inference.v1.Router/Generate
     .venv/bin/grpcurl -plaintext -d '{"model_id": "smollm2-135m", "prompt": "What is the capital of France?"}' localhost:50051 inference.v1.Router/Generate
@@ -55,4 +55,4 @@ cat <<MSG
     Ctrl-C stops everything.
 MSG
 wait -n "${pids[@]}" || true
-echo "==> a service exited; stopping the rest"
+echo "==> shutting down"
