@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import warnings
 
 from services.common.cli import base_parser, run_service
 from services.gpu_worker.config import WorkerConfig, load
 
 log = logging.getLogger("services.gpu_worker")
+
+# torch.cuda imports the `pynvml` module, which the pynvml wheel (a shim over nvidia-ml-py)
+# marks deprecated; the NVML bindings themselves are current.
+warnings.filterwarnings("ignore", message="The pynvml package is deprecated")
 
 
 def pin_device(config: WorkerConfig) -> str:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services.common.errors import DeadlineExceeded, Unavailable
+from services.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from services.scheduler.core.scheduler import SchedulerCore, WorkerRemoval
 from services.scheduler.core.types import (
     Lease,
@@ -65,7 +65,9 @@ class Coordinator:
         DeadlineExceeded when `timeout_s` passes first, Unavailable when its model's last
         worker leaves; on cancellation the request leaves the queue."""
         if request_id in self._waiters:
-            raise Unavailable(f"request {request_id!r} is already in flight")
+            raise InvalidArgument(
+                f"request_id {request_id!r} is already queued; ids must be unique"
+            )
         pending = self.core.enqueue(request_id, model_id, priority, tenant_id)
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         self._waiters[request_id] = future

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -91,3 +92,25 @@ def test_sigterm_stops_every_service_cleanly(system):
         assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == 1
     codes = system.stop(timeout_s=30)
     assert codes == {name: 0 for name in codes}, system.logs()
+
+
+def test_sigterm_lets_an_in_flight_stream_finish(tmp_path):
+    """A second system: SIGTERM to every process while a stream runs; the stream completes."""
+    local = LocalSystem(tmp_path)
+    local.start(ready_timeout_s=240)
+    try:
+        channel = grpc.insecure_channel(local.router_address)
+        stream = router_pb2_grpc.RouterStub(channel).Generate(
+            types_pb2.GenerateRequest(model_id="llama-3-70b", prompt="Hello", max_tokens=60),
+            timeout=60,
+        )
+        first = next(stream)
+        assert first.HasField("delta")
+        codes_future = ThreadPoolExecutor(1).submit(local.stop, 30)
+        rest = list(stream)
+        assert rest[-1].HasField("summary")
+        assert rest[-1].summary.completion_tokens == 60
+        assert codes_future.result() == {name: 0 for name in local.procs}, local.logs()
+        channel.close()
+    finally:
+        local.kill()

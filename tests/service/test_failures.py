@@ -5,6 +5,7 @@ import hashlib
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -12,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inference.v1 import scheduler_pb2, types_pb2
 
 from services.router.config import TenantSpec
+from services.scheduler.server import SchedulerServer
 from tests.service.test_scheduling import wait_until
 from tests.stack import request, sim_model, start_stack
 
@@ -171,3 +173,14 @@ async def test_reflection_lets_grpcurl_list_and_describe_without_protos(stack):
         "inference.v1.Router/Generate",
     )
     assert streamed.count('"delta"') >= 2 and '"summary"' in streamed
+
+
+async def test_workers_register_again_with_a_restarted_scheduler(slow_stack):
+    old = slow_stack.scheduler
+    await old.stop(0)
+    restarted = SchedulerServer(replace(old.config, listen=slow_stack.scheduler_address))
+    await restarted.start()
+    slow_stack.scheduler = restarted
+    await slow_stack.wait_workers(1, timeout_s=15)
+    answer = await slow_stack.router_stub().Infer(request("sim-slow", max_tokens=3), timeout=10)
+    assert answer.completion_tokens == 3

@@ -105,3 +105,25 @@ async def test_priority_unspecified_means_medium(one_slot):
         request("sim-slow", max_tokens=1, priority=types_pb2.PRIORITY_UNSPECIFIED)
     )
     assert answer.completion_tokens == 1
+
+
+async def test_a_deadline_passing_mid_stream_ends_it_and_stops_the_work(one_slot):
+    stub = one_slot.router_stub()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Infer(request("sim-slow", max_tokens=200), timeout=0.3)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    engine = one_slot.workers[0].host.engines["sim-slow"]
+    await wait_until(lambda: engine.active_sequences() == 0)
+    await wait_until(lambda: one_slot.scheduler.coordinator.core.active_leases() == 0)
+
+
+async def test_a_duplicate_queued_request_id_is_invalid(one_slot):
+    stub = one_slot.router_stub()
+    blocker = asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=20)))
+    await wait_until(lambda: one_slot.scheduler.coordinator.core.active_leases() == 1)
+    first = asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=1, request_id="dup")))
+    await wait_until(lambda: queued(one_slot) == 1)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Infer(request("sim-slow", max_tokens=1, request_id="dup"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await asyncio.gather(blocker, first)
