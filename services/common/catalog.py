@@ -40,7 +40,8 @@ class ModelSpec:
     max_context_tokens: int = 2048
     max_output_tokens: int = 512
     default_max_tokens: int = 128
-    max_slots: int = 4
+    max_slots: int = 4  # concurrent sequences per worker (rows of the running batch)
+    max_batch_tokens: int = 32768  # KV-cache budget: sum of prompt + max_tokens over rows
     # transformers engine
     source: str = ""  # "package:<python package>" or a local model directory
     gguf_file: str = ""
@@ -66,6 +67,8 @@ class ModelSpec:
             )
         if self.max_slots < 1:
             raise ConfigError(f"{where}: max_slots must be at least 1")
+        if self.max_batch_tokens < self.max_context_tokens:
+            raise ConfigError(f"{where}: max_batch_tokens must be >= max_context_tokens")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"{where}: dtype must be float32, bfloat16 or float16")
 

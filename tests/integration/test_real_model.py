@@ -1,7 +1,7 @@
 """The transformers engine with the real SmolLM2-135M on the CPU."""
 
-import asyncio
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -94,13 +94,45 @@ def test_incremental_detokenization_matches_the_tokenizer(engine):
     assert all("\ufffd" not in p for p in pieces)
 
 
-def test_sequences_interleave_so_both_stream(engine):
-    async def both():
-        loop = asyncio.get_running_loop()
-        results = await asyncio.gather(
-            *[loop.run_in_executor(None, run, engine, f"Name a color. #{i}", 8) for i in range(2)]
-        )
-        return results
+def test_requests_joining_and_leaving_a_running_batch_match_decoding_alone(engine):
+    """Staggered arrivals and different lengths: rows join mid-batch and leave as they end."""
+    cases = [
+        ("What is the capital of France?", 24, 0.0),
+        ("Name three colors.", 8, 0.0),
+        ("Write a haiku about the sea.", 30, 0.25),
+        ("Explain gravity in one sentence.", 12, 0.5),
+        ("Count to five.", 20, 0.8),
+        ("Hello", 6, 1.1),
+    ]
+    alone = {prompt: text_of(run(engine, prompt, n)[0]) for prompt, n, _ in cases}
+    together: dict[str, str] = {}
 
-    results = asyncio.run(both())
-    assert all(final.completion_tokens > 0 for _, final in results)
+    def go(prompt: str, n: int, delay: float) -> None:
+        time.sleep(delay)
+        together[prompt] = text_of(run(engine, prompt, n)[0])
+
+    threads = [threading.Thread(target=go, args=case) for case in cases]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert together == alone
+    assert engine.active_sequences() == 0
+    assert engine.stats().kv_tokens_used == 0
+
+
+def test_cancelled_rows_leave_the_batch(engine):
+    done = threading.Event()
+    events = []
+    handle = engine.submit(
+        GenerationInput("c", "Write a long story.", 200),
+        lambda e: (events.append(e), done.set() if not hasattr(e, "text") else None),
+    )
+    while len(events) < 3:
+        time.sleep(0.01)
+    handle.cancel()
+    deadline = time.monotonic() + 10
+    while engine.active_sequences() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.active_sequences() == 0
+    assert not done.is_set()  # a cancelled sequence ends silently: the caller went away

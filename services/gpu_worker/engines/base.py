@@ -61,6 +61,17 @@ class Finished:
     completion_tokens: int
 
 
+@dataclass(frozen=True)
+class EngineStats:
+    """Figures an engine reports in heartbeats."""
+
+    running: int  # sequences admitted or waiting, not finished
+    kv_tokens_used: int  # tokens held in the KV cache now
+    kv_tokens_capacity: int  # the engine's KV-token budget
+    tokens_per_second: float  # generated, over the last few seconds
+    memory_bytes: int  # weights (and fixed buffers) the model holds on its device
+
+
 Event = TextDelta | Finished | BaseException
 Sink = Callable[[Event], None]
 
@@ -83,6 +94,9 @@ class Engine(Protocol):
 
     def active_sequences(self) -> int:
         """Sequences admitted and not yet finished."""
+
+    def stats(self) -> EngineStats:
+        """Current figures for heartbeats."""
 
     def close(self) -> None:
         """Stops the engine; running sequences get an error event."""

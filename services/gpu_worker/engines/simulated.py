@@ -11,6 +11,7 @@ same request always streams the same text at the same pace. Runs on the worker's
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import random
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from services.common.catalog import ModelSpec
 from services.common.errors import InvalidArgument, Unavailable
 from services.gpu_worker.engines.base import (
+    EngineStats,
     Finished,
     FinishReason,
     GenerationInput,
@@ -27,6 +29,8 @@ from services.gpu_worker.engines.base import (
     TextDelta,
 )
 from services.gpu_worker.engines.text import StopMatcher
+
+RATE_WINDOW_S = 5.0
 
 WORDS = [
     "the",
@@ -117,6 +121,7 @@ class SimulatedEngine:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closed = False
+        self._produced: collections.deque[float] = collections.deque()  # token times
 
     def load(self) -> None:
         self.state = ModelState.READY
@@ -131,6 +136,18 @@ class SimulatedEngine:
 
     def active_sequences(self) -> int:
         return len(self._running)
+
+    def stats(self) -> EngineStats:
+        now = time.monotonic()
+        while self._produced and now - self._produced[0] > RATE_WINDOW_S:
+            self._produced.popleft()
+        return EngineStats(
+            running=len(self._running),
+            kv_tokens_used=sum(s.prompt_tokens + s.generated for s in self._running),
+            kv_tokens_capacity=self.spec.max_batch_tokens,
+            tokens_per_second=len(self._produced) / RATE_WINDOW_S,
+            memory_bytes=self.spec.simulation.memory_bytes,
+        )
 
     def submit(self, request: GenerationInput, sink: Sink) -> _SimSequence:
         """Must be called on the worker's event loop."""
@@ -182,6 +199,7 @@ class SimulatedEngine:
         word = seq.rng.choice(WORDS)
         piece = word.capitalize() if seq.generated == 0 else " " + word
         seq.generated += 1
+        self._produced.append(time.monotonic())
         text, stopped = seq.stops.push(piece)
         if not stopped and seq.generated >= seq.request.max_tokens:
             text += seq.stops.flush()

@@ -1,52 +1,30 @@
-"""A causal LM run with PyTorch through transformers, on its own thread.
+"""A causal LM run with PyTorch through transformers, with continuous batching.
 
-The engine thread owns the model. Each iteration it admits new sequences and advances every
-running sequence by one token (prefill on a sequence's first step, then one decode step over
-its KV cache), so sequences join and leave between steps and stream as they go. Steps are
-interleaved per sequence; batching them into one forward pass is the continuous-batching work
-that comes next, behind this same interface.
+The engine thread owns the model and one running batch (`kv_batch.KvBatch`). Each
+iteration: cancelled rows leave; waiting sequences join while slots and the KV-token budget
+allow (prefilled together, then merged into the batch); every row samples its next token
+from its own logits with its own options; finished rows leave; one forward pass decodes the
+rest. So requests join at the next step and leave as they finish, and the event loop that
+serves gRPC never waits on the model.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from services.common.catalog import ModelSpec
 from services.common.errors import InvalidArgument, Unavailable
-from services.gpu_worker.engines.base import (
-    Finished,
-    FinishReason,
-    GenerationInput,
-    ModelState,
-    Sink,
-    TextDelta,
-)
-from services.gpu_worker.engines.text import IncrementalDetokenizer, StopMatcher
+from services.gpu_worker.engines.base import EngineStats, GenerationInput, ModelState, Sink
+from services.gpu_worker.engines.sequence import Sequence
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class _Sequence:
-    request: GenerationInput
-    sink: Sink
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    input_ids: Any = None  # prompt ids (1, n) until prefilled
-    past: Any = None  # KV cache
-    last_token: int = -1
-    prompt_tokens: int = 0
-    generated: int = 0
-    detok: IncrementalDetokenizer | None = None
-    stops: StopMatcher | None = None
-    generator: Any = None
-
-    def cancel(self) -> None:
-        self.cancelled.set()
+RATE_WINDOW_S = 5.0  # tokens/s is measured over this window
 
 
 class TransformersEngine:
@@ -59,11 +37,14 @@ class TransformersEngine:
         self._tokenizer: Any = None
         self._model: Any = None
         self._eos: set[int] = set()
-        self._incoming: list[_Sequence] = []
-        self._running: list[_Sequence] = []
+        self._incoming: list[Sequence] = []
         self._wake = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._active = 0  # sequences submitted and not finished (read from other threads)
+        self._kv_tokens = 0
+        self._produced: collections.deque[tuple[float, int]] = collections.deque()
+        self.weights_bytes = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     def load(self) -> None:
@@ -76,6 +57,7 @@ class TransformersEngine:
             self.state = ModelState.FAILED
             raise
         self._eos = _eos_ids(self._tokenizer, self._model)
+        self.weights_bytes = sum(p.numel() * p.element_size() for p in self._model.parameters())
         self._thread = threading.Thread(
             target=self._run, name=f"engine-{self.spec.model_id}", daemon=True
         )
@@ -90,113 +72,157 @@ class TransformersEngine:
             self._closed = True
             self._wake.notify()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=10)
+        self._model = None
 
-    # -- requests --------------------------------------------------------------------------
-    def submit(self, request: GenerationInput, sink: Sink) -> _Sequence:
-        sequence = _Sequence(request, sink)
+    # -- requests and figures --------------------------------------------------------------
+    def submit(self, request: GenerationInput, sink: Sink) -> Sequence:
+        sequence = Sequence(request, sink)
         with self._wake:
             if self._closed:
                 sink(Unavailable(f"model {self.spec.model_id} is shutting down"))
                 return sequence
             self._incoming.append(sequence)
+            self._active += 1
             self._wake.notify()
         return sequence
 
     def active_sequences(self) -> int:
-        return len(self._running) + len(self._incoming)
+        return self._active
+
+    def stats(self) -> EngineStats:
+        now = time.monotonic()
+        recent = sum(n for t, n in list(self._produced) if now - t <= RATE_WINDOW_S)
+        return EngineStats(
+            running=self._active,
+            kv_tokens_used=self._kv_tokens,
+            kv_tokens_capacity=self.spec.max_batch_tokens,
+            tokens_per_second=recent / RATE_WINDOW_S,
+            memory_bytes=self.weights_bytes,
+        )
 
     # -- the engine thread -----------------------------------------------------------------
     def _run(self) -> None:
         import torch
 
-        with torch.inference_mode():
-            while True:
-                with self._wake:
-                    while not (self._incoming or self._running or self._closed):
-                        self._wake.wait()
-                    if self._closed:
-                        break
-                    self._running.extend(self._incoming)
-                    self._incoming.clear()
-                for sequence in list(self._running):
-                    if not self._advance(sequence):
-                        self._running.remove(sequence)
-        for sequence in self._running + self._incoming:
+        from services.gpu_worker.engines import kv_batch
+
+        rows: list[Sequence] = []
+        waiting: collections.deque[Sequence] = collections.deque()
+        batch = None
+        while True:
+            with self._wake:
+                while not (self._incoming or rows or waiting or self._closed):
+                    self._wake.wait()
+                if self._closed:
+                    break
+                arrived, self._incoming = self._incoming, []
+            waiting.extend(s for s in arrived if self._prepare(s))
+            try:
+                rows, batch = self._drop_cancelled(rows, batch, waiting)
+                joining = self._admit(rows, waiting)
+                if joining:
+                    fresh = kv_batch.prefill(
+                        self._model, [s.prompt_ids for s in joining], self.device
+                    )
+                    batch = fresh if batch is None else kv_batch.merge(batch, fresh)
+                    rows = rows + joining
+                if not rows:
+                    continue
+                tokens = self._sample(rows, batch.last_logits)
+                keep = [
+                    i
+                    for i, (s, t) in enumerate(zip(rows, tokens, strict=True))
+                    if s.accept(t, self._eos)
+                ]
+                self._produced_tokens(len(rows))
+                self._finished(len(rows) - len(keep))
+                if len(keep) < len(rows):
+                    rows = [rows[i] for i in keep]
+                    tokens = [tokens[i] for i in keep]
+                    batch = kv_batch.select(batch, keep) if keep else None
+                if rows:
+                    kv_batch.decode(self._model, batch, torch.tensor(tokens, device=self.device))
+                self._kv_tokens = sum(s.cached_tokens for s in rows)
+            except Exception as exc:  # a device or runtime fault: stop serving garbage
+                log.exception("model step failed; %s is now unhealthy", self.spec.model_id)
+                self.healthy = False
+                for sequence in rows:
+                    sequence.sink(exc)
+                self._finished(len(rows))
+                rows, batch = [], None
+        for sequence in [*rows, *waiting, *self._incoming]:
             sequence.sink(Unavailable(f"model {self.spec.model_id} stopped"))
 
-    def _advance(self, seq: _Sequence) -> bool:
-        """One step of one sequence. False when the sequence has left the engine."""
-        if seq.cancelled.is_set():
-            return False
-        try:
-            if seq.past is None and seq.input_ids is None:
-                self._prepare(seq)
-            token = self._step(seq)
-        except InvalidArgument as exc:
-            seq.sink(exc)
-            return False
-        except Exception as exc:  # a device or runtime fault: stop serving garbage
-            log.exception("model step failed for %s", seq.request.request_id)
-            self.healthy = False
-            seq.sink(exc)
-            return False
-        return self._emit(seq, token)
-
-    def _prepare(self, seq: _Sequence) -> None:
+    def _prepare(self, seq: Sequence) -> bool:
+        """Tokenizes and checks the prompt. False (and an error to the sink) if it is bad."""
         from services.gpu_worker.engines.sampling import make_generator
+        from services.gpu_worker.engines.text import IncrementalDetokenizer, StopMatcher
 
         ids = self._encode(seq.request.prompt)
         limit = self.spec.max_context_tokens
         if len(ids) + seq.request.max_tokens > limit:
-            raise InvalidArgument(
-                f"prompt ({len(ids)} tokens) plus max_tokens ({seq.request.max_tokens}) "
-                f"exceeds the context of {self.spec.model_id} ({limit} tokens)"
+            self._finished(1)
+            seq.sink(
+                InvalidArgument(
+                    f"prompt ({len(ids)} tokens) plus max_tokens ({seq.request.max_tokens}) "
+                    f"exceeds the context of {self.spec.model_id} ({limit} tokens)"
+                )
             )
-        import torch
-
-        seq.input_ids = torch.tensor([ids], device=self.device)
-        seq.prompt_tokens = len(ids)
+            return False
+        seq.prompt_ids = ids
         seq.detok = IncrementalDetokenizer(self._tokenizer)
         seq.stops = StopMatcher(seq.request.sampling.stop)
         seq.generator = make_generator(seq.request.sampling, self.device)
-
-    def _step(self, seq: _Sequence) -> int:
-        import torch
-
-        from services.gpu_worker.engines.sampling import next_token
-
-        if seq.past is None:
-            inputs = seq.input_ids
-        else:
-            inputs = torch.tensor([[seq.last_token]], device=self.device)
-        out = self._model(input_ids=inputs, past_key_values=seq.past, use_cache=True)
-        seq.past = out.past_key_values
-        seq.input_ids = None
-        return next_token(out.logits[0, -1], seq.request.sampling, seq.generator)
-
-    def _emit(self, seq: _Sequence, token: int) -> bool:
-        assert seq.detok is not None and seq.stops is not None
-        if token in self._eos:
-            seq.sink(TextDelta(seq.stops.flush() + seq.detok.flush(), 0))
-            return self._finish(seq, FinishReason.STOP)
-        seq.last_token = token
-        seq.generated += 1
-        text, stopped = seq.stops.push(seq.detok.push(token))
-        if stopped:
-            seq.sink(TextDelta(text, 1))
-            return self._finish(seq, FinishReason.STOP)
-        if seq.generated >= seq.request.max_tokens:
-            tail, _ = seq.stops.push(seq.detok.flush())
-            seq.sink(TextDelta(text + tail + seq.stops.flush(), 1))
-            return self._finish(seq, FinishReason.LENGTH)
-        seq.sink(TextDelta(text, 1))
         return True
 
-    def _finish(self, seq: _Sequence, reason: FinishReason) -> bool:
-        seq.sink(Finished(reason, seq.prompt_tokens, seq.generated))
-        seq.past = None
-        return False
+    def _admit(self, rows: list[Sequence], waiting: collections.deque[Sequence]) -> list[Sequence]:
+        """Waiting sequences that fit the free slots and the KV-token budget, in order."""
+        budget = self.spec.max_batch_tokens - sum(s.kv_tokens for s in rows)
+        joining: list[Sequence] = []
+        while waiting and len(rows) + len(joining) < self.spec.max_slots:
+            if waiting[0].kv_tokens > budget and (rows or joining):
+                break  # wait for room; a lone sequence always runs
+            seq = waiting.popleft()
+            budget -= seq.kv_tokens
+            joining.append(seq)
+        return joining
+
+    def _drop_cancelled(
+        self, rows: list[Sequence], batch: Any, waiting: collections.deque[Sequence]
+    ) -> tuple[list[Sequence], Any]:
+        from services.gpu_worker.engines import kv_batch
+
+        for seq in [s for s in waiting if s.cancelled.is_set()]:
+            waiting.remove(seq)
+            self._finished(1)
+        keep = [i for i, s in enumerate(rows) if not s.cancelled.is_set()]
+        if len(keep) == len(rows):
+            return rows, batch
+        self._finished(len(rows) - len(keep))
+        return [rows[i] for i in keep], (kv_batch.select(batch, keep) if keep else None)
+
+    def _sample(self, rows: list[Sequence], logits: Any) -> list[int]:
+        from services.gpu_worker.engines.sampling import next_token
+
+        greedy = logits.argmax(-1).tolist()
+        return [
+            greedy[i]
+            if s.request.sampling.greedy
+            else next_token(logits[i], s.request.sampling, s.generator)
+            for i, s in enumerate(rows)
+        ]
+
+    def _produced_tokens(self, count: int) -> None:
+        now = time.monotonic()
+        self._produced.append((now, count))
+        while self._produced and now - self._produced[0][0] > RATE_WINDOW_S:
+            self._produced.popleft()
+
+    def _finished(self, count: int) -> None:
+        if count:
+            with self._wake:
+                self._active -= count
 
     def _encode(self, prompt: str) -> list[int]:
         tok = self._tokenizer

@@ -1,0 +1,66 @@
+"""One generating sequence: its sampling state, text assembly and finishing rules.
+
+Engine-agnostic: the engine feeds it each sampled token with `accept`, and it reports deltas
+and the final event to the request's sink.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.gpu_worker.engines.base import (
+    Finished,
+    FinishReason,
+    GenerationInput,
+    Sink,
+    TextDelta,
+)
+from services.gpu_worker.engines.text import IncrementalDetokenizer, StopMatcher
+
+
+@dataclass
+class Sequence:
+    request: GenerationInput
+    sink: Sink
+    prompt_ids: list[int] = field(default_factory=list)
+    generated: int = 0
+    generator: Any = None  # torch.Generator for sampled decoding; None when greedy
+    detok: IncrementalDetokenizer | None = None
+    stops: StopMatcher | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    @property
+    def kv_tokens(self) -> int:
+        """KV-cache tokens this sequence may come to hold: prompt plus max_tokens."""
+        return len(self.prompt_ids) + self.request.max_tokens
+
+    @property
+    def cached_tokens(self) -> int:
+        return len(self.prompt_ids) + self.generated
+
+    def accept(self, token: int, eos: set[int]) -> bool:
+        """Takes the next token; emits text and, at the end, Finished. False when finished."""
+        assert self.detok is not None and self.stops is not None
+        if token in eos:
+            self.sink(TextDelta(self.stops.flush() + self.detok.flush(), 0))
+            return self._finish(FinishReason.STOP)
+        self.generated += 1
+        text, stopped = self.stops.push(self.detok.push(token))
+        if stopped:
+            self.sink(TextDelta(text, 1))
+            return self._finish(FinishReason.STOP)
+        if self.generated >= self.request.max_tokens:
+            tail, _ = self.stops.push(self.detok.flush())
+            self.sink(TextDelta(text + tail + self.stops.flush(), 1))
+            return self._finish(FinishReason.LENGTH)
+        self.sink(TextDelta(text, 1))
+        return True
+
+    def _finish(self, reason: FinishReason) -> bool:
+        self.sink(Finished(reason, len(self.prompt_ids), self.generated))
+        return False
