@@ -59,11 +59,16 @@ def model_info(spec: ModelSpec) -> types_pb2.ModelInfo:
 
 
 def worker_model(engine: Engine) -> types_pb2.WorkerModel:
+    stats = engine.stats()
     return types_pb2.WorkerModel(
         info=model_info(engine.spec),
         state=_STATES[engine.state] if engine.healthy else types_pb2.MODEL_STATE_FAILED,
         max_slots=engine.spec.max_slots,
-        active_sequences=engine.active_sequences(),
+        active_sequences=stats.running,
+        kv_cache_tokens_used=stats.kv_tokens_used,
+        kv_cache_tokens_capacity=stats.kv_tokens_capacity,
+        tokens_per_second=stats.tokens_per_second,
+        memory_bytes=stats.memory_bytes,
     )
 
 

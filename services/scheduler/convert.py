@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from inference.v1 import scheduler_pb2, types_pb2
 
 from services.common.catalog import ModelSpec
@@ -83,18 +85,19 @@ def model_info(view: ModelView) -> types_pb2.ModelInfo:
     )
 
 
-def worker_status(
-    record: WorkerRecord, device: types_pb2.DeviceTelemetry | None, now: float
-) -> types_pb2.WorkerStatus:
-    models = [
-        types_pb2.WorkerModel(
-            info=types_pb2.ModelInfo(model_id=slots.model_id),
-            state=types_pb2.MODEL_STATE_READY if slots.ready else types_pb2.MODEL_STATE_LOADING,
-            max_slots=slots.max_slots,
-            active_sequences=slots.active,
-        )
-        for slots in record.models.values()
-    ]
+def worker_status(record: WorkerRecord, session: Any, now: float) -> types_pb2.WorkerStatus:
+    """The worker's lease-table view, with the engine figures of its last heartbeat."""
+    reported = {m.info.model_id: m for m in (session.models if session else [])}
+    models = []
+    for slots in record.models.values():
+        model = types_pb2.WorkerModel()
+        if slots.model_id in reported:
+            model.CopyFrom(reported[slots.model_id])
+        model.info.model_id = slots.model_id
+        model.state = types_pb2.MODEL_STATE_READY if slots.ready else types_pb2.MODEL_STATE_LOADING
+        model.max_slots = slots.max_slots
+        models.append(model)
+    device = session.device if session else None
     return types_pb2.WorkerStatus(
         worker_id=record.worker_id,
         address=record.address,

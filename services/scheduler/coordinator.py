@@ -35,6 +35,7 @@ class Session:
     worker_id: str
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     device: object = None  # last DeviceTelemetry message, shown by GetStatus
+    models: list = field(default_factory=list)  # last WorkerModel messages, shown by GetStatus
 
 
 @dataclass(frozen=True)
@@ -130,12 +131,18 @@ class Coordinator:
         return session
 
     def heartbeat(
-        self, session: Session, state: WorkerState, models: list[ModelSlots], device: object
+        self,
+        session: Session,
+        state: WorkerState,
+        models: list[ModelSlots],
+        device: object,
+        reported: list | None = None,
     ) -> bool:
         """False when the worker was declared dead meanwhile: the session must end."""
         if self._sessions.get(session.worker_id) is not session:
             return False
         session.device = device
+        session.models = list(reported or [])
         alive = self.core.heartbeat(session.worker_id, state, models)
         self._dispatch()
         return alive

@@ -108,9 +108,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                     continue
                 beat = message.heartbeat
                 models = [convert.slots_from_proto(m) for m in beat.models]
-                if not self._coord.heartbeat(
-                    session, convert.worker_state(beat), models, beat.device
-                ):
+                state = convert.worker_state(beat)
+                if not self._coord.heartbeat(session, state, models, beat.device, beat.models):
                     break
         except grpc.aio.AioRpcError:
             pass  # stream broke: the worker is gone
@@ -132,7 +131,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         workers = []
         for record in core.workers():
             session = self._coord.session(record.worker_id)
-            workers.append(convert.worker_status(record, session and session.device, now))
+            workers.append(convert.worker_status(record, session, now))
         return types_pb2.GetStatusResponse(
             queues=convert.queue_depths(core.queue_depths()),
             workers=workers,

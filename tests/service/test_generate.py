@@ -1,5 +1,7 @@
 """Router → scheduler → worker over real aio servers, with the simulated engine."""
 
+import asyncio
+
 import grpc
 import pytest
 from inference.v1 import types_pb2
@@ -90,3 +92,19 @@ async def test_list_models_and_status(stack):
     assert worker.state == types_pb2.WORKER_STATE_READY
     assert worker.device.is_cpu and worker.device.memory_total_bytes > 0
     assert status.total_slots == 4 and status.active_leases == 0
+
+
+async def test_engine_figures_reach_get_status_through_heartbeats(stack):
+    stub = stack.router_stub()
+    await stub.Infer(request(max_tokens=20))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while True:
+        status = await stub.GetStatus(types_pb2.GetStatusRequest())
+        [model] = status.workers[0].models
+        if model.tokens_per_second > 0 or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert model.tokens_per_second > 0
+    assert model.kv_cache_tokens_capacity == 32768 and model.memory_bytes > 0
+    assert model.state == types_pb2.MODEL_STATE_READY and model.max_slots == 4
