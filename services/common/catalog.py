@@ -12,7 +12,7 @@ from typing import Any
 
 from services.common.config import ConfigError
 
-ENGINES = ("transformers", "simulated")
+ENGINES = ("transformers", "simulated", "embedding")
 
 
 @dataclass(frozen=True)
@@ -53,15 +53,22 @@ class ModelSpec:
     def simulated(self) -> bool:
         return self.engine == "simulated"
 
+    @property
+    def kind(self) -> str:
+        """What the model does: "generative" or "embedding"."""
+        return "embedding" if self.engine == "embedding" else "generative"
+
     def __post_init__(self) -> None:
         where = f"model {self.model_id!r}"
         if not self.model_id:
             raise ConfigError("[[models]] entry without id")
         if self.engine not in ENGINES:
             raise ConfigError(f"{where}: engine must be one of {ENGINES}, got {self.engine!r}")
-        if self.engine == "transformers" and not self.source:
-            raise ConfigError(f"{where}: the transformers engine needs a source")
-        if not 0 < self.default_max_tokens <= self.max_output_tokens < self.max_context_tokens:
+        if self.engine in ("transformers", "embedding") and not self.source:
+            raise ConfigError(f"{where}: the {self.engine} engine needs a source")
+        if self.kind == "generative" and not (
+            0 < self.default_max_tokens <= self.max_output_tokens < self.max_context_tokens
+        ):
             raise ConfigError(
                 f"{where}: need 0 < default_max_tokens <= max_output_tokens < max_context_tokens"
             )

@@ -49,7 +49,9 @@ def generation_input(request: types_pb2.GenerateRequest, spec: ModelSpec) -> Gen
 def model_info(spec: ModelSpec) -> types_pb2.ModelInfo:
     return types_pb2.ModelInfo(
         model_id=spec.model_id,
-        kind=types_pb2.MODEL_KIND_GENERATIVE,
+        kind=types_pb2.MODEL_KIND_EMBEDDING
+        if spec.kind == "embedding"
+        else types_pb2.MODEL_KIND_GENERATIVE,
         simulated=spec.simulated,
         max_context_tokens=spec.max_context_tokens,
         max_output_tokens=spec.max_output_tokens,

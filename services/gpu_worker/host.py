@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from services.common.catalog import ModelSpec
-from services.common.errors import NotFound, Unavailable
+from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.gpu_worker.engines import create_engine
 from services.gpu_worker.engines.base import Engine, ModelState
 
@@ -30,13 +30,16 @@ class ModelHost:
             except Exception:
                 log.exception("loading %s failed", model_id)
 
-    def engine_for(self, model_id: str) -> Engine:
-        """The ready engine for a model. Raises NotFound or Unavailable."""
+    def engine_for(self, model_id: str, kind: str = "generative") -> Engine:
+        """The ready engine for a model of that kind. Raises NotFound, InvalidArgument (wrong
+        kind) or Unavailable."""
         if self.draining:
             raise Unavailable("worker is draining")
         engine = self.engines.get(model_id)
         if engine is None:
             raise NotFound(f"model {model_id!r} is not on this worker")
+        if engine.spec.kind != kind:
+            raise InvalidArgument(f"model {model_id!r} is a {engine.spec.kind} model")
         if engine.state is not ModelState.READY or not engine.healthy:
             raise Unavailable(f"model {model_id!r} is {engine.state.value} on this worker")
         return engine

@@ -72,6 +72,45 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         finally:
             handle.cancel()
 
+    async def Embed(
+        self, request: worker_pb2.ExecuteEmbedRequest, context: grpc.aio.ServicerContext
+    ) -> types_pb2.EmbedResponse:
+        return await embed(self._host, request, self._worker_id, self._gpu_id)
+
+
+async def embed(
+    host: ModelHost, request: worker_pb2.ExecuteEmbedRequest, worker_id: str, gpu_id: str
+) -> types_pb2.EmbedResponse:
+    """Runs one embedding request on the model's batching engine."""
+    req = request.request
+    engine = host.engine_for(req.model_id, kind="embedding")
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+    started = time.monotonic()
+
+    def sink(event: object) -> None:
+        loop.call_soon_threadsafe(lambda: done.done() or done.set_result(event))
+
+    handle = engine.embed(list(req.inputs), sink)
+    try:
+        result = await done
+    finally:
+        handle.cancel()
+    if isinstance(result, ServiceError):
+        raise result
+    if isinstance(result, BaseException):
+        raise Unavailable("the model failed on this worker") from result
+    return types_pb2.EmbedResponse(
+        request_id=req.request_id,
+        model_id=req.model_id,
+        embeddings=[types_pb2.Embedding(values=v) for v in result.vectors],
+        dimensions=len(result.vectors[0]) if result.vectors else 0,
+        prompt_tokens=result.prompt_tokens,
+        inference_time_ms=(time.monotonic() - started) * 1000.0,
+        gpu_id=gpu_id,
+        worker_id=worker_id,
+    )
+
 
 def _merge(batch: list[Event]) -> tuple[str, int, Finished | None]:
     """Joins deltas; returns (text, tokens, the Finished event if one came). Raises an error

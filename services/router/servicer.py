@@ -61,6 +61,23 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             )
         raise Unavailable("the generation stream ended without a result")
 
+    async def Embed(
+        self, request: types_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> types_pb2.EmbedResponse:
+        tenant = self._auth.tenant_for(context.invocation_metadata() or ())
+        validation.check_embed_shape(request, self._config.max_prompt_chars)
+        model = await self._models.get(request.model_id)
+        validation.check_kind(model, types_pb2.MODEL_KIND_EMBEDDING)
+        admitted = validation.normalized(request)
+        await context.send_initial_metadata(((REQUEST_ID_HEADER, admitted.request_id),))
+        try:
+            return await self._scheduler.Embed(
+                scheduler_pb2.ScheduleEmbedRequest(request=admitted, tenant_id=tenant),
+                timeout=self._deadline_s(context),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _upstream_error(exc) from None
+
     async def ListModels(
         self, request: types_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> types_pb2.ListModelsResponse:

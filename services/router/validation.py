@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from typing import Any
 
 from inference.v1 import types_pb2
 
@@ -13,6 +14,7 @@ MAX_STOP_STRINGS = 4
 MAX_STOP_CHARS = 64
 MAX_REQUEST_ID_CHARS = 128
 MAX_TOP_K = 1000
+MAX_EMBED_INPUTS = 256
 _PRIORITIES = set(types_pb2.Priority.values())
 
 
@@ -26,15 +28,33 @@ def check_shape(request: types_pb2.GenerateRequest, max_prompt_chars: int) -> No
         raise InvalidArgument(
             f"prompt too long: {len(request.prompt)} characters (limit {max_prompt_chars})"
         )
-    if request.priority not in _PRIORITIES:
-        raise InvalidArgument(f"priority {request.priority} is not a valid Priority")
-    rid = request.request_id
-    if len(rid) > MAX_REQUEST_ID_CHARS or not rid.isprintable():
-        raise InvalidArgument(f"request_id must be printable, at most {MAX_REQUEST_ID_CHARS} chars")
+    _check_common(request)
     _check_sampling(request.sampling)
 
 
+def check_embed_shape(request: types_pb2.EmbedRequest, max_input_chars: int) -> None:
+    """Checks an EmbedRequest's fields. Raises InvalidArgument."""
+    if not request.model_id:
+        raise InvalidArgument("model_id is required")
+    if not 0 < len(request.inputs) <= MAX_EMBED_INPUTS:
+        raise InvalidArgument(f"inputs must hold 1 to {MAX_EMBED_INPUTS} texts")
+    for i, text in enumerate(request.inputs):
+        if not text.strip():
+            raise InvalidArgument(f"inputs[{i}] must not be empty")
+        if len(text) > max_input_chars:
+            raise InvalidArgument(f"inputs[{i}] too long: {len(text)} characters")
+    _check_common(request)
+
+
+def check_kind(model: types_pb2.ModelInfo, kind: int) -> None:
+    """A generative model for Generate/Infer, an embedding model for Embed."""
+    if model.kind != kind:
+        use = "Embed" if model.kind == types_pb2.MODEL_KIND_EMBEDDING else "Generate or Infer"
+        raise InvalidArgument(f"model {model.model_id!r} is served by {use}")
+
+
 def check_against_model(request: types_pb2.GenerateRequest, model: types_pb2.ModelInfo) -> None:
+    check_kind(model, types_pb2.MODEL_KIND_GENERATIVE)
     if request.max_tokens > model.max_output_tokens:
         raise InvalidArgument(
             f"max_tokens {request.max_tokens} exceeds the limit of {model.model_id} "
@@ -42,15 +62,24 @@ def check_against_model(request: types_pb2.GenerateRequest, model: types_pb2.Mod
         )
 
 
-def normalized(request: types_pb2.GenerateRequest) -> types_pb2.GenerateRequest:
-    """A copy with request_id assigned and priority made explicit."""
-    out = types_pb2.GenerateRequest()
+def normalized(request: Any) -> Any:
+    """A copy (of a GenerateRequest or EmbedRequest) with request_id assigned and priority
+    made explicit."""
+    out = type(request)()
     out.CopyFrom(request)
     if not out.request_id:
         out.request_id = uuid.uuid4().hex
     if out.priority == types_pb2.PRIORITY_UNSPECIFIED:
         out.priority = types_pb2.PRIORITY_MEDIUM
     return out
+
+
+def _check_common(request: Any) -> None:
+    if request.priority not in _PRIORITIES:
+        raise InvalidArgument(f"priority {request.priority} is not a valid Priority")
+    rid = request.request_id
+    if len(rid) > MAX_REQUEST_ID_CHARS or not rid.isprintable():
+        raise InvalidArgument(f"request_id must be printable, at most {MAX_REQUEST_ID_CHARS} chars")
 
 
 def _check_sampling(s: types_pb2.SamplingParams) -> None:

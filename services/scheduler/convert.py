@@ -40,6 +40,7 @@ def entry_from_spec(spec: ModelSpec) -> ModelCatalogEntry:
         max_context_tokens=spec.max_context_tokens,
         max_output_tokens=spec.max_output_tokens,
         default_max_tokens=spec.default_max_tokens,
+        kind=spec.kind,
         description=spec.description,
     )
 

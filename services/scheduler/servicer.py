@@ -69,6 +69,40 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             call.cancel()
             self._coord.release(lease.lease_id)
 
+    async def Embed(
+        self, request: scheduler_pb2.ScheduleEmbedRequest, context: grpc.aio.ServicerContext
+    ) -> types_pb2.EmbedResponse:
+        req = request.request
+        if not req.request_id or not req.model_id:
+            raise InvalidArgument("request_id and model_id are required")
+        grant = await self._coord.acquire(
+            req.request_id,
+            req.model_id,
+            convert.priority(req.priority),
+            request.tenant_id,
+            context.time_remaining(),
+        )
+        lease = grant.lease
+        call = self._workers.stub(lease.worker_address).Embed(
+            worker_pb2.ExecuteEmbedRequest(
+                lease_id=lease.lease_id, request=req, tenant_id=request.tenant_id
+            ),
+            timeout=context.time_remaining(),
+        )
+        self._coord.on_revoke(lease.lease_id, call.cancel)
+        try:
+            response = await call
+        except grpc.aio.AioRpcError as exc:
+            raise _worker_failure(exc, lease.worker_id) from None
+        except asyncio.CancelledError:
+            if lease.lease_id in self._coord.revoked and not _task_cancelled():
+                raise Unavailable(f"worker {lease.worker_id} died during the request") from None
+            raise
+        finally:
+            self._coord.release(lease.lease_id)
+        response.queue_time_ms = grant.queue_time_ms
+        return response
+
     async def WorkerSession(
         self,
         request_iterator: AsyncIterator[scheduler_pb2.WorkerSessionRequest],

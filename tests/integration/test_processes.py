@@ -71,6 +71,24 @@ def test_the_sample_request_works_out_of_the_box(system):
     assert out.stdout.count('"delta"') >= 2 and '"summary"' in out.stdout
 
 
+def test_embed_through_the_router_and_kinds_are_enforced(system):
+    with grpc.insecure_channel(system.router_address) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        answer = stub.Embed(
+            types_pb2.EmbedRequest(model_id="minilm-l6-v2", inputs=["hello", "world"]),
+            timeout=60,
+        )
+        assert len(answer.embeddings) == 2 and answer.dimensions == 384
+        assert answer.gpu_id == "cpu-0" and answer.request_id
+        for wrong in (
+            lambda: stub.Embed(types_pb2.EmbedRequest(model_id="smollm2-135m", inputs=["x"])),
+            lambda: stub.Infer(types_pb2.GenerateRequest(model_id="minilm-l6-v2", prompt="x")),
+        ):
+            with pytest.raises(grpc.RpcError) as info:
+                wrong()
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 @pytest.mark.parametrize(
     ("body", "code"),
     [

@@ -37,8 +37,9 @@ def test_the_default_config_loads_for_every_service():
     scheduler = scheduler_config.load(data, {}, {})
     worker = worker_config.load(data, {}, {})
     assert router.listen == "127.0.0.1:50051"
-    assert set(scheduler.catalog) == {"smollm2-135m", "llama-3-70b"}
-    assert worker.model_ids == ["smollm2-135m", "llama-3-70b"]
+    assert set(scheduler.catalog) == {"smollm2-135m", "llama-3-70b", "minilm-l6-v2"}
+    assert worker.model_ids == ["smollm2-135m", "llama-3-70b", "minilm-l6-v2"]
+    assert scheduler.catalog["minilm-l6-v2"].kind == "embedding"
     assert scheduler.catalog["llama-3-70b"].simulated
 
 

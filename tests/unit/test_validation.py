@@ -11,7 +11,10 @@ def req(**fields):
     return types_pb2.GenerateRequest(**fields)
 
 
-MODEL = types_pb2.ModelInfo(model_id="m", max_output_tokens=512)
+MODEL = types_pb2.ModelInfo(
+    model_id="m", max_output_tokens=512, kind=types_pb2.MODEL_KIND_GENERATIVE
+)
+EMBEDDER = types_pb2.ModelInfo(model_id="e", kind=types_pb2.MODEL_KIND_EMBEDDING)
 
 
 @pytest.mark.parametrize(
@@ -48,3 +51,24 @@ def test_a_good_request_passes_and_is_normalized():
     assert out.priority == types_pb2.PRIORITY_MEDIUM
     assert len(out.request_id) == 32
     assert validation.normalized(req(request_id="mine")).request_id == "mine"
+
+
+def test_a_model_is_used_only_by_the_rpc_of_its_kind():
+    with pytest.raises(InvalidArgument, match="served by Embed"):
+        validation.check_against_model(req(model_id="e"), EMBEDDER)
+    with pytest.raises(InvalidArgument, match="served by Generate"):
+        validation.check_kind(MODEL, types_pb2.MODEL_KIND_EMBEDDING)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ([], "1 to 256"),
+        (["a"] * 257, "1 to 256"),
+        (["ok", " "], r"inputs\[1\] must not"),
+        (["x" * 101], r"inputs\[0\] too long"),
+    ],
+)
+def test_bad_embed_requests_are_invalid(inputs, message):
+    with pytest.raises(InvalidArgument, match=message):
+        validation.check_embed_shape(types_pb2.EmbedRequest(model_id="e", inputs=inputs), 100)

@@ -14,6 +14,10 @@ def create_engine(spec: ModelSpec, cache_dir: Path, device: str) -> Engine:
         from services.gpu_worker.engines.simulated import SimulatedEngine
 
         return SimulatedEngine(spec)
+    if spec.engine == "embedding":
+        from services.gpu_worker.engines.embedding import EmbeddingEngine
+
+        return EmbeddingEngine(spec, device)
     from services.gpu_worker.engines.transformers_engine import TransformersEngine
 
     return TransformersEngine(spec, cache_dir, device)

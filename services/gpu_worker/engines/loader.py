@@ -24,13 +24,17 @@ COMPLETE_MARKER = ".complete"
 
 
 def resolve_source(source: str) -> Path:
-    """`package:<name>` → the installed package's folder; anything else is a directory."""
+    """`package:<name>[/<subfolder>]` → that folder of an installed Python package (models
+    shipped inside wheels); anything else is a local directory."""
     if source.startswith("package:"):
-        name = source.removeprefix("package:")
+        name, _, subfolder = source.removeprefix("package:").partition("/")
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:
             raise FileNotFoundError(f"python package {name!r} is not installed")
-        return Path(next(iter(spec.submodule_search_locations)))
+        path = Path(next(iter(spec.submodule_search_locations))) / subfolder
+        if not path.is_dir():
+            raise FileNotFoundError(f"{source}: {path} does not exist")
+        return path
     path = Path(source).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"model directory {path} does not exist")

@@ -1,0 +1,180 @@
+"""Sentence embeddings (e.g. all-MiniLM-L6-v2) through transformers, batched on a thread.
+
+Requests that arrive while a batch runs are gathered into the next one (up to
+`max_batch_inputs` texts), run as one padded forward pass, mean-pooled over real tokens and
+L2-normalized — the published recipe for sentence-transformers models.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.common.catalog import ModelSpec
+from services.common.errors import InvalidArgument, Unavailable
+from services.gpu_worker.engines.base import EngineStats, ModelState, Sink
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_INPUTS = 64
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """The final event of an embedding request."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+@dataclass
+class _EmbedRequest:
+    texts: list[str]
+    sink: Sink
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class EmbeddingEngine:
+    def __init__(self, spec: ModelSpec, device: str) -> None:
+        self.spec = spec
+        self.state = ModelState.LOADING
+        self.healthy = True
+        self.device = device
+        self._tokenizer: Any = None
+        self._model: Any = None
+        self._queue: deque[_EmbedRequest] = deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._done: deque[tuple[float, int]] = deque()  # (time, texts) for the rate
+        self.weights_bytes = 0
+
+    def load(self) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        from services.gpu_worker.engines.loader import resolve_source
+
+        started = time.monotonic()
+        try:
+            path = resolve_source(self.spec.source)
+            self._tokenizer = AutoTokenizer.from_pretrained(path)
+            self._model = AutoModel.from_pretrained(path, dtype=getattr(torch, self.spec.dtype))
+            self._model.to(self.device).eval()
+        except Exception:
+            self.state = ModelState.FAILED
+            raise
+        self.weights_bytes = sum(p.numel() * p.element_size() for p in self._model.parameters())
+        self._thread = threading.Thread(
+            target=self._run, name=f"embed-{self.spec.model_id}", daemon=True
+        )
+        self._thread.start()
+        self.state = ModelState.READY
+        log.info(
+            "%s ready on %s in %.1fs", self.spec.model_id, self.device, time.monotonic() - started
+        )
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def embed(self, texts: list[str], sink: Sink) -> _EmbedRequest:
+        """Queues texts; the sink gets one `Embeddings` event or an error."""
+        request = _EmbedRequest(list(texts), sink)
+        with self._wake:
+            if self._closed:
+                sink(Unavailable(f"model {self.spec.model_id} is shutting down"))
+                return request
+            self._queue.append(request)
+            self._wake.notify()
+        return request
+
+    def active_sequences(self) -> int:
+        return len(self._queue)
+
+    def stats(self) -> EngineStats:
+        now = time.monotonic()
+        recent = sum(n for t, n in list(self._done) if now - t <= 5.0)
+        return EngineStats(
+            running=len(self._queue),
+            kv_tokens_used=0,
+            kv_tokens_capacity=0,
+            tokens_per_second=recent / 5.0,  # texts embedded per second
+            memory_bytes=self.weights_bytes,
+        )
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._queue or self._closed):
+                    self._wake.wait()
+                if self._closed:
+                    break
+                batch = self._take_batch()
+            if batch:
+                self._embed_batch(batch)
+        for request in self._queue:
+            request.sink(Unavailable(f"model {self.spec.model_id} stopped"))
+
+    def _take_batch(self) -> list[_EmbedRequest]:
+        batch: list[_EmbedRequest] = []
+        size = 0
+        while self._queue and (not batch or size + len(self._queue[0].texts) <= MAX_BATCH_INPUTS):
+            request = self._queue.popleft()
+            if not request.cancelled.is_set():
+                batch.append(request)
+                size += len(request.texts)
+        return batch
+
+    def _embed_batch(self, batch: list[_EmbedRequest]) -> None:
+        limit = self.spec.max_context_tokens
+        accepted: list[tuple[_EmbedRequest, int]] = []
+        for request in batch:
+            lengths = [len(ids) for ids in self._tokenizer(request.texts)["input_ids"]]
+            if max(lengths) > limit:
+                request.sink(
+                    InvalidArgument(
+                        f"an input has {max(lengths)} tokens; {self.spec.model_id} takes at most "
+                        f"{limit}"
+                    )
+                )
+            else:
+                accepted.append((request, sum(lengths)))
+        if not accepted:
+            return
+        texts = [t for request, _ in accepted for t in request.texts]
+        try:
+            vectors = self._forward(texts)
+        except Exception as exc:
+            log.exception("embedding batch failed; %s is now unhealthy", self.spec.model_id)
+            self.healthy = False
+            for request, _ in accepted:
+                request.sink(exc)
+            return
+        self._done.append((time.monotonic(), len(texts)))
+        start = 0
+        for request, tokens in accepted:
+            end = start + len(request.texts)
+            request.sink(Embeddings(vectors[start:end], tokens))
+            start = end
+
+    def _forward(self, texts: list[str]) -> list[list[float]]:
+        """Mean pooling over real tokens, then L2 normalization."""
+        import torch
+
+        encoded = self._tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            hidden = self._model(**encoded).last_hidden_state
+            mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().tolist()

@@ -1,0 +1,70 @@
+"""The embedding engine with the real all-MiniLM-L6-v2 on the CPU."""
+
+import threading
+
+import pytest
+
+from services.common.config import read_toml
+from services.common.errors import InvalidArgument
+from services.gpu_worker import config as worker_config
+from services.gpu_worker.engines.embedding import EmbeddingEngine, Embeddings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine():
+    config = worker_config.load(read_toml("deploy/local/config.toml"), {}, {})
+    engine = EmbeddingEngine(config.catalog["minilm-l6-v2"], "cpu")
+    engine.load()
+    yield engine
+    engine.close()
+
+
+def embed(engine, texts):
+    done = threading.Event()
+    result = []
+    engine.embed(texts, lambda event: (result.append(event), done.set()))
+    assert done.wait(60)
+    return result[0]
+
+
+def dot(a, b):
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+def test_vectors_are_384_dim_normalized_and_meaningful(engine):
+    out = embed(
+        engine,
+        [
+            "A cat sits on the mat.",
+            "A kitten is sitting on a rug.",
+            "The stock market fell sharply today.",
+        ],
+    )
+    assert isinstance(out, Embeddings) and out.prompt_tokens > 10
+    cat, kitten, stocks = out.vectors
+    assert len(cat) == 384
+    assert abs(dot(cat, cat) - 1.0) < 1e-4
+    assert dot(cat, kitten) > 0.5 > dot(cat, stocks)
+
+
+def test_requests_batched_together_get_the_same_vectors_as_alone(engine):
+    texts = ["first text", "a second, longer text about embeddings and batching", "third"]
+    alone = [embed(engine, [t]).vectors[0] for t in texts]
+    results: dict[int, list[float]] = {}
+
+    def one(i):
+        results[i] = embed(engine, [texts[i]]).vectors[0]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(texts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for i, vector in enumerate(alone):
+        assert dot(vector, results[i]) > 0.9999
+
+
+def test_an_input_beyond_the_context_is_invalid(engine):
+    assert isinstance(embed(engine, ["word " * 400]), InvalidArgument)
