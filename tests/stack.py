@@ -59,14 +59,14 @@ class Stack:
         return scheduler_pb2_grpc.SchedulerStub(channel)
 
     async def add_worker(
-        self, models: Sequence[ModelSpec], wait: bool = True, **overrides: object
+        self, catalog: Sequence[ModelSpec], wait: bool = True, **overrides: object
     ) -> WorkerServer:
         config = WorkerConfig(
             listen=LOOPBACK,
             scheduler_address=self.scheduler_address,
             flush_interval_ms=0.0,
             shutdown_grace_s=2.0,
-            catalog={m.model_id: m for m in models},
+            catalog={m.model_id: m for m in catalog},
         )
         worker = WorkerServer(replace(config, **overrides), device="cpu")
         await worker.start()

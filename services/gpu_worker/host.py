@@ -1,4 +1,9 @@
-"""The models a worker holds: their engines, loading, health and draining."""
+"""The models a worker holds: their engines, loading and unloading, health and draining.
+
+Models load in a thread (the event loop keeps serving) and are reported as loading until
+ready. An unloaded model leaves the heartbeats at once (no new leases) and is closed when
+its last sequence ends.
+"""
 
 from __future__ import annotations
 
@@ -15,20 +20,43 @@ log = logging.getLogger(__name__)
 
 
 class ModelHost:
-    def __init__(self, specs: list[ModelSpec], cache_dir: Path, device: str) -> None:
+    def __init__(
+        self, catalog: dict[str, ModelSpec], initial: list[str], cache_dir: Path, device: str
+    ) -> None:
+        self.catalog = catalog
         self.device = device
+        self._cache_dir = cache_dir
         self.engines: dict[str, Engine] = {
-            spec.model_id: create_engine(spec, cache_dir, device) for spec in specs
+            model_id: create_engine(catalog[model_id], cache_dir, device) for model_id in initial
         }
+        self._retiring: set[asyncio.Task] = set()
         self.draining = False
 
     async def load_all(self) -> None:
-        """Loads every model, one at a time, each in a thread (the loop keeps serving)."""
-        for model_id, engine in self.engines.items():
-            try:
-                await asyncio.to_thread(engine.load)
-            except Exception:
-                log.exception("loading %s failed", model_id)
+        """Loads every model not loaded yet, one at a time."""
+        for model_id, engine in list(self.engines.items()):
+            if engine.state is ModelState.LOADING:
+                await self._load(model_id, engine)
+
+    async def load(self, model_id: str) -> None:
+        """Adds a model from the catalog (scheduler command). Raises NotFound."""
+        if model_id in self.engines:
+            return
+        spec = self.catalog.get(model_id)
+        if spec is None:
+            raise NotFound(f"model {model_id!r} is not in this worker's catalog")
+        engine = create_engine(spec, self._cache_dir, self.device)
+        self.engines[model_id] = engine
+        await self._load(model_id, engine)
+
+    def unload(self, model_id: str) -> None:
+        """Stops leasing a model now; closes it once its sequences have finished."""
+        engine = self.engines.pop(model_id, None)
+        if engine is None:
+            return
+        task = asyncio.create_task(self._retire(model_id, engine))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def engine_for(self, model_id: str, kind: str = "generative") -> Engine:
         """The ready engine for a model of that kind. Raises NotFound, InvalidArgument (wrong
@@ -48,6 +76,10 @@ class ModelHost:
     def healthy(self) -> bool:
         return all(engine.healthy for engine in self.engines.values())
 
+    def memory_bytes(self) -> int:
+        """Device memory the loaded models' weights take."""
+        return sum(engine.stats().memory_bytes for engine in self.engines.values())
+
     def active_sequences(self) -> int:
         return sum(engine.active_sequences() for engine in self.engines.values())
 
@@ -62,3 +94,15 @@ class ModelHost:
     def close(self) -> None:
         for engine in self.engines.values():
             engine.close()
+
+    async def _load(self, model_id: str, engine: Engine) -> None:
+        try:
+            await asyncio.to_thread(engine.load)
+        except Exception:
+            log.exception("loading %s failed", model_id)
+
+    async def _retire(self, model_id: str, engine: Engine) -> None:
+        while engine.active_sequences():  # noqa: ASYNC110 - engines run on threads
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(engine.close)
+        log.info("unloaded %s", model_id)

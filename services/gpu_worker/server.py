@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -28,8 +29,7 @@ class WorkerServer:
         self.config = config
         self.probe = probe or open_probe(config.gpu_index, device)
         self.gpu_id = self.probe.sample().gpu_id
-        specs = [config.catalog[m] for m in config.model_ids]
-        self.host = ModelHost(specs, Path(config.cache_dir), device)
+        self.host = ModelHost(config.catalog, config.model_ids, Path(config.cache_dir), device)
         self.grpc = GrpcService(config.listen, [SERVICE_NAME], grace_s=config.shutdown_grace_s)
         self.worker_id = ""
         self.session: SchedulerSession | None = None
@@ -49,7 +49,7 @@ class WorkerServer:
         )
         await self.grpc.start()
         self.session = SchedulerSession(
-            self.config.scheduler_address, self._registration, self._heartbeat, self._drain
+            self.config.scheduler_address, self._registration, self._heartbeat, self._command
         )
         self.session.start()
         if load_models:
@@ -65,6 +65,24 @@ class WorkerServer:
         if self.session is not None:
             await self.session.stop()
         self.host.close()
+
+    def _command(self, kind: str, argument: str) -> None:
+        """Obeys a scheduler command: load_model, unload_model or drain."""
+        if kind == "drain":
+            self._drain(argument)
+        elif kind == "unload_model":
+            self.host.unload(argument)
+        elif kind == "load_model":
+            task = asyncio.create_task(self.host.load(argument))
+            task.add_done_callback(self._after_load)
+        if self.session is not None:
+            self.session.send_heartbeat_now()
+
+    def _after_load(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("load command failed: %s", task.exception())
+        if self.session is not None:
+            self.session.send_heartbeat_now()
 
     def _drain(self, reason: str) -> None:
         if not self.host.draining:

@@ -28,12 +28,12 @@ class SchedulerSession:
         scheduler_address: str,
         registration: Callable[[], scheduler_pb2.WorkerSessionRequest],
         heartbeat: Callable[[int], scheduler_pb2.WorkerSessionRequest],
-        on_drain: Callable[[str], None],
+        on_command: Callable[[str, str], None],
     ) -> None:
         self._address = scheduler_address
         self._registration = registration
         self._heartbeat = heartbeat
-        self._on_drain = on_drain
+        self._on_command = on_command
         self._interval_s = 1.0
         self._wake = asyncio.Event()
         self.connected = asyncio.Event()
@@ -77,7 +77,9 @@ class SchedulerSession:
                 self.connected.set()
                 log.info("registered with the scheduler at %s", self._address)
             elif kind == "drain":
-                self._on_drain(command.drain.reason)
+                self._on_command(kind, command.drain.reason)
+            elif kind in ("load_model", "unload_model"):
+                self._on_command(kind, getattr(command, kind).model_id)
             else:
                 log.warning("scheduler command %s is not supported by this worker", kind)
 

@@ -18,6 +18,7 @@ from services.scheduler.core.types import (
     Lease,
     ModelCatalogEntry,
     ModelSlots,
+    PendingRequest,
     Priority,
     WorkerState,
 )
@@ -144,6 +145,7 @@ class Coordinator:
         session.device = device
         session.models = list(reported or [])
         alive = self.core.heartbeat(session.worker_id, state, models)
+        self._fail_orphans(self.core.take_orphans())
         self._dispatch()
         return alive
 
@@ -164,6 +166,14 @@ class Coordinator:
                 session.outbox.put_nowait(END_SESSION)
             self._handle_removal(removal)
 
+    def send_command(self, worker_id: str, command: object) -> bool:
+        """Queues a WorkerSessionResponse command for a worker. False if it has no session."""
+        session = self._sessions.get(worker_id)
+        if session is None:
+            return False
+        session.outbox.put_nowait(command)
+        return True
+
     def end_all_sessions(self) -> None:
         """At shutdown: ends every session but keeps leases so in-flight streams finish."""
         self._closing = True
@@ -173,13 +183,16 @@ class Coordinator:
     def session(self, worker_id: str) -> Session | None:
         return self._sessions.get(worker_id)
 
-    def _handle_removal(self, removal: WorkerRemoval) -> None:
-        for request in removal.orphaned:
+    def _fail_orphans(self, orphaned: list[PendingRequest]) -> None:
+        for request in orphaned:
             future = self._waiters.get(request.request_id)
             if future is not None and not future.done():
                 future.set_exception(
                     Unavailable(f"no worker is serving model {request.model_id!r} now")
                 )
+
+    def _handle_removal(self, removal: WorkerRemoval) -> None:
+        self._fail_orphans(removal.orphaned)
         for lease in removal.reclaimed:
             self.revoked.add(lease.lease_id)
             revoke = self._revokers.pop(lease.lease_id, None)

@@ -129,13 +129,17 @@ class SchedulerCore:
 
     def remove_worker(self, worker_id: str) -> WorkerRemoval:
         reclaimed = self._leases.remove_worker(worker_id)
+        return WorkerRemoval(worker_id, reclaimed, self.take_orphans())
+
+    def take_orphans(self) -> list[PendingRequest]:
+        """Removes and returns queued requests whose model no worker serves any more."""
         orphaned = []
         for model_id in self._queue.models():
             if not self._leases.serves(model_id):
                 for request in list(self._queue.waiting_for(model_id)):
                     self._queue.remove(request.request_id)
                     orphaned.append(request)
-        return WorkerRemoval(worker_id, reclaimed, orphaned)
+        return orphaned
 
     def expire_silent_workers(self) -> list[WorkerRemoval]:
         """Removes workers whose last heartbeat is older than the timeout."""
