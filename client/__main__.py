@@ -2,6 +2,7 @@
 
 python -m client generate --model smollm2-135m --priority high "Hello"
 python -m client infer --model llama-3-70b "Hello"
+python -m client embed "first text" "second text"
 python -m client models
 python -m client status
 """
@@ -32,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(client: InferenceClient, args: argparse.Namespace) -> int:
+    if args.command == "embed":
+        for text, vector in zip(args.texts, client.embed(args.model, args.texts), strict=True):
+            head = ", ".join(f"{v:.4f}" for v in vector[:4])
+            print(f"{len(vector)} dims [{head}, ...]  {text}")
+        return 0
     if args.command in ("models", "status"):
         response = client.models() if args.command == "models" else client.status()
         print(json_format.MessageToJson(response, indent=2))
@@ -87,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--top-p", type=float)
         sub.add_argument("--seed", type=int)
         sub.add_argument("--stop", action="append")
+    embed = commands.add_parser("embed", help="embed texts with an embedding model")
+    embed.add_argument("texts", nargs="+")
+    embed.add_argument("--model", default="minilm-l6-v2")
     commands.add_parser("models", help="list models")
     commands.add_parser("status", help="queue, workers and leases")
     return parser

@@ -75,6 +75,12 @@ class InferenceClient:
         """One answer with the whole text and its statistics."""
         return self._stub.Infer(request, timeout=self._timeout_s, metadata=self._metadata)
 
+    def embed(self, model_id: str, texts: list[str]) -> list[list[float]]:
+        """One L2-normalized vector per text."""
+        request = types_pb2.EmbedRequest(model_id=model_id, inputs=texts)
+        response = self._stub.Embed(request, timeout=self._timeout_s, metadata=self._metadata)
+        return [list(e.values) for e in response.embeddings]
+
     def models(self) -> types_pb2.ListModelsResponse:
         return self._stub.ListModels(
             types_pb2.ListModelsRequest(), timeout=10, metadata=self._metadata
