@@ -31,6 +31,8 @@ fmt: setup
 
 bench: protos     ## first-token latency and throughput through the stack (needs no running system)
 	$(PY) -m bench.latency
+	$(PY) -m bench.engine_batching
+	$(PY) -m bench.throughput
 
 clean:
 	rm -rf gen .run .pytest_cache .ruff_cache

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 import grpc
 from inference.v1 import router_pb2_grpc, scheduler_pb2_grpc, types_pb2
 
-from services.common.catalog import ModelSpec, SimulationSpec
+from services.common.catalog import GpuProfile, ModelSpec, SimulationSpec
 from services.gpu_worker.config import WorkerConfig
 from services.gpu_worker.server import WorkerServer
 from services.router.config import RouterConfig, TenantSpec
@@ -29,7 +29,9 @@ def sim_model(model_id: str = "sim-fast", slots: int = 4, step_ms: float = 2.0) 
         max_output_tokens=256,
         default_max_tokens=16,
         max_slots=slots,
-        simulation=SimulationSpec(prefill_tokens_per_s=1e6, decode_ms_per_step=step_ms),
+        simulation=SimulationSpec(
+            gpu_type="test", profiles={"test": GpuProfile(1e6, step_ms, 0.02, 1_000_000)}
+        ),
     )
 
 

@@ -16,20 +16,44 @@ ENGINES = ("transformers", "simulated", "embedding")
 
 
 @dataclass(frozen=True)
-class SimulationSpec:
-    """Timing model of a big model on a big GPU, for the simulated engine.
+class GpuProfile:
+    """How fast a simulated model runs on one kind of GPU.
 
     A step decodes one token for every running sequence and takes
     `decode_ms_per_step * (1 + batch_slowdown * (batch - 1))` ms, so per-sequence speed falls
     slowly with batch size while total throughput grows. A prompt is prefilled at
-    `prefill_tokens_per_s` before its first token.
+    `prefill_tokens_per_s` before its first token. Sequences are admitted while their prompt
+    plus max_tokens fit `kv_capacity_tokens`.
     """
 
-    gpu_type: str = "H100"
     prefill_tokens_per_s: float = 10_000.0
     decode_ms_per_step: float = 25.0
     batch_slowdown: float = 0.02
-    memory_bytes: int = 140 * 1024**3
+    kv_capacity_tokens: int = 60_000
+
+
+def _default_profiles() -> dict[str, GpuProfile]:
+    # Illustrative figures for a 70B model in fp8 on one GPU; override them in config.
+    return {
+        "H100": GpuProfile(12_000.0, 25.0, 0.02, 60_000),
+        "A100": GpuProfile(5_000.0, 45.0, 0.03, 30_000),
+    }
+
+
+@dataclass(frozen=True)
+class SimulationSpec:
+    """Timing model of a big model: a profile per GPU type. A worker uses the profile whose
+    name appears in its GPU's name (e.g. "NVIDIA H100 80GB HBM3"), else `gpu_type`'s."""
+
+    gpu_type: str = "H100"
+    memory_bytes: int = 70 * 1024**3
+    profiles: dict[str, GpuProfile] = field(default_factory=_default_profiles)
+
+    def profile_for(self, device_name: str) -> GpuProfile:
+        for name, profile in self.profiles.items():
+            if name.lower() in device_name.lower():
+                return profile
+        return self.profiles[self.gpu_type]
 
 
 @dataclass(frozen=True)
@@ -76,6 +100,8 @@ class ModelSpec:
             raise ConfigError(f"{where}: max_slots must be at least 1")
         if self.max_batch_tokens < self.max_context_tokens:
             raise ConfigError(f"{where}: max_batch_tokens must be >= max_context_tokens")
+        if self.simulation.gpu_type not in self.simulation.profiles:
+            raise ConfigError(f"{where}: simulation.gpu_type names no profile")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"{where}: dtype must be float32, bfloat16 or float16")
 
@@ -89,9 +115,13 @@ def parse_catalog(entries: list[Mapping[str, Any]]) -> dict[str, ModelSpec]:
         if unknown:
             raise ConfigError(f"[[models]] {raw.get('id')!r}: unknown keys {sorted(unknown)}")
         values = {k: v for k, v in raw.items() if k not in ("id", "simulation")}
-        sim = raw.get("simulation", {})
+        sim = dict(raw.get("simulation", {}))
         try:
-            simulation = SimulationSpec(**sim)
+            profiles = {
+                **_default_profiles(),
+                **{name: GpuProfile(**values) for name, values in sim.pop("profiles", {}).items()},
+            }
+            simulation = SimulationSpec(**sim, profiles=profiles)
         except TypeError as exc:
             raise ConfigError(f"[[models]] {raw.get('id')!r} simulation: {exc}") from exc
         try:

@@ -21,14 +21,18 @@ log = logging.getLogger(__name__)
 
 class ModelHost:
     def __init__(
-        self, catalog: dict[str, ModelSpec], initial: list[str], cache_dir: Path, device: str
+        self,
+        catalog: dict[str, ModelSpec],
+        initial: list[str],
+        cache_dir: Path,
+        device: str,
+        device_name: str = "",
     ) -> None:
         self.catalog = catalog
         self.device = device
+        self.device_name = device_name
         self._cache_dir = cache_dir
-        self.engines: dict[str, Engine] = {
-            model_id: create_engine(catalog[model_id], cache_dir, device) for model_id in initial
-        }
+        self.engines: dict[str, Engine] = {m: self._create(catalog[m]) for m in initial}
         self._retiring: set[asyncio.Task] = set()
         self.draining = False
 
@@ -45,7 +49,7 @@ class ModelHost:
         spec = self.catalog.get(model_id)
         if spec is None:
             raise NotFound(f"model {model_id!r} is not in this worker's catalog")
-        engine = create_engine(spec, self._cache_dir, self.device)
+        engine = self._create(spec)
         self.engines[model_id] = engine
         await self._load(model_id, engine)
 
@@ -94,6 +98,9 @@ class ModelHost:
     def close(self) -> None:
         for engine in self.engines.values():
             engine.close()
+
+    def _create(self, spec: ModelSpec) -> Engine:
+        return create_engine(spec, self._cache_dir, self.device, self.device_name)
 
     async def _load(self, model_id: str, engine: Engine) -> None:
         try:

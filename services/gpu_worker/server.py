@@ -28,8 +28,11 @@ class WorkerServer:
     def __init__(self, config: WorkerConfig, device: str, probe: DeviceProbe | None = None):
         self.config = config
         self.probe = probe or open_probe(config.gpu_index, device)
-        self.gpu_id = self.probe.sample().gpu_id
-        self.host = ModelHost(config.catalog, config.model_ids, Path(config.cache_dir), device)
+        sample = self.probe.sample()
+        self.gpu_id = sample.gpu_id
+        self.host = ModelHost(
+            config.catalog, config.model_ids, Path(config.cache_dir), device, sample.name
+        )
         self.grpc = GrpcService(config.listen, [SERVICE_NAME], grace_s=config.shutdown_grace_s)
         self.worker_id = ""
         self.session: SchedulerSession | None = None

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -57,6 +58,32 @@ def test_generate_streams_a_real_answer_in_several_messages(system):
     summary = messages[-1].summary
     assert summary.model_id == "smollm2-135m" and summary.gpu_id == "cpu-0"
     assert summary.completion_tokens >= 3
+
+
+def test_streams_joining_a_running_batch_through_the_router_match_running_alone(system):
+    cases = [
+        ("Name three fruits.", 20, 0.0),
+        ("What is 2 + 2?", 12, 0.3),
+        ("Describe the sun in one sentence.", 24, 0.6),
+        ("Say hello.", 8, 0.9),
+    ]
+
+    def generate(stub, prompt: str, max_tokens: int, delay: float = 0.0) -> str:
+        time.sleep(delay)
+        request = types_pb2.GenerateRequest(
+            model_id="smollm2-135m", prompt=prompt, max_tokens=max_tokens
+        )
+        return "".join(
+            m.delta.text for m in stub.Generate(request, timeout=120) if m.HasField("delta")
+        )
+
+    with grpc.insecure_channel(system.router_address) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        alone = [generate(stub, p, n) for p, n, _ in cases]
+        with ThreadPoolExecutor(len(cases)) as pool:
+            together = list(pool.map(lambda case: generate(stub, *case), cases))
+    assert together == alone
+    assert all(alone)
 
 
 def test_the_sample_request_works_out_of_the_box(system):

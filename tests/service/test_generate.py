@@ -106,5 +106,5 @@ async def test_engine_figures_reach_get_status_through_heartbeats(stack):
             break
         await asyncio.sleep(0.05)
     assert model.tokens_per_second > 0
-    assert model.kv_cache_tokens_capacity == 32768 and model.memory_bytes > 0
+    assert model.kv_cache_tokens_capacity == 1_000_000 and model.memory_bytes > 0
     assert model.state == types_pb2.MODEL_STATE_READY and model.max_slots == 4

@@ -34,8 +34,21 @@ def test_top_p_keeps_only_the_nucleus():
 
 
 def test_simulated_step_time_grows_slowly_with_batch():
-    spec = sim_model(step_ms=20.0)
-    one, many = step_seconds(spec, 1), step_seconds(spec, 32)
+    profile = sim_model(step_ms=20.0).simulation.profile_for("")
+    one, many = step_seconds(profile, 1), step_seconds(profile, 32)
     assert one == 0.020
     assert one < many < 32 * one  # batching raises total throughput
     assert prompt_token_estimate("abcd" * 10) == 10
+
+
+def test_the_gpu_profile_follows_the_device_name():
+    from services.common.config import read_toml
+    from services.scheduler import config as scheduler_config
+
+    spec = scheduler_config.load(read_toml("deploy/local/config.toml"), {}, {}).catalog[
+        "llama-3-70b"
+    ]
+    h100 = spec.simulation.profile_for("NVIDIA H100 80GB HBM3")
+    a100 = spec.simulation.profile_for("NVIDIA A100-SXM4-80GB")
+    assert a100.decode_ms_per_step > h100.decode_ms_per_step
+    assert spec.simulation.profile_for("AMD EPYC") == h100  # the configured gpu_type

@@ -8,12 +8,13 @@ from services.common.catalog import ModelSpec
 from services.gpu_worker.engines.base import Engine
 
 
-def create_engine(spec: ModelSpec, cache_dir: Path, device: str) -> Engine:
-    """The engine the spec names. Weights are loaded later, by `engine.load()`."""
+def create_engine(spec: ModelSpec, cache_dir: Path, device: str, device_name: str = "") -> Engine:
+    """The engine the spec names. Weights are loaded later, by `engine.load()`.
+    `device_name` (e.g. "NVIDIA H100 80GB HBM3") picks a simulated model's GPU profile."""
     if spec.engine == "simulated":
         from services.gpu_worker.engines.simulated import SimulatedEngine
 
-        return SimulatedEngine(spec)
+        return SimulatedEngine(spec, device_name)
     if spec.engine == "embedding":
         from services.gpu_worker.engines.embedding import EmbeddingEngine
 

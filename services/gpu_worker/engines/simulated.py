@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from services.common.catalog import ModelSpec
+from services.common.catalog import GpuProfile, ModelSpec
 from services.common.errors import InvalidArgument, Unavailable
 from services.gpu_worker.engines.base import (
     EngineStats,
@@ -91,33 +91,39 @@ def prompt_token_estimate(prompt: str) -> int:
     return max(1, (len(prompt) + 3) // 4)
 
 
-def step_seconds(spec: ModelSpec, batch: int) -> float:
-    sim = spec.simulation
-    return sim.decode_ms_per_step * (1.0 + sim.batch_slowdown * max(0, batch - 1)) / 1000.0
+def step_seconds(profile: GpuProfile, batch: int) -> float:
+    slowdown = 1.0 + profile.batch_slowdown * max(0, batch - 1)
+    return profile.decode_ms_per_step * slowdown / 1000.0
 
 
 @dataclass
 class _SimSequence:
     request: GenerationInput
     sink: Sink
-    ready_at: float  # monotonic seconds when prefill is done
     prompt_tokens: int
     rng: random.Random
     stops: StopMatcher
     generated: int = 0
     cancelled: bool = False
     finished: bool = field(default=False)
+    ready_at: float = float("inf")  # monotonic seconds when prefill is done, once admitted
 
     def cancel(self) -> None:
         self.cancelled = True
 
+    @property
+    def kv_tokens(self) -> int:
+        return self.prompt_tokens + self.request.max_tokens
+
 
 class SimulatedEngine:
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, device_name: str = "") -> None:
         self.spec = spec
+        self.profile = spec.simulation.profile_for(device_name)
         self.state = ModelState.LOADING
         self.healthy = True
         self._running: list[_SimSequence] = []
+        self._waiting: collections.deque[_SimSequence] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closed = False
@@ -130,21 +136,22 @@ class SimulatedEngine:
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-        for seq in self._running:
+        for seq in [*self._running, *self._waiting]:
             seq.sink(Unavailable(f"model {self.spec.model_id} stopped"))
         self._running.clear()
+        self._waiting.clear()
 
     def active_sequences(self) -> int:
-        return len(self._running)
+        return len(self._running) + len(self._waiting)
 
     def stats(self) -> EngineStats:
         now = time.monotonic()
         while self._produced and now - self._produced[0] > RATE_WINDOW_S:
             self._produced.popleft()
         return EngineStats(
-            running=len(self._running),
+            running=self.active_sequences(),
             kv_tokens_used=sum(s.prompt_tokens + s.generated for s in self._running),
-            kv_tokens_capacity=self.spec.max_batch_tokens,
+            kv_tokens_capacity=self.profile.kv_capacity_tokens,
             tokens_per_second=len(self._produced) / RATE_WINDOW_S,
             memory_bytes=self.spec.simulation.memory_bytes,
         )
@@ -153,11 +160,9 @@ class SimulatedEngine:
         """Must be called on the worker's event loop."""
         prompt_tokens = prompt_token_estimate(request.prompt)
         seed = hashlib.sha256(f"{request.sampling.seed}|{request.prompt}".encode()).digest()
-        sim = self.spec.simulation
         seq = _SimSequence(
             request=request,
             sink=sink,
-            ready_at=time.monotonic() + prompt_tokens / sim.prefill_tokens_per_s,
             prompt_tokens=prompt_tokens,
             rng=random.Random(seed),
             stops=StopMatcher(request.sampling.stop),
@@ -173,7 +178,7 @@ class SimulatedEngine:
                 )
             )
             return seq
-        self._running.append(seq)
+        self._waiting.append(seq)
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run())
@@ -185,15 +190,31 @@ class SimulatedEngine:
         assert self._wake is not None
         while not self._closed:
             self._running = [s for s in self._running if not (s.cancelled or s.finished)]
+            self._admit()
             if not self._running:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            await asyncio.sleep(step_seconds(self.spec, len(self._running)))
+            await asyncio.sleep(step_seconds(self.profile, len(self._running)))
             now = time.monotonic()
             for seq in self._running:
                 if not seq.cancelled and not seq.finished and seq.ready_at <= now:
                     self._emit(seq)
+
+    def _admit(self) -> None:
+        """Moves waiting sequences into the batch while the KV capacity allows."""
+        free = self.profile.kv_capacity_tokens - sum(s.kv_tokens for s in self._running)
+        while self._waiting:
+            seq = self._waiting[0]
+            if seq.cancelled:
+                self._waiting.popleft()
+                continue
+            if seq.kv_tokens > free and self._running:
+                return  # wait for room; a lone sequence always runs
+            self._waiting.popleft()
+            free -= seq.kv_tokens
+            seq.ready_at = time.monotonic() + seq.prompt_tokens / self.profile.prefill_tokens_per_s
+            self._running.append(seq)
 
     def _emit(self, seq: _SimSequence) -> None:
         word = seq.rng.choice(WORDS)
