@@ -122,11 +122,19 @@ class TransformersEngine:
                 rows, batch = self._drop_cancelled(rows, batch, waiting)
                 joining = self._admit(rows, waiting)
                 if joining:
+                    started = time.perf_counter()
                     fresh = kv_batch.prefill(
                         self._model, [s.prompt_ids for s in joining], self.device
                     )
                     batch = fresh if batch is None else kv_batch.merge(batch, fresh)
                     rows = rows + joining
+                    log.debug(
+                        "prefilled %d sequences (%d tokens) in %.0f ms; %d rows",
+                        len(joining),
+                        sum(len(s.prompt_ids) for s in joining),
+                        (time.perf_counter() - started) * 1000,
+                        len(rows),
+                    )
                 if not rows:
                     continue
                 tokens = self._sample(rows, batch.last_logits)
