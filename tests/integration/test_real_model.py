@@ -117,6 +117,12 @@ def test_requests_joining_and_leaving_a_running_batch_match_decoding_alone(engin
     for thread in threads:
         thread.join(120)
     assert together == alone
+    # the engine thread books the end of the step just after the last Finished event
+    deadline = time.monotonic() + 5
+    while (engine.active_sequences() or engine.stats().kv_tokens_used) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.01)
     assert engine.active_sequences() == 0
     assert engine.stats().kv_tokens_used == 0
 
