@@ -142,3 +142,14 @@ def test_cancelled_rows_leave_the_batch(engine):
         time.sleep(0.01)
     assert engine.active_sequences() == 0
     assert not done.is_set()  # a cancelled sequence ends silently: the caller went away
+
+
+def test_prefix_caching_changes_nothing_but_speed(engine):
+    assert len(engine._prefix_ids) > 8  # the chat template's system prompt is cached
+    cached = text_of(run(engine, "Name a planet.", 16)[0])
+    saved, engine._prefix_ids = engine._prefix_ids, []
+    try:
+        plain = text_of(run(engine, "Name a planet.", 16)[0])
+    finally:
+        engine._prefix_ids = saved
+    assert cached == plain and cached

@@ -37,16 +37,28 @@ class KvBatch:
 
 
 @torch.inference_mode()
-def prefill(model: Any, prompts: list[list[int]], device: str) -> KvBatch:
-    """Runs the prompts as one left-padded batch; returns their cache and next-token logits."""
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+def prefill(
+    model: Any, prompts: list[list[int]], device: str, prefix: KvBatch | None = None
+) -> KvBatch:
+    """Runs the prompts as one left-padded batch; returns their cache and next-token logits.
+
+    With `prefix` (the one-row cache of a prompt prefix every prompt here starts with, e.g. a
+    chat template's system prompt), `prompts` are the parts after it: each row's cache becomes
+    [prefix | padding | rest], and only the rest is computed (prefix caching).
+    """
+    rows, width = len(prompts), max(len(p) for p in prompts)
+    ids = torch.zeros((rows, width), dtype=torch.long, device=device)
+    mask = torch.zeros((rows, width), dtype=torch.long, device=device)
     for row, prompt in enumerate(prompts):
         ids[row, width - len(prompt) :] = torch.tensor(prompt, device=device)
         mask[row, width - len(prompt) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache()
+    if prefix is not None:
+        for i, layer in enumerate(prefix.cache.layers):
+            keys = layer.keys.expand(rows, -1, -1, -1).contiguous()
+            cache.update(keys, layer.values.expand(rows, -1, -1, -1).contiguous(), i)
+        mask = torch.cat([prefix.mask.expand(rows, -1), mask], dim=-1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] - width :]
     out = model(
         input_ids=ids,
         attention_mask=mask,

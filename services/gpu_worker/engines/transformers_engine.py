@@ -37,6 +37,8 @@ class TransformersEngine:
         self._tokenizer: Any = None
         self._model: Any = None
         self._eos: set[int] = set()
+        self._prefix_ids: list[int] = []  # the chat template's shared prompt prefix
+        self._prefix: Any = None  # its KV cache (kv_batch.KvBatch of one row)
         self._incoming: list[Sequence] = []
         self._wake = threading.Condition()
         self._closed = False
@@ -57,6 +59,7 @@ class TransformersEngine:
             self.state = ModelState.FAILED
             raise
         self._eos = _eos_ids(self._tokenizer, self._model)
+        self._prefix_ids, self._prefix = self._cache_template_prefix()
         self.weights_bytes = sum(p.numel() * p.element_size() for p in self._model.parameters())
         self._thread = threading.Thread(
             target=self._run, name=f"engine-{self.spec.model_id}", daemon=True
@@ -123,9 +126,7 @@ class TransformersEngine:
                 joining = self._admit(rows, waiting)
                 if joining:
                     started = time.perf_counter()
-                    fresh = kv_batch.prefill(
-                        self._model, [s.prompt_ids for s in joining], self.device
-                    )
+                    joining, fresh = self._prefill(joining)
                     batch = fresh if batch is None else kv_batch.merge(batch, fresh)
                     rows = rows + joining
                     log.debug(
@@ -161,6 +162,40 @@ class TransformersEngine:
                 rows, batch = [], None
         for sequence in [*rows, *waiting, *self._incoming]:
             sequence.sink(Unavailable(f"model {self.spec.model_id} stopped"))
+
+    def _prefill(self, joining: list[Sequence]) -> tuple[list[Sequence], Any]:
+        """Prefills joining sequences: those that start with the cached template prefix
+        compute only what follows it. Returns them in the order of the new batch's rows."""
+        from services.gpu_worker.engines import kv_batch
+
+        n = len(self._prefix_ids)
+        cached = [
+            s
+            for s in joining
+            if n and len(s.prompt_ids) > n and s.prompt_ids[:n] == self._prefix_ids
+        ]
+        plain = [s for s in joining if s not in cached]
+        parts = []
+        if cached:
+            rest = [s.prompt_ids[n:] for s in cached]
+            parts.append(kv_batch.prefill(self._model, rest, self.device, self._prefix))
+        if plain:
+            parts.append(kv_batch.prefill(self._model, [s.prompt_ids for s in plain], self.device))
+        fresh = parts[0] if len(parts) == 1 else kv_batch.merge(parts[0], parts[1])
+        return cached + plain, fresh
+
+    def _cache_template_prefix(self) -> tuple[list[int], Any]:
+        """The token prefix the chat template puts before every user message (its system
+        prompt and role header), with its KV cache, computed once."""
+        from services.gpu_worker.engines import kv_batch
+
+        if not (self.spec.chat_template and self._tokenizer.chat_template):
+            return [], None
+        one, other = self._encode("a"), self._encode("b")
+        length = next((i for i, (x, y) in enumerate(zip(one, other, strict=False)) if x != y), 0)
+        if length < 8:  # too short to be worth a cache
+            return [], None
+        return one[:length], kv_batch.prefill(self._model, [one[:length]], self.device)
 
     def _prepare(self, seq: Sequence) -> bool:
         """Tokenizes and checks the prompt. False (and an error to the sink) if it is bad."""
