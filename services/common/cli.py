@@ -12,6 +12,7 @@ from typing import Any
 
 from services.common.config import ConfigError, read_toml
 from services.common.server import configure_logging, install_uvloop
+from services.common.tracing import setup_tracing, shutdown_tracing
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "local" / "config.toml"
 
@@ -29,11 +30,13 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 
 def run_service(
+    name: str,
     parser: argparse.ArgumentParser,
     load: Callable[[dict[str, Any], os._Environ, dict[str, Any]], Any],
     main: Callable[[Any], Awaitable[None]],
 ) -> None:
-    """Parses flags, loads and validates the config, runs `main(config)` on uvloop."""
+    """Parses flags, loads and validates the config, sets up tracing (OTLP export when
+    OTEL_EXPORTER_OTLP_ENDPOINT is set), runs `main(config)` on uvloop."""
     args = parser.parse_args()
     overrides = {k: v for k, v in vars(args).items() if k != "config"}
     try:
@@ -42,5 +45,9 @@ def run_service(
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)
     configure_logging(config.log_level)
+    setup_tracing(name, os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
     install_uvloop()
-    asyncio.run(main(config))
+    try:
+        asyncio.run(main(config))
+    finally:
+        shutdown_tracing()

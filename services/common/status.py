@@ -48,6 +48,15 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[st
     return grpc.StatusCode.INTERNAL, "internal error", ()
 
 
+def code_for(exc: BaseException) -> grpc.StatusCode:
+    """The status code `exc` ends a call with (no logging; for traces and metrics)."""
+    if isinstance(exc, errors.ServiceError):
+        return _CODES[type(exc)]
+    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _RELAYED_CODES:
+        return exc.code()
+    return grpc.StatusCode.INTERNAL
+
+
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     """Ends the call with the status for `exc`. Always raises."""
     code, details, trailers = status_for(exc)

@@ -56,4 +56,4 @@ def _parser():
 
 
 if __name__ == "__main__":
-    run_service(_parser(), load, main)
+    run_service("gpu_worker", _parser(), load, main)

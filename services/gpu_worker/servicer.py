@@ -7,12 +7,14 @@ The first token goes out at once; after it, what the engine produces within
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
 import grpc
 from inference.v1 import types_pb2, worker_pb2, worker_pb2_grpc
 
+from services.common import tracing
 from services.common.errors import ServiceError, Unavailable
 from services.gpu_worker import convert
 from services.gpu_worker.engines.base import Event, Finished, TextDelta
@@ -31,16 +33,34 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     async def Execute(
         self, request: worker_pb2.ExecuteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[types_pb2.GenerateResponse]:
-        req = request.request
+        attributes = self._attributes(request)
+        with tracing.server_span("worker.Execute", context.invocation_metadata(), **attributes):
+            async with contextlib.aclosing(self._generate(request.request)) as stream:
+                async for message in stream:
+                    yield message
+
+    def _attributes(self, request) -> dict[str, object]:
+        return {
+            "inference.model": request.request.model_id,
+            "inference.request_id": request.request.request_id,
+            "inference.tenant": request.tenant_id,
+            "inference.lease": request.lease_id,
+            "inference.worker": self._worker_id,
+            "inference.gpu_id": self._gpu_id,
+        }
+
+    async def _generate(
+        self, req: types_pb2.GenerateRequest
+    ) -> AsyncIterator[types_pb2.GenerateResponse]:
         engine = self._host.engine_for(req.model_id)
         generation = convert.generation_input(req, engine.spec)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
-        started = time.monotonic()
+        started, started_ns = time.monotonic(), time.time_ns()
         handle = engine.submit(
             generation, lambda e: loop.call_soon_threadsafe(events.put_nowait, e)
         )
-        first_token_ms = 0.0
+        first_token_ms, first_token_ns = 0.0, 0
         try:
             while True:
                 batch = [await events.get()]
@@ -52,11 +72,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 if tokens or text:
                     if not first_token_ms:
                         first_token_ms = (time.monotonic() - started) * 1000.0
+                        first_token_ns = time.time_ns()
                     yield types_pb2.GenerateResponse(
                         request_id=req.request_id,
                         delta=types_pb2.TokenDelta(text=text, token_count=tokens),
                     )
                 if finished is not None:
+                    tracing.record_phases(started_ns, first_token_ns, time.time_ns(), finished)
                     yield types_pb2.GenerateResponse(
                         request_id=req.request_id,
                         summary=convert.summary(
@@ -75,7 +97,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     async def Embed(
         self, request: worker_pb2.ExecuteEmbedRequest, context: grpc.aio.ServicerContext
     ) -> types_pb2.EmbedResponse:
-        return await embed(self._host, request, self._worker_id, self._gpu_id)
+        attributes = self._attributes(request)
+        with tracing.server_span("worker.Embed", context.invocation_metadata(), **attributes):
+            return await embed(self._host, request, self._worker_id, self._gpu_id)
 
 
 async def embed(

@@ -32,4 +32,4 @@ def _parser():
 
 
 if __name__ == "__main__":
-    run_service(_parser(), load, main)
+    run_service("router", _parser(), load, main)

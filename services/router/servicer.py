@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
 from inference.v1 import router_pb2, router_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
+from services.common import tracing
 from services.common.errors import DeadlineExceeded, Unavailable
 from services.router import validation
 from services.router.auth import Authenticator
@@ -14,6 +16,7 @@ from services.router.config import RouterConfig
 from services.router.models import ModelDirectory
 
 REQUEST_ID_HEADER = "x-request-id"
+TRACER = tracing.tracer("services.router")
 # Details gRPC gives when the scheduler could not be reached at all.
 _CONNECTION_FAILURES = ("failed to connect", "socket closed", "connection reset", "broken pipe")
 
@@ -34,49 +37,45 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def Generate(
         self, request: types_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[types_pb2.GenerateResponse]:
-        async for message in self._forward(request, context):
-            yield message
+        async with contextlib.aclosing(self._forward("Generate", request, context)) as stream:
+            async for message in stream:
+                yield message
 
     async def Infer(
         self, request: types_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.InferResponse:
         texts: list[str] = []
-        async for message in self._forward(request, context):
-            if message.HasField("delta"):
-                texts.append(message.delta.text)
-                continue
-            s = message.summary
-            return router_pb2.InferResponse(
-                generated_text="".join(texts),
-                inference_time_ms=s.inference_time_ms,
-                gpu_id=s.gpu_id,
-                model_id=s.model_id,
-                request_id=message.request_id,
-                queue_time_ms=s.queue_time_ms,
-                finish_reason=s.finish_reason,
-                prompt_tokens=s.prompt_tokens,
-                completion_tokens=s.completion_tokens,
-                time_to_first_token_ms=s.time_to_first_token_ms,
-                worker_id=s.worker_id,
-            )
+        async with contextlib.aclosing(self._forward("Infer", request, context)) as stream:
+            async for message in stream:
+                if message.HasField("delta"):
+                    texts.append(message.delta.text)
+                else:
+                    return _infer_response(texts, message)
         raise Unavailable("the generation stream ended without a result")
 
     async def Embed(
         self, request: types_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> types_pb2.EmbedResponse:
-        tenant = self._auth.tenant_for(context.invocation_metadata() or ())
-        validation.check_embed_shape(request, self._config.max_prompt_chars)
-        model = await self._models.get(request.model_id)
-        validation.check_kind(model, types_pb2.MODEL_KIND_EMBEDDING)
-        admitted = validation.normalized(request)
-        await context.send_initial_metadata(((REQUEST_ID_HEADER, admitted.request_id),))
-        try:
-            return await self._scheduler.Embed(
-                scheduler_pb2.ScheduleEmbedRequest(request=admitted, tenant_id=tenant),
-                timeout=self._deadline_s(context),
+        metadata = context.invocation_metadata() or ()
+        attributes = {"inference.model": request.model_id, "inference.inputs": len(request.inputs)}
+        with tracing.server_span("router.Embed", metadata, **attributes) as span:
+            tenant = self._auth.tenant_for(metadata)
+            span.set_attribute("inference.tenant", tenant)
+            validation.check_embed_shape(request, self._config.max_prompt_chars)
+            model = await self._models.get(request.model_id)
+            validation.check_kind(model, types_pb2.MODEL_KIND_EMBEDDING)
+            admitted = validation.normalized(request)
+            await context.send_initial_metadata(
+                ((REQUEST_ID_HEADER, admitted.request_id), *tracing.outgoing_metadata())
             )
-        except grpc.aio.AioRpcError as exc:
-            raise _upstream_error(exc) from None
+            try:
+                return await self._scheduler.Embed(
+                    scheduler_pb2.ScheduleEmbedRequest(request=admitted, tenant_id=tenant),
+                    timeout=self._deadline_s(context),
+                    metadata=tracing.outgoing_metadata(),
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise _upstream_error(exc) from None
 
     async def ListModels(
         self, request: types_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -94,25 +93,46 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             raise _upstream_error(exc) from None
 
     async def _forward(
-        self, request: types_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+        self, rpc: str, request: types_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[types_pb2.GenerateResponse]:
-        tenant = self._auth.tenant_for(context.invocation_metadata() or ())
-        validation.check_shape(request, self._config.max_prompt_chars)
-        model = await self._models.get(request.model_id)
-        validation.check_against_model(request, model)
-        admitted = validation.normalized(request)
-        await context.send_initial_metadata(((REQUEST_ID_HEADER, admitted.request_id),))
-        call = self._scheduler.Schedule(
-            scheduler_pb2.ScheduleRequest(request=admitted, tenant_id=tenant),
-            timeout=self._deadline_s(context),
-        )
-        try:
-            async for message in call:
-                yield message
-        except grpc.aio.AioRpcError as exc:
-            raise _upstream_error(exc) from None
-        finally:
-            call.cancel()
+        metadata = context.invocation_metadata() or ()
+        with tracing.server_span(
+            f"router.{rpc}",
+            metadata,
+            **{
+                "inference.model": request.model_id,
+                "inference.priority": types_pb2.Priority.Name(request.priority)
+                if request.priority in types_pb2.Priority.values()
+                else str(request.priority),
+            },
+        ) as span:
+            with TRACER.start_as_current_span("router.authenticate") as auth_span:
+                tenant = self._auth.tenant_for(metadata)
+                auth_span.set_attribute("inference.tenant", tenant)
+            span.set_attribute("inference.tenant", tenant)
+            with TRACER.start_as_current_span("router.validate"):
+                validation.check_shape(request, self._config.max_prompt_chars)
+                model = await self._models.get(request.model_id)
+                validation.check_against_model(request, model)
+            admitted = validation.normalized(request)
+            span.set_attribute("inference.request_id", admitted.request_id)
+            await context.send_initial_metadata(
+                ((REQUEST_ID_HEADER, admitted.request_id), *tracing.outgoing_metadata())
+            )
+            call = self._scheduler.Schedule(
+                scheduler_pb2.ScheduleRequest(request=admitted, tenant_id=tenant),
+                timeout=self._deadline_s(context),
+                metadata=tracing.outgoing_metadata(),
+            )
+            try:
+                async for message in call:
+                    if message.HasField("summary"):
+                        tracing.record_summary(span, message.summary)
+                    yield message
+            except grpc.aio.AioRpcError as exc:
+                raise _upstream_error(exc) from None
+            finally:
+                call.cancel()
 
     def _deadline_s(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -131,3 +151,22 @@ def _upstream_error(exc: grpc.aio.AioRpcError) -> Exception:
     ):
         return Unavailable("scheduler unavailable")
     return exc
+
+
+def _infer_response(
+    texts: list[str], message: types_pb2.GenerateResponse
+) -> router_pb2.InferResponse:
+    s = message.summary
+    return router_pb2.InferResponse(
+        generated_text="".join(texts),
+        inference_time_ms=s.inference_time_ms,
+        gpu_id=s.gpu_id,
+        model_id=s.model_id,
+        request_id=message.request_id,
+        queue_time_ms=s.queue_time_ms,
+        finish_reason=s.finish_reason,
+        prompt_tokens=s.prompt_tokens,
+        completion_tokens=s.completion_tokens,
+        time_to_first_token_ms=s.time_to_first_token_ms,
+        worker_id=s.worker_id,
+    )

@@ -21,4 +21,4 @@ async def main(config: SchedulerConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_service(base_parser("Inference scheduler"), load, main)
+    run_service("scheduler", base_parser("Inference scheduler"), load, main)

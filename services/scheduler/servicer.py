@@ -9,12 +9,15 @@ from collections.abc import AsyncIterator
 import grpc
 from inference.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2, worker_pb2
 
+from services.common import tracing
 from services.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from services.scheduler import convert
-from services.scheduler.coordinator import END_SESSION, Coordinator, Session
+from services.scheduler.coordinator import END_SESSION, Coordinator, Grant, Session
+from services.scheduler.core.types import Lease
 from services.scheduler.worker_pool import WorkerChannels
 
 log = logging.getLogger(__name__)
+TRACER = tracing.tracer("services.scheduler")
 
 # Codes a worker may answer with that belong to the request, not to the worker's health.
 _REQUEST_CODES = {
@@ -36,72 +39,84 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self, request: scheduler_pb2.ScheduleRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[types_pb2.GenerateResponse]:
         req = request.request
-        if not req.request_id or not req.model_id:
-            raise InvalidArgument("request_id and model_id are required")
-        grant = await self._coord.acquire(
-            req.request_id,
-            req.model_id,
-            convert.priority(req.priority),
-            request.tenant_id,
-            context.time_remaining(),
-        )
-        lease = grant.lease
-        call = self._workers.stub(lease.worker_address).Execute(
-            worker_pb2.ExecuteRequest(
-                lease_id=lease.lease_id, request=req, tenant_id=request.tenant_id
-            ),
-            timeout=context.time_remaining(),
-        )
-        self._coord.on_revoke(lease.lease_id, call.cancel)
-        try:
-            async for message in call:
-                if message.HasField("summary"):
-                    message.summary.queue_time_ms = grant.queue_time_ms
-                    message.summary.gpu_id = message.summary.gpu_id or lease.gpu_id
-                yield message
-        except grpc.aio.AioRpcError as exc:
-            raise _worker_failure(exc, lease.worker_id) from None
-        except asyncio.CancelledError:
-            if lease.lease_id in self._coord.revoked and not _task_cancelled():
-                raise Unavailable(f"worker {lease.worker_id} died during the request") from None
-            raise
-        finally:
-            call.cancel()
-            self._coord.release(lease.lease_id)
+        with tracing.server_span(
+            "scheduler.Schedule", context.invocation_metadata(), **_attributes(request)
+        ):
+            grant = await self._acquire(req, request.tenant_id, context)
+            lease = grant.lease
+            with TRACER.start_as_current_span("scheduler.dispatch", attributes=_lease(lease)):
+                call = self._workers.stub(lease.worker_address).Execute(
+                    worker_pb2.ExecuteRequest(
+                        lease_id=lease.lease_id, request=req, tenant_id=request.tenant_id
+                    ),
+                    timeout=context.time_remaining(),
+                    metadata=tracing.outgoing_metadata(),
+                )
+                self._coord.on_revoke(lease.lease_id, call.cancel)
+                try:
+                    async for message in call:
+                        if message.HasField("summary"):
+                            message.summary.queue_time_ms = grant.queue_time_ms
+                            message.summary.gpu_id = message.summary.gpu_id or lease.gpu_id
+                        yield message
+                except grpc.aio.AioRpcError as exc:
+                    raise _worker_failure(exc, lease.worker_id) from None
+                except asyncio.CancelledError:
+                    self._raise_if_revoked(lease)
+                    raise
+                finally:
+                    call.cancel()
+                    self._coord.release(lease.lease_id)
 
     async def Embed(
         self, request: scheduler_pb2.ScheduleEmbedRequest, context: grpc.aio.ServicerContext
     ) -> types_pb2.EmbedResponse:
         req = request.request
+        with tracing.server_span(
+            "scheduler.Embed", context.invocation_metadata(), **_attributes(request)
+        ):
+            grant = await self._acquire(req, request.tenant_id, context)
+            lease = grant.lease
+            with TRACER.start_as_current_span("scheduler.dispatch", attributes=_lease(lease)):
+                call = self._workers.stub(lease.worker_address).Embed(
+                    worker_pb2.ExecuteEmbedRequest(
+                        lease_id=lease.lease_id, request=req, tenant_id=request.tenant_id
+                    ),
+                    timeout=context.time_remaining(),
+                    metadata=tracing.outgoing_metadata(),
+                )
+                self._coord.on_revoke(lease.lease_id, call.cancel)
+                try:
+                    response = await call
+                except grpc.aio.AioRpcError as exc:
+                    raise _worker_failure(exc, lease.worker_id) from None
+                except asyncio.CancelledError:
+                    self._raise_if_revoked(lease)
+                    raise
+                finally:
+                    self._coord.release(lease.lease_id)
+            response.queue_time_ms = grant.queue_time_ms
+            return response
+
+    async def _acquire(self, req, tenant_id: str, context: grpc.aio.ServicerContext) -> Grant:
+        """Queues the request and waits for its lease, inside a queue_wait span."""
         if not req.request_id or not req.model_id:
             raise InvalidArgument("request_id and model_id are required")
-        grant = await self._coord.acquire(
-            req.request_id,
-            req.model_id,
-            convert.priority(req.priority),
-            request.tenant_id,
-            context.time_remaining(),
-        )
-        lease = grant.lease
-        call = self._workers.stub(lease.worker_address).Embed(
-            worker_pb2.ExecuteEmbedRequest(
-                lease_id=lease.lease_id, request=req, tenant_id=request.tenant_id
-            ),
-            timeout=context.time_remaining(),
-        )
-        self._coord.on_revoke(lease.lease_id, call.cancel)
-        try:
-            response = await call
-        except grpc.aio.AioRpcError as exc:
-            raise _worker_failure(exc, lease.worker_id) from None
-        except asyncio.CancelledError:
-            if lease.lease_id in self._coord.revoked and not _task_cancelled():
-                raise Unavailable(f"worker {lease.worker_id} died during the request") from None
-            raise
-        finally:
-            self._coord.release(lease.lease_id)
-        response.queue_time_ms = grant.queue_time_ms
-        return response
+        with TRACER.start_as_current_span("scheduler.queue_wait") as span:
+            grant = await self._coord.acquire(
+                req.request_id,
+                req.model_id,
+                convert.priority(req.priority),
+                tenant_id,
+                context.time_remaining(),
+            )
+            span.set_attribute("inference.queue_time_ms", grant.queue_time_ms)
+        return grant
+
+    def _raise_if_revoked(self, lease: Lease) -> None:
+        """A relay cancelled because its worker died ends in UNAVAILABLE, not CANCELLED."""
+        if lease.lease_id in self._coord.revoked and not _task_cancelled():
+            raise Unavailable(f"worker {lease.worker_id} died during the request") from None
 
     async def WorkerSession(
         self,
@@ -186,3 +201,21 @@ def _worker_failure(exc: grpc.aio.AioRpcError, worker_id: str) -> Exception:
 def _task_cancelled() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def _attributes(request) -> dict[str, object]:
+    req = request.request
+    return {
+        "inference.model": req.model_id,
+        "inference.priority": types_pb2.Priority.Name(convert.priority(req.priority)),
+        "inference.tenant": request.tenant_id,
+        "inference.request_id": req.request_id,
+    }
+
+
+def _lease(lease: Lease) -> dict[str, str]:
+    return {
+        "inference.lease": lease.lease_id,
+        "inference.worker": lease.worker_id,
+        "inference.gpu_id": lease.gpu_id,
+    }
