@@ -33,6 +33,7 @@ bench: protos     ## first-token latency and throughput through the stack (needs
 	$(PY) -m bench.latency
 	$(PY) -m bench.engine_batching
 	$(PY) -m bench.throughput
+	$(PY) -m bench.tracing_overhead
 
 clean:
 	rm -rf gen .run .pytest_cache .ruff_cache
