@@ -65,6 +65,7 @@ class Stack:
     ) -> WorkerServer:
         config = WorkerConfig(
             listen=LOOPBACK,
+            metrics_listen=LOOPBACK,
             scheduler_address=self.scheduler_address,
             flush_interval_ms=0.0,
             shutdown_grace_s=2.0,
@@ -107,6 +108,7 @@ async def start_stack(
     models = list(models) or [sim_model()]
     scheduler_config = SchedulerConfig(
         listen=LOOPBACK,
+        metrics_listen=LOOPBACK,
         heartbeat_interval_ms=100,
         heartbeat_misses=5,
         catalog={m.model_id: m for m in models},
@@ -116,6 +118,7 @@ async def start_stack(
     router = RouterServer(
         RouterConfig(
             listen=LOOPBACK,
+            metrics_listen=LOOPBACK,
             scheduler_address=f"127.0.0.1:{scheduler.port}",
             model_refresh_s=0.0,
             tenants=tuple(tenants),

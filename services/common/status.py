@@ -57,6 +57,17 @@ def code_for(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def final_code(exc: BaseException) -> str:
+    """The name of the status a call ends with when `exc` escapes its handler."""
+    import asyncio
+
+    if isinstance(exc, asyncio.CancelledError):
+        return "CANCELLED"
+    if isinstance(exc, GeneratorExit):
+        return "OK"  # the consumer stopped reading after the result (Infer)
+    return code_for(exc).name
+
+
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     """Ends the call with the status for `exc`. Always raises."""
     code, details, trailers = status_for(exc)

@@ -10,7 +10,6 @@ records its final status code.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -19,6 +18,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from services.common.status import final_code
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 TRACEPARENT = "traceparent"
@@ -79,7 +80,7 @@ def server_span(
         try:
             yield span
         except BaseException as exc:
-            code = _code_name(exc)
+            code = final_code(exc)
             span.set_attribute("rpc.grpc.status_code", code)
             if code != "OK":
                 span.set_status(Status(StatusCode.ERROR, code))
@@ -130,13 +131,3 @@ def record_phases(started_ns: int, first_token_ns: int, end_ns: int, finished: A
 
 def trace_id_hex(span: Span) -> str:
     return format(span.get_span_context().trace_id, "032x")
-
-
-def _code_name(exc: BaseException) -> str:
-    from services.common.status import code_for
-
-    if isinstance(exc, asyncio.CancelledError):
-        return "CANCELLED"
-    if isinstance(exc, GeneratorExit):
-        return "OK"  # the consumer stopped reading after the result (Infer)
-    return code_for(exc).name

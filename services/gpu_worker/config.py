@@ -14,6 +14,8 @@ from services.common.config import ConfigError, load_section, require
 @dataclass(frozen=True)
 class WorkerConfig:
     listen: str = "127.0.0.1:50061"
+    metrics_listen: str = "127.0.0.1:9093"  # Prometheus /metrics; empty: off
+    gpu_price_per_hour: float = 0.0  # for the cost-per-1k-tokens metric; 0: not reported
     advertise_address: str = ""  # what the scheduler dials; default: listen host + bound port
     scheduler_address: str = "127.0.0.1:50052"
     worker_id: str = ""  # default: <hostname>-<port>

@@ -26,6 +26,10 @@ class ModelDirectory:
             raise NotFound(f"unknown model {model_id!r}; ListModels shows the served models")
         return model
 
+    def known(self, model_id: str) -> bool:
+        """Whether the last fetched list has the model (no refresh; for metric labels)."""
+        return model_id in self._models
+
     async def list(self) -> types_pb2.ListModelsResponse:
         await self.refresh()
         return types_pb2.ListModelsResponse(models=list(self._models.values()))

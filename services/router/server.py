@@ -5,9 +5,11 @@ from __future__ import annotations
 import grpc
 from inference.v1 import router_pb2, router_pb2_grpc, scheduler_pb2_grpc
 
+from services.common.metrics import MetricsEndpoint
 from services.common.server import CHANNEL_OPTIONS, GrpcService
 from services.router.auth import Authenticator
 from services.router.config import RouterConfig
+from services.router.metrics import RouterMetrics
 from services.router.models import ModelDirectory
 from services.router.servicer import RouterServicer
 
@@ -20,12 +22,15 @@ class RouterServer:
         self.channel = grpc.aio.insecure_channel(config.scheduler_address, options=CHANNEL_OPTIONS)
         scheduler = scheduler_pb2_grpc.SchedulerStub(self.channel)
         self.grpc = GrpcService(config.listen, [SERVICE_NAME], grace_s=config.shutdown_grace_s)
+        self.metrics = RouterMetrics()
+        self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics_listen)
         router_pb2_grpc.add_RouterServicer_to_server(
             RouterServicer(
                 config,
                 scheduler,
                 ModelDirectory(scheduler, config.model_refresh_s),
                 Authenticator(config.tenants, config.allow_anonymous),
+                self.metrics,
             ),
             self.grpc.server,
         )
@@ -35,8 +40,11 @@ class RouterServer:
         return self.grpc.port
 
     async def start(self) -> int:
-        return await self.grpc.start()
+        port = await self.grpc.start()
+        self.metrics_endpoint.start()
+        return port
 
     async def stop(self, grace_s: float | None = None) -> None:
         await self.grpc.stop(grace_s)
         await self.channel.close()
+        self.metrics_endpoint.stop()

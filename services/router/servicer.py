@@ -10,9 +10,12 @@ from inference.v1 import router_pb2, router_pb2_grpc, scheduler_pb2, scheduler_p
 
 from services.common import tracing
 from services.common.errors import DeadlineExceeded, Unavailable
+from services.common.metrics import UNKNOWN
+from services.common.status import final_code
 from services.router import validation
 from services.router.auth import Authenticator
 from services.router.config import RouterConfig
+from services.router.metrics import RouterMetrics, StreamObserver
 from services.router.models import ModelDirectory
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -28,7 +31,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         scheduler: scheduler_pb2_grpc.SchedulerStub,
         models: ModelDirectory,
         auth: Authenticator,
+        metrics: RouterMetrics,
     ) -> None:
+        self._metrics = metrics
         self._config = config
         self._scheduler = scheduler
         self._models = models
@@ -95,6 +100,22 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def _forward(
         self, rpc: str, request: types_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[types_pb2.GenerateResponse]:
+        try:
+            async with contextlib.aclosing(self._traced(rpc, request, context)) as stream:
+                async for message in stream:
+                    yield message
+        except BaseException as exc:
+            self._count(rpc, request.model_id, final_code(exc))
+            raise
+        self._count(rpc, request.model_id, "OK")
+
+    def _count(self, rpc: str, model_id: str, code: str) -> None:
+        model = model_id if self._models.known(model_id) else UNKNOWN
+        self._metrics.requests.labels(rpc, model, code).inc()
+
+    async def _traced(
+        self, rpc: str, request: types_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[types_pb2.GenerateResponse]:
         metadata = context.invocation_metadata() or ()
         with tracing.server_span(
             f"router.{rpc}",
@@ -124,9 +145,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 timeout=self._deadline_s(context),
                 metadata=tracing.outgoing_metadata(),
             )
+            observer = StreamObserver(self._metrics, admitted.model_id)
             try:
                 async for message in call:
-                    if message.HasField("summary"):
+                    if message.HasField("delta"):
+                        observer.delta(message.delta.token_count)
+                    else:
                         tracing.record_summary(span, message.summary)
                     yield message
             except grpc.aio.AioRpcError as exc:

@@ -13,6 +13,8 @@ from services.common.config import load_section, require
 @dataclass(frozen=True)
 class SchedulerConfig:
     listen: str = "127.0.0.1:50052"
+    metrics_listen: str = "127.0.0.1:9092"  # Prometheus /metrics; empty: off
+    fairness_window_s: float = 60.0  # Jain's index covers tokens served this long ago
     heartbeat_interval_ms: int = 1000
     heartbeat_misses: int = 3  # a worker silent this many intervals is declared dead
     queue_capacity: int = 1024

@@ -201,8 +201,12 @@ class Coordinator:
         self._dispatch()
 
 
-async def sweep_forever(coordinator: Coordinator, interval_s: float) -> None:
-    """Declares silent workers dead, every `interval_s`."""
+async def sweep_forever(
+    coordinator: Coordinator, interval_s: float, on_tick: Callable[[], object] | None = None
+) -> None:
+    """Declares silent workers dead, then runs `on_tick`, every `interval_s`."""
     while True:
         await asyncio.sleep(interval_s)
         coordinator.expire_silent_workers()
+        if on_tick is not None:
+            on_tick()

@@ -7,11 +7,14 @@ import time
 
 from inference.v1 import scheduler_pb2, scheduler_pb2_grpc
 
+from services.common.metrics import MetricsEndpoint
 from services.common.server import GrpcService
 from services.scheduler import convert
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.coordinator import Coordinator, sweep_forever
+from services.scheduler.core.fairness import ServedTokens
 from services.scheduler.core.scheduler import SchedulerCore
+from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.worker_pool import WorkerChannels
 
@@ -32,9 +35,13 @@ class SchedulerServer:
         )
         self.coordinator = Coordinator(core)
         self.workers = WorkerChannels()
+        self.metrics = SchedulerMetrics(ServedTokens(config.fairness_window_s, time.monotonic))
+        self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics_listen)
         self.grpc = GrpcService(config.listen, [SERVICE_NAME], grace_s=config.shutdown_grace_s)
         scheduler_pb2_grpc.add_SchedulerServicer_to_server(
-            SchedulerServicer(self.coordinator, self.workers, config.heartbeat_interval_ms),
+            SchedulerServicer(
+                self.coordinator, self.workers, config.heartbeat_interval_ms, self.metrics
+            ),
             self.grpc.server,
         )
         self._sweeper: asyncio.Task | None = None
@@ -46,7 +53,12 @@ class SchedulerServer:
     async def start(self) -> int:
         port = await self.grpc.start()
         interval = self.config.heartbeat_interval_ms / 1000.0 / 2
-        self._sweeper = asyncio.create_task(sweep_forever(self.coordinator, interval))
+        self._sweeper = asyncio.create_task(
+            sweep_forever(
+                self.coordinator, interval, lambda: self.metrics.refresh(self.coordinator)
+            )
+        )
+        self.metrics_endpoint.start()
         return port
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -57,3 +69,4 @@ class SchedulerServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.workers.close()
+        self.metrics_endpoint.stop()

@@ -10,10 +10,16 @@ import grpc
 from inference.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2, worker_pb2
 
 from services.common import tracing
-from services.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from services.common.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from services.scheduler import convert
 from services.scheduler.coordinator import END_SESSION, Coordinator, Grant, Session
 from services.scheduler.core.types import Lease
+from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.worker_pool import WorkerChannels
 
 log = logging.getLogger(__name__)
@@ -29,8 +35,13 @@ _REQUEST_CODES = {
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(
-        self, coordinator: Coordinator, workers: WorkerChannels, heartbeat_interval_ms: int
+        self,
+        coordinator: Coordinator,
+        workers: WorkerChannels,
+        heartbeat_interval_ms: int,
+        metrics: SchedulerMetrics,
     ) -> None:
+        self._metrics = metrics
         self._coord = coordinator
         self._workers = workers
         self._heartbeat_interval_ms = heartbeat_interval_ms
@@ -56,6 +67,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 try:
                     async for message in call:
                         if message.HasField("summary"):
+                            self._metrics.served_request(
+                                request.tenant_id, message.summary.completion_tokens
+                            )
                             message.summary.queue_time_ms = grant.queue_time_ms
                             message.summary.gpu_id = message.summary.gpu_id or lease.gpu_id
                         yield message
@@ -102,15 +116,17 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         """Queues the request and waits for its lease, inside a queue_wait span."""
         if not req.request_id or not req.model_id:
             raise InvalidArgument("request_id and model_id are required")
+        priority = convert.priority(req.priority)
         with TRACER.start_as_current_span("scheduler.queue_wait") as span:
-            grant = await self._coord.acquire(
-                req.request_id,
-                req.model_id,
-                convert.priority(req.priority),
-                tenant_id,
-                context.time_remaining(),
-            )
+            try:
+                grant = await self._coord.acquire(
+                    req.request_id, req.model_id, priority, tenant_id, context.time_remaining()
+                )
+            except ResourceExhausted:
+                self._metrics.shed.labels(tenant_id, priority.name.lower(), "queue_full").inc()
+                raise
             span.set_attribute("inference.queue_time_ms", grant.queue_time_ms)
+        self._metrics.queue_wait.labels(priority.name.lower()).observe(grant.queue_time_ms / 1000)
         return grant
 
     def _raise_if_revoked(self, lease: Lease) -> None:

@@ -1,0 +1,69 @@
+"""The router's Prometheus metrics: requests by final status, latency to the first token,
+inter-token latency, tokens generated, rate-limited requests."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from services.common.metrics import INTER_TOKEN_BUCKETS, LATENCY_BUCKETS
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "inference_router_requests",
+            "Requests by RPC, model and final gRPC status code",
+            ["rpc", "model", "code"],
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "inference_router_time_to_first_token_seconds",
+            "From the request's arrival at the router to its first token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inter_token_latency = Histogram(
+            "inference_router_inter_token_latency_seconds",
+            "Time between tokens of a stream, per token",
+            ["model"],
+            buckets=INTER_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "inference_router_generated_tokens", "Tokens streamed to clients", ["model"], registry=r
+        )
+        self.rate_limited = Counter(
+            "inference_router_rate_limited",
+            "Requests refused by a tenant's rate limit",
+            ["tenant"],
+            registry=r,
+        )
+
+
+class StreamObserver:
+    """Times one generation stream as the router relays it."""
+
+    def __init__(self, metrics: RouterMetrics, model: str) -> None:
+        self._metrics = metrics
+        self._model = model
+        self._started = time.monotonic()
+        self._last = 0.0
+
+    def delta(self, tokens: int) -> None:
+        if not tokens:
+            return
+        now = time.monotonic()
+        if not self._last:
+            self._metrics.time_to_first_token.labels(self._model).observe(now - self._started)
+        else:
+            gap = (now - self._last) / tokens
+            histogram = self._metrics.inter_token_latency.labels(self._model)
+            for _ in range(tokens):
+                histogram.observe(gap)
+        self._last = now
+        self._metrics.tokens.labels(self._model).inc(tokens)

@@ -1,0 +1,111 @@
+"""The scheduler's Prometheus metrics.
+
+Gauges that mirror the scheduler's state are refreshed by `refresh`, called on the event loop
+(the sweeper), so the metrics HTTP thread never reads live scheduler state.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.common.metrics import LATENCY_BUCKETS
+from services.scheduler.core.fairness import ServedTokens
+from services.scheduler.core.types import Priority
+
+
+class SchedulerMetrics:
+    def __init__(self, served: ServedTokens) -> None:
+        self.registry = r = CollectorRegistry()
+        self.served = served
+        self.queue_depth = Gauge(
+            "inference_scheduler_queue_depth",
+            "Requests waiting for a lease",
+            ["priority"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "inference_scheduler_queue_wait_seconds",
+            "Time from arrival to lease",
+            ["priority"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.shed = Counter(
+            "inference_scheduler_shed",
+            "Requests refused at admission",
+            ["tenant", "priority", "reason"],
+            registry=r,
+        )
+        self.served_tokens = Counter(
+            "inference_scheduler_served_tokens",
+            "Tokens generated for each tenant",
+            ["tenant"],
+            registry=r,
+        )
+        self.leases = Gauge(
+            "inference_scheduler_leases", "Leases held per worker", ["worker"], registry=r
+        )
+        self.slots = Gauge(
+            "inference_scheduler_slots", "Slots of ready models per worker", ["worker"], registry=r
+        )
+        self.workers = Gauge(
+            "inference_scheduler_workers", "Registered workers by state", ["state"], registry=r
+        )
+        self.gpu_utilization = Gauge(
+            "inference_fleet_gpu_utilization_ratio",
+            "Device compute utilization, 0 to 1",
+            ["worker", "gpu_id"],
+            registry=r,
+        )
+        self.gpu_memory_used = Gauge(
+            "inference_fleet_gpu_memory_used_bytes",
+            "Device memory in use",
+            ["worker", "gpu_id"],
+            registry=r,
+        )
+        self.gpu_memory_total = Gauge(
+            "inference_fleet_gpu_memory_total_bytes", "Device memory", ["worker", "gpu_id"], registry=r
+        )
+        self.fairness = Gauge(
+            "inference_scheduler_tenant_fairness_jain",
+            "Jain's index of tokens served to the active tenants over the window (1 = equal)",
+            registry=r,
+        )
+
+    def served_request(self, tenant: str, tokens: int) -> None:
+        self.served.add(tenant, tokens)
+        self.served_tokens.labels(tenant).inc(tokens)
+
+    def refresh(self, coordinator) -> None:
+        """Copies queue, lease and device state into the gauges (event loop only)."""
+        core = coordinator.core
+        for priority, depth in core.queue_depths().items():
+            self.queue_depth.labels(priority.name.lower()).set(depth)
+        for gauge in (
+            self.leases,
+            self.slots,
+            self.workers,
+            self.gpu_utilization,
+            self.gpu_memory_used,
+            self.gpu_memory_total,
+        ):
+            gauge.clear()
+        for record in core.workers():
+            self.leases.labels(record.worker_id).set(len(record.leases))
+            self.slots.labels(record.worker_id).set(
+                sum(m.max_slots for m in record.models.values() if m.ready)
+            )
+            self.workers.labels(record.state.value).inc()
+            session = coordinator.session(record.worker_id)
+            device = session.device if session else None
+            if device is not None:
+                labels = (record.worker_id, device.gpu_id or record.gpu_id)
+                self.gpu_utilization.labels(*labels).set(device.utilization_percent / 100.0)
+                self.gpu_memory_used.labels(*labels).set(device.memory_used_bytes)
+                self.gpu_memory_total.labels(*labels).set(device.memory_total_bytes)
+        index = self.served.jain_index()
+        self.fairness.set(index if index is not None else 1.0)
+
+
+def priority_label(priority: Priority) -> str:
+    return priority.name.lower()
