@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from services.common.catalog import ModelSpec
@@ -27,7 +29,9 @@ class ModelHost:
         cache_dir: Path,
         device: str,
         device_name: str = "",
+        on_loaded: Callable[[str, float], None] | None = None,
     ) -> None:
+        self._on_loaded = on_loaded
         self.catalog = catalog
         self.device = device
         self.device_name = device_name
@@ -64,9 +68,8 @@ class ModelHost:
 
     def engine_for(self, model_id: str, kind: str = "generative") -> Engine:
         """The ready engine for a model of that kind. Raises NotFound, InvalidArgument (wrong
-        kind) or Unavailable."""
-        if self.draining:
-            raise Unavailable("worker is draining")
+        kind) or Unavailable. A draining worker still runs what the scheduler leased before it
+        heard of the drain; the scheduler grants no new leases to a draining worker."""
         engine = self.engines.get(model_id)
         if engine is None:
             raise NotFound(f"model {model_id!r} is not on this worker")
@@ -103,10 +106,14 @@ class ModelHost:
         return create_engine(spec, self._cache_dir, self.device, self.device_name)
 
     async def _load(self, model_id: str, engine: Engine) -> None:
+        started = time.monotonic()
         try:
             await asyncio.to_thread(engine.load)
         except Exception:
             log.exception("loading %s failed", model_id)
+            return
+        if self._on_loaded is not None:
+            self._on_loaded(model_id, time.monotonic() - started)
 
     async def _retire(self, model_id: str, engine: Engine) -> None:
         while engine.active_sequences():  # noqa: ASYNC110 - engines run on threads

@@ -8,16 +8,19 @@ from pathlib import Path
 
 from inference.v1 import scheduler_pb2, worker_pb2, worker_pb2_grpc
 
+from services.common.metrics import MetricsEndpoint
 from services.common.server import GrpcService
 from services.gpu_worker import convert
 from services.gpu_worker.config import WorkerConfig
 from services.gpu_worker.host import ModelHost
+from services.gpu_worker.metrics import WorkerMetrics
 from services.gpu_worker.servicer import WorkerServicer
 from services.gpu_worker.session import SchedulerSession
 from services.gpu_worker.telemetry import DeviceProbe, open_probe
 
 log = logging.getLogger(__name__)
 
+DISPATCH_SETTLE_S = 0.3  # a heartbeat round trip plus a dispatch, on loopback
 SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 
 
@@ -30,8 +33,15 @@ class WorkerServer:
         self.probe = probe or open_probe(config.gpu_index, device)
         sample = self.probe.sample()
         self.gpu_id = sample.gpu_id
+        self.metrics = WorkerMetrics(config.gpu_price_per_hour)
+        self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics_listen)
         self.host = ModelHost(
-            config.catalog, config.model_ids, Path(config.cache_dir), device, sample.name
+            config.catalog,
+            config.model_ids,
+            Path(config.cache_dir),
+            device,
+            sample.name,
+            on_loaded=self.metrics.model_loaded,
         )
         self.grpc = GrpcService(config.listen, [SERVICE_NAME], grace_s=config.shutdown_grace_s)
         self.worker_id = ""
@@ -46,11 +56,16 @@ class WorkerServer:
         self.worker_id = self.config.worker_id_for(port)
         worker_pb2_grpc.add_WorkerServicer_to_server(
             WorkerServicer(
-                self.host, self.worker_id, self.gpu_id, self.config.flush_interval_ms / 1000.0
+                self.host,
+                self.worker_id,
+                self.gpu_id,
+                self.config.flush_interval_ms / 1000.0,
+                self.metrics,
             ),
             self.grpc.server,
         )
         await self.grpc.start()
+        self.metrics_endpoint.start()
         self.session = SchedulerSession(
             self.config.scheduler_address, self._registration, self._heartbeat, self._command
         )
@@ -63,11 +78,14 @@ class WorkerServer:
     async def stop(self) -> None:
         """Drains: no new work, in-flight streams finish within the grace period."""
         self._drain("shutting down")
+        # requests leased before the scheduler heard of the drain may still be arriving
+        await asyncio.sleep(min(DISPATCH_SETTLE_S, self.config.shutdown_grace_s))
         await self.host.wait_idle(self.config.shutdown_grace_s)
         await self.grpc.stop(grace_s=1.0)
         if self.session is not None:
             await self.session.stop()
         self.host.close()
+        self.metrics_endpoint.stop()
 
     def _command(self, kind: str, argument: str) -> None:
         """Obeys a scheduler command: load_model, unload_model or drain."""
@@ -105,9 +123,11 @@ class WorkerServer:
         )
 
     def _heartbeat(self, sequence: int) -> scheduler_pb2.WorkerSessionRequest:
+        sample = self.probe.sample()
+        self.metrics.observe(sample, list(self.host.engines.values()))
         return convert.heartbeat(
             sequence,
-            self.probe.sample(),
+            sample,
             list(self.host.engines.values()),
             self.host.healthy,
             self.host.draining,

@@ -19,16 +19,23 @@ from services.common.errors import ServiceError, Unavailable
 from services.gpu_worker import convert
 from services.gpu_worker.engines.base import Event, Finished, TextDelta
 from services.gpu_worker.host import ModelHost
+from services.gpu_worker.metrics import WorkerMetrics
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     def __init__(
-        self, host: ModelHost, worker_id: str, gpu_id: str, flush_interval_s: float
+        self,
+        host: ModelHost,
+        worker_id: str,
+        gpu_id: str,
+        flush_interval_s: float,
+        metrics: WorkerMetrics,
     ) -> None:
         self._host = host
         self._worker_id = worker_id
         self._gpu_id = gpu_id
         self._flush_s = flush_interval_s
+        self._metrics = metrics
 
     async def Execute(
         self, request: worker_pb2.ExecuteRequest, context: grpc.aio.ServicerContext
@@ -78,6 +85,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                         delta=types_pb2.TokenDelta(text=text, token_count=tokens),
                     )
                 if finished is not None:
+                    self._metrics.tokens_generated(req.model_id, finished.completion_tokens)
                     tracing.record_phases(started_ns, first_token_ns, time.time_ns(), finished)
                     yield types_pb2.GenerateResponse(
                         request_id=req.request_id,

@@ -64,7 +64,10 @@ class SchedulerMetrics:
             registry=r,
         )
         self.gpu_memory_total = Gauge(
-            "inference_fleet_gpu_memory_total_bytes", "Device memory", ["worker", "gpu_id"], registry=r
+            "inference_fleet_gpu_memory_total_bytes",
+            "Device memory",
+            ["worker", "gpu_id"],
+            registry=r,
         )
         self.fairness = Gauge(
             "inference_scheduler_tenant_fairness_jain",

@@ -108,6 +108,7 @@ async def test_a_draining_worker_finishes_its_streams_and_takes_no_new_work(slow
     core = slow_stack.scheduler.coordinator.core
     await wait_until(lambda: core.active_leases() == 1)
     worker = slow_stack.workers.pop()
+    await wait_until(lambda: worker.host.active_sequences() == 1)
     await worker.stop()  # SIGTERM path: drain, finish, leave
     answer = await in_flight
     assert answer.completion_tokens == 15
