@@ -26,6 +26,11 @@ class LocalSystem:
         self.log_dir = log_dir
         self.ports = {"router": free_port(), "scheduler": free_port()}
         self.worker_ports = [free_port() for _ in range(workers)]
+        self.metrics_ports = {
+            "router": free_port(),
+            "scheduler": free_port(),
+            **{f"worker-{i}": free_port() for i in range(workers)},
+        }
         self.procs: dict[str, subprocess.Popen] = {}
         self._extra_env = env or {}
 
@@ -43,14 +48,18 @@ class LocalSystem:
             **os.environ,
             "ROUTER_LISTEN": self.router_address,
             "ROUTER_SCHEDULER_ADDRESS": scheduler,
+            "ROUTER_METRICS_LISTEN": f"127.0.0.1:{self.metrics_ports['router']}",
             "SCHEDULER_LISTEN": scheduler,
+            "SCHEDULER_METRICS_LISTEN": f"127.0.0.1:{self.metrics_ports['scheduler']}",
             "WORKER_SCHEDULER_ADDRESS": scheduler,
             "WORKER_CACHE_DIR": str(ROOT / ".cache" / "models"),
             **self._extra_env,
         }
         self._spawn("scheduler", ["services.scheduler"], env)
         for i, address in enumerate(self.worker_addresses):
-            self._spawn(f"worker-{i}", ["services.gpu_worker", "--listen", address], env)
+            metrics = f"127.0.0.1:{self.metrics_ports[f'worker-{i}']}"
+            args = ["services.gpu_worker", "--listen", address, "--metrics-listen", metrics]
+            self._spawn(f"worker-{i}", args, env)
         self._spawn("router", ["services.router"], env)
         ready = subprocess.run(
             [

@@ -38,7 +38,7 @@ start() {  # start <name> <args...>
 
 start scheduler services.scheduler
 for ((i=0; i<WORKERS; i++)); do
-  args=(services.gpu_worker --listen "127.0.0.1:$((50061 + i))")
+  args=(services.gpu_worker --listen "127.0.0.1:$((50061 + i))" --metrics-listen "127.0.0.1:$((9093 + i))")
   if (( gpus > 0 )); then args+=(--gpu-index $((i % gpus))); fi
   start "worker-$i" "${args[@]}"
 done
@@ -48,6 +48,7 @@ start router services.router
 cat <<MSG
 
 ==> services ready in $(( $(date +%s) - started ))s: router on localhost:50051 (scheduler :50052, workers from :50061)
+    metrics: http://localhost:9091/metrics (router), :9092 (scheduler), :9093... (workers)
     .venv/bin/grpcurl -plaintext localhost:50051 list
     .venv/bin/grpcurl -plaintext -d '{"model_id": "llama-3-70b", "prompt": "Hello", "priority": "PRIORITY_HIGH"}' localhost:50051 inference.v1.Router/Generate
     .venv/bin/grpcurl -plaintext -d '{"model_id": "smollm2-135m", "prompt": "What is the capital of France?"}' localhost:50051 inference.v1.Router/Generate

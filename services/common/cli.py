@@ -25,6 +25,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         help="TOML config file (default: deploy/local/config.toml or $INFERENCE_CONFIG)",
     )
     parser.add_argument("--listen", help="host:port to serve on (overrides the config)")
+    parser.add_argument("--metrics-listen", help="host:port of the Prometheus /metrics endpoint")
     parser.add_argument("--log-level", help="debug, info, warning or error")
     return parser
 
