@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import grpc
 from google.protobuf import json_format
 from inference.v1 import types_pb2
 
 from client.sdk import PRIORITIES, InferenceClient
+from client.status_table import render
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,10 +40,11 @@ def _run(client: InferenceClient, args: argparse.Namespace) -> int:
             head = ", ".join(f"{v:.4f}" for v in vector[:4])
             print(f"{len(vector)} dims [{head}, ...]  {text}")
         return 0
-    if args.command in ("models", "status"):
-        response = client.models() if args.command == "models" else client.status()
-        print(json_format.MessageToJson(response, indent=2))
+    if args.command == "models":
+        print(json_format.MessageToJson(client.models(), indent=2))
         return 0
+    if args.command == "status":
+        return _status(client, args)
     request = client.request(
         args.model,
         args.prompt,
@@ -67,6 +70,20 @@ def _run(client: InferenceClient, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return 0
+
+
+def _status(client: InferenceClient, args: argparse.Namespace) -> int:
+    while True:
+        status = client.status()
+        if args.json:
+            print(json_format.MessageToJson(status, indent=2))
+        else:
+            if args.watch:
+                print("\033[2J\033[H", end="")  # clear the terminal
+            print(render(status))
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)
 
 
 def _finish(reason: int) -> str:
@@ -97,7 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("texts", nargs="+")
     embed.add_argument("--model", default="minilm-l6-v2")
     commands.add_parser("models", help="list models")
-    commands.add_parser("status", help="queue, workers and leases")
+    status = commands.add_parser("status", help="queue, workers, models and leases")
+    status.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS")
+    status.add_argument("--json", action="store_true", help="the raw GetStatus answer")
     return parser
 
 

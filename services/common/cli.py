@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from services.common.config import ConfigError, read_toml
-from services.common.server import configure_logging, install_uvloop
+from services.common.logs import configure_logging
+from services.common.server import install_uvloop
 from services.common.tracing import setup_tracing, shutdown_tracing
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "local" / "config.toml"
@@ -45,7 +46,7 @@ def run_service(
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)
-    configure_logging(config.log_level)
+    configure_logging(name, config.log_level, config.log_format)
     setup_tracing(name, os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
     install_uvloop()
     try:

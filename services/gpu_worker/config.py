@@ -27,6 +27,7 @@ class WorkerConfig:
     torch_threads: int = 0  # 0: torch's default
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
+    log_format: str = "json"  # json (one object per line) or text
     catalog: dict[str, ModelSpec] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

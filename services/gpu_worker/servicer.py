@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 from inference.v1 import types_pb2, worker_pb2, worker_pb2_grpc
 
-from services.common import tracing
+from services.common import logs, tracing
 from services.common.errors import ServiceError, Unavailable
 from services.gpu_worker import convert
 from services.gpu_worker.engines.base import Event, Finished, TextDelta
@@ -41,6 +41,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self, request: worker_pb2.ExecuteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[types_pb2.GenerateResponse]:
         attributes = self._attributes(request)
+        logs.request_id.set(request.request.request_id)
         with tracing.server_span("worker.Execute", context.invocation_metadata(), **attributes):
             async with contextlib.aclosing(self._generate(request.request)) as stream:
                 async for message in stream:

@@ -28,6 +28,7 @@ class RouterConfig:
     allow_anonymous: bool = True  # only while listening on loopback
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
+    log_format: str = "json"  # json (one object per line) or text
     tenants: tuple[TenantSpec, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
 from inference.v1 import router_pb2, router_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
-from services.common import tracing
+from services.common import logs, tracing
 from services.common.errors import DeadlineExceeded, Unavailable
 from services.common.metrics import UNKNOWN
 from services.common.status import final_code
@@ -20,6 +21,7 @@ from services.router.models import ModelDirectory
 
 REQUEST_ID_HEADER = "x-request-id"
 TRACER = tracing.tracer("services.router")
+log = logging.getLogger(__name__)
 # Details gRPC gives when the scheduler could not be reached at all.
 _CONNECTION_FAILURES = ("failed to connect", "socket closed", "connection reset", "broken pipe")
 
@@ -137,6 +139,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 validation.check_against_model(request, model)
             admitted = validation.normalized(request)
             span.set_attribute("inference.request_id", admitted.request_id)
+            logs.request_id.set(admitted.request_id)
+            log.debug(
+                "admitted for %s: model=%s prompt=%r", tenant, admitted.model_id, admitted.prompt
+            )
             await context.send_initial_metadata(
                 ((REQUEST_ID_HEADER, admitted.request_id), *tracing.outgoing_metadata())
             )

@@ -21,6 +21,7 @@ class SchedulerConfig:
     full_retry_after_ms: int = 1000
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
+    log_format: str = "json"  # json (one object per line) or text
     catalog: dict[str, ModelSpec] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 from inference.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2, worker_pb2
 
-from services.common import tracing
+from services.common import logs, tracing
 from services.common.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -116,6 +116,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         """Queues the request and waits for its lease, inside a queue_wait span."""
         if not req.request_id or not req.model_id:
             raise InvalidArgument("request_id and model_id are required")
+        logs.request_id.set(req.request_id)
         priority = convert.priority(req.priority)
         with TRACER.start_as_current_span("scheduler.queue_wait") as span:
             try:

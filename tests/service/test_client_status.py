@@ -1,0 +1,17 @@
+"""The command-line client's readable status table."""
+
+import asyncio
+
+from client.__main__ import main
+from tests.stack import request
+
+
+async def test_status_table_shows_queue_workers_and_models(stack, capsys):
+    await stack.router_stub().Infer(request(max_tokens=4))
+    code = await asyncio.to_thread(main, ["--address", stack.router_address, "status"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "queue: high 0  medium 0  low 0" in out
+    worker = stack.workers[0].worker_id
+    assert worker in out and "cpu-0" in out and "ready" in out
+    assert "sim-fast" in out
