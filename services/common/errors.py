@@ -27,6 +27,10 @@ class Unauthenticated(ServiceError):
     """Missing or wrong API key."""
 
 
+class PermissionDenied(ServiceError):
+    """The tenant may not use this model or ask for this priority."""
+
+
 class ResourceExhausted(ServiceError):
     """Over a rate limit, queue full, or shed under load. The caller may retry later."""
 

@@ -8,12 +8,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.config import ConfigError, load_section, require
+from services.router.ratelimit import Limits
+
+PRIORITY_NAMES = ("high", "medium", "low")
+LIMIT_KEYS = tuple(Limits.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
 class TenantSpec:
     tenant_id: str
     api_key_sha256: str  # hex SHA-256 of the API key; the key itself is never stored
+    weight: float = 1.0  # share of capacity within a priority class (scheduler fairness)
+    models: tuple[str, ...] = ()  # models it may use; empty: all
+    max_priority: str = "high"  # the highest priority it may ask for
+    limits: Limits | None = None  # None: the router's default_limits
+
+    def __post_init__(self) -> None:
+        require(
+            self.max_priority in PRIORITY_NAMES,
+            f"tenant {self.tenant_id!r}: max_priority must be one of {PRIORITY_NAMES}",
+        )
+        require(self.weight > 0, f"tenant {self.tenant_id!r}: weight must be > 0")
 
 
 @dataclass(frozen=True)
@@ -29,6 +44,8 @@ class RouterConfig:
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
     log_format: str = "json"  # json (one object per line) or text
+    replicas: int = 1  # routers sharing the limits; each enforces 1/replicas of them
+    default_limits: Limits = field(default_factory=Limits)  # anonymous and tenants without own
     tenants: tuple[TenantSpec, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -37,6 +54,7 @@ class RouterConfig:
             "router: need 0 < default_deadline_s <= max_deadline_s",
         )
         require(self.max_prompt_chars > 0, "router.max_prompt_chars must be > 0")
+        require(self.replicas >= 1, "router.replicas must be >= 1")
         if self.allow_anonymous and not is_loopback(self.listen):
             raise ConfigError(
                 f"router.allow_anonymous is only allowed on a loopback address, not {self.listen}"
@@ -57,9 +75,34 @@ def load(
     data: Mapping[str, Any], env: Mapping[str, str], overrides: Mapping[str, Any]
 ) -> RouterConfig:
     section = dict(data.get("router", {}))
-    tenants = []
-    for raw in section.pop("tenants", []):
-        if set(raw) != {"id", "api_key_sha256"}:
-            raise ConfigError("[[router.tenants]] entries need exactly id and api_key_sha256")
-        tenants.append(TenantSpec(str(raw["id"]), str(raw["api_key_sha256"]).lower()))
-    return load_section(RouterConfig, section, env, "ROUTER", overrides, tenants=tuple(tenants))
+    tenants = tuple(_tenant(raw) for raw in section.pop("tenants", []))
+    defaults = _limits(section.pop("default_limits", {}), "[router.default_limits]")
+    return load_section(
+        RouterConfig, section, env, "ROUTER", overrides, tenants=tenants, default_limits=defaults
+    )
+
+
+def _tenant(raw: Mapping[str, Any]) -> TenantSpec:
+    known = {"id", "api_key_sha256", "weight", "models", "max_priority", *LIMIT_KEYS}
+    where = f"[[router.tenants]] {raw.get('id')!r}"
+    if not {"id", "api_key_sha256"} <= set(raw) or set(raw) - known:
+        raise ConfigError(f"{where}: needs id and api_key_sha256; may have {sorted(known)}")
+    limit_values = {k: raw[k] for k in LIMIT_KEYS if k in raw}
+    return TenantSpec(
+        tenant_id=str(raw["id"]),
+        api_key_sha256=str(raw["api_key_sha256"]).lower(),
+        weight=float(raw.get("weight", 1.0)),
+        models=tuple(raw.get("models", ())),
+        max_priority=str(raw.get("max_priority", "high")),
+        limits=_limits(limit_values, where) if limit_values else None,
+    )
+
+
+def _limits(values: Mapping[str, Any], where: str) -> Limits:
+    try:
+        limits = Limits(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    if any(v < 0 for v in vars(limits).values()):
+        raise ConfigError(f"{where}: limits must be >= 0")
+    return limits

@@ -7,7 +7,7 @@ from inference.v1 import router_pb2, router_pb2_grpc, scheduler_pb2_grpc
 
 from services.common.metrics import MetricsEndpoint
 from services.common.server import CHANNEL_OPTIONS, GrpcService
-from services.router.auth import Authenticator
+from services.router.admission import Admission
 from services.router.config import RouterConfig
 from services.router.metrics import RouterMetrics
 from services.router.models import ModelDirectory
@@ -29,7 +29,7 @@ class RouterServer:
                 config,
                 scheduler,
                 ModelDirectory(scheduler, config.model_refresh_s),
-                Authenticator(config.tenants, config.allow_anonymous),
+                Admission(config, self.metrics),
                 self.metrics,
             ),
             self.grpc.server,

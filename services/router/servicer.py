@@ -14,7 +14,7 @@ from services.common.errors import DeadlineExceeded, Unavailable
 from services.common.metrics import UNKNOWN
 from services.common.status import final_code
 from services.router import validation
-from services.router.auth import Authenticator
+from services.router.admission import Admission, estimate_tokens
 from services.router.config import RouterConfig
 from services.router.metrics import RouterMetrics, StreamObserver
 from services.router.models import ModelDirectory
@@ -32,14 +32,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         config: RouterConfig,
         scheduler: scheduler_pb2_grpc.SchedulerStub,
         models: ModelDirectory,
-        auth: Authenticator,
+        admission: Admission,
         metrics: RouterMetrics,
     ) -> None:
         self._metrics = metrics
         self._config = config
         self._scheduler = scheduler
         self._models = models
-        self._auth = auth
+        self._admission = admission
 
     async def Generate(
         self, request: types_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -66,34 +66,43 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         metadata = context.invocation_metadata() or ()
         attributes = {"inference.model": request.model_id, "inference.inputs": len(request.inputs)}
         with tracing.server_span("router.Embed", metadata, **attributes) as span:
-            tenant = self._auth.tenant_for(metadata)
+            tenant = self._admission.tenant(metadata)
             span.set_attribute("inference.tenant", tenant)
             validation.check_embed_shape(request, self._config.max_prompt_chars)
             model = await self._models.get(request.model_id)
             validation.check_kind(model, types_pb2.MODEL_KIND_EMBEDDING)
             admitted = validation.normalized(request)
+            self._admission.check(tenant, admitted.model_id, admitted.priority)
+            reservation = self._admission.reserve(
+                tenant, sum(estimate_tokens(text) for text in admitted.inputs)
+            )
+            used = None
             await context.send_initial_metadata(
                 ((REQUEST_ID_HEADER, admitted.request_id), *tracing.outgoing_metadata())
             )
             try:
-                return await self._scheduler.Embed(
+                response = await self._scheduler.Embed(
                     scheduler_pb2.ScheduleEmbedRequest(request=admitted, tenant_id=tenant),
                     timeout=self._deadline_s(context),
                     metadata=tracing.outgoing_metadata(),
                 )
+                used = response.prompt_tokens
+                return response
             except grpc.aio.AioRpcError as exc:
                 raise _upstream_error(exc) from None
+            finally:
+                reservation.finish(used)
 
     async def ListModels(
         self, request: types_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> types_pb2.ListModelsResponse:
-        self._auth.tenant_for(context.invocation_metadata() or ())
+        self._admission.tenant(context.invocation_metadata() or ())
         return await self._models.list()
 
     async def GetStatus(
         self, request: types_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> types_pb2.GetStatusResponse:
-        self._auth.tenant_for(context.invocation_metadata() or ())
+        self._admission.tenant(context.invocation_metadata() or ())
         try:
             return await self._scheduler.GetStatus(types_pb2.GetStatusRequest(), timeout=5)
         except grpc.aio.AioRpcError as exc:
@@ -129,15 +138,18 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 else str(request.priority),
             },
         ) as span:
-            with TRACER.start_as_current_span("router.authenticate") as auth_span:
-                tenant = self._auth.tenant_for(metadata)
-                auth_span.set_attribute("inference.tenant", tenant)
+            tenant = self._admission.tenant(metadata)
             span.set_attribute("inference.tenant", tenant)
             with TRACER.start_as_current_span("router.validate"):
                 validation.check_shape(request, self._config.max_prompt_chars)
                 model = await self._models.get(request.model_id)
                 validation.check_against_model(request, model)
             admitted = validation.normalized(request)
+            self._admission.check(tenant, admitted.model_id, admitted.priority)
+            max_tokens = admitted.max_tokens or model.default_max_tokens
+            reservation = self._admission.reserve(
+                tenant, estimate_tokens(admitted.prompt) + max_tokens
+            )
             span.set_attribute("inference.request_id", admitted.request_id)
             logs.request_id.set(admitted.request_id)
             log.debug(
@@ -152,17 +164,20 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 metadata=tracing.outgoing_metadata(),
             )
             observer = StreamObserver(self._metrics, admitted.model_id)
+            used = None  # tokens the request really took; unknown unless it completes
             try:
                 async for message in call:
                     if message.HasField("delta"):
                         observer.delta(message.delta.token_count)
                     else:
                         tracing.record_summary(span, message.summary)
+                        used = message.summary.prompt_tokens + message.summary.completion_tokens
                     yield message
             except grpc.aio.AioRpcError as exc:
                 raise _upstream_error(exc) from None
             finally:
                 call.cancel()
+                reservation.finish(used)
 
     def _deadline_s(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()

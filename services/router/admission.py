@@ -1,0 +1,57 @@
+"""The router's door: who is calling, what they may do, and whether they are within their
+limits. Combines the authenticator, the tenant policies and the rate limiter."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from services.common import tracing
+from services.common.errors import ResourceExhausted
+from services.router.auth import Authenticator
+from services.router.config import RouterConfig
+from services.router.metrics import RouterMetrics
+from services.router.ratelimit import RateLimiter, Reservation
+from services.router.tenants import TenantPolicies
+
+TRACER = tracing.tracer("services.router")
+
+
+class Admission:
+    def __init__(self, config: RouterConfig, metrics: RouterMetrics) -> None:
+        self._auth = Authenticator(config.tenants, config.allow_anonymous)
+        self.policies = TenantPolicies(config)
+        self._limiter = RateLimiter(self.policies.limits, config.replicas, time.monotonic)
+        self._metrics = metrics
+
+    def tenant(self, metadata: Iterable[tuple[str, Any]]) -> str:
+        """The caller's tenant. Raises Unauthenticated."""
+        with TRACER.start_as_current_span("router.authenticate") as span:
+            tenant = self._auth.tenant_for(metadata)
+            span.set_attribute("inference.tenant", tenant)
+            return tenant
+
+    def check(self, tenant: str, model_id: str, priority: int) -> None:
+        """Raises PermissionDenied for a model or priority the tenant may not use."""
+        self.policies.check(tenant, model_id, priority)
+
+    def reserve(self, tenant: str, tokens: int) -> Reservation:
+        """Admits a request reserving `tokens`, or raises ResourceExhausted with a hint."""
+        with TRACER.start_as_current_span(
+            "router.rate_limit",
+            attributes={
+                "inference.tenant": tenant,
+                "inference.reserved_tokens": tokens,
+            },
+        ):
+            try:
+                return self._limiter.admit(tenant, tokens)
+            except ResourceExhausted:
+                self._metrics.rate_limited.labels(tenant).inc()
+                raise
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens a text may take before the model's tokenizer has seen it (~4 chars a token)."""
+    return len(text) // 4 + 1

@@ -1,0 +1,90 @@
+"""Tenants: rate limits with retry hints, permissions, concurrent streams."""
+
+import asyncio
+import hashlib
+
+import grpc
+import pytest
+from inference.v1 import types_pb2
+
+from services.common.status import RETRY_AFTER_KEY
+from services.router.config import TenantSpec
+from services.router.ratelimit import Limits
+from tests.stack import request, sim_model, start_stack
+
+
+def key(tenant: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer key-{tenant}"),)
+
+
+def tenant(name: str, **fields) -> TenantSpec:
+    return TenantSpec(name, hashlib.sha256(f"key-{name}".encode()).hexdigest(), **fields)
+
+
+@pytest.fixture
+async def tenants_stack():
+    stack = await start_stack(
+        [sim_model(), sim_model("sim-other")],
+        tenants=[
+            tenant("limited", limits=Limits(requests_per_s=1, burst_requests=2)),
+            tenant("tokens", limits=Limits(tokens_per_s=10, burst_tokens=40)),
+            tenant(
+                "narrow",
+                models=("sim-fast",),
+                max_priority="medium",
+                limits=Limits(max_concurrent_streams=1),
+            ),
+            tenant("free"),
+        ],
+        allow_anonymous=False,
+    )
+    yield stack
+    await stack.close()
+
+
+async def test_a_tenant_over_its_rate_is_refused_with_a_hint_while_another_is_served(
+    tenants_stack,
+):
+    stub = tenants_stack.router_stub()
+    for _ in range(2):  # the burst
+        await stub.Infer(request(max_tokens=2), metadata=key("limited"))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Infer(request(max_tokens=2), metadata=key("limited"))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "requests/s" in info.value.details()
+    assert 0 < int(dict(info.value.trailing_metadata())[RETRY_AFTER_KEY]) <= 1000
+    answer = await stub.Infer(request(max_tokens=2), metadata=key("free"))
+    assert answer.completion_tokens == 2
+
+
+async def test_token_reservations_count_prompt_plus_max_tokens(tenants_stack):
+    stub = tenants_stack.router_stub()
+    await stub.Infer(request(max_tokens=30), metadata=key("tokens"))  # ~32 reserved, 32 used
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Infer(request(max_tokens=30), metadata=key("tokens"))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "tokens/s" in info.value.details()
+
+
+async def test_models_and_priorities_outside_a_tenants_rights_are_denied(tenants_stack):
+    stub = tenants_stack.router_stub()
+    for req in (request("sim-other"), request(priority=types_pb2.PRIORITY_HIGH)):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Infer(req, metadata=key("narrow"))
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    low = await stub.Infer(
+        request(max_tokens=1, priority=types_pb2.PRIORITY_LOW), metadata=key("narrow")
+    )
+    assert low.completion_tokens == 1
+
+
+async def test_concurrent_streams_are_capped(tenants_stack):
+    stub = tenants_stack.router_stub()
+    call = stub.Generate(request(max_tokens=200), metadata=key("narrow"))
+    assert (await call.read()).HasField("delta")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Infer(request(max_tokens=1), metadata=key("narrow"))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    call.cancel()
+    await asyncio.sleep(0.05)
+    assert (await stub.Infer(request(max_tokens=1), metadata=key("narrow"))).completion_tokens
