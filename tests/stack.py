@@ -103,6 +103,7 @@ async def start_stack(
     workers: int = 1,
     tenants: Sequence[TenantSpec] = (),
     allow_anonymous: bool = True,
+    secret: str = "",
     **scheduler_overrides: object,
 ) -> Stack:
     models = list(models) or [sim_model()]
@@ -111,6 +112,7 @@ async def start_stack(
         metrics_listen=LOOPBACK,
         heartbeat_interval_ms=100,
         heartbeat_misses=5,
+        internal_secret=secret,
         catalog={m.model_id: m for m in models},
     )
     scheduler = SchedulerServer(replace(scheduler_config, **scheduler_overrides))
@@ -123,12 +125,13 @@ async def start_stack(
             model_refresh_s=0.0,
             tenants=tuple(tenants),
             allow_anonymous=allow_anonymous,
+            internal_secret=secret,
         )
     )
     await router.start()
     stack = Stack(scheduler, router)
     for _ in range(workers):
-        await stack.add_worker(models)
+        await stack.add_worker(models, internal_secret=secret)
     return stack
 
 

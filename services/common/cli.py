@@ -41,6 +41,7 @@ def run_service(
     OTEL_EXPORTER_OTLP_ENDPOINT is set), runs `main(config)` on uvloop."""
     args = parser.parse_args()
     overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    overrides["internal_secret"] = os.environ.get("INFERENCE_INTERNAL_SECRET")
     try:
         config = load(read_toml(args.config), os.environ, overrides)
     except ConfigError as exc:

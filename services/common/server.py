@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.internal_auth import SecretCheckInterceptor
 from services.common.status import ErrorMappingInterceptor
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,19 @@ class GrpcService:
     `address` (port 0 picks a free port, see `port`).
     """
 
-    def __init__(self, address: str, service_names: Iterable[str], grace_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        service_names: Iterable[str],
+        grace_s: float = 10.0,
+        internal_secret: str = "",
+    ) -> None:
         self.address = address
         self.grace_s = grace_s
-        self.server = grpc.aio.server(
-            interceptors=[ErrorMappingInterceptor()], options=SERVER_OPTIONS
-        )
+        interceptors: list[grpc.aio.ServerInterceptor] = [ErrorMappingInterceptor()]
+        if internal_secret:
+            interceptors.insert(0, SecretCheckInterceptor(internal_secret))
+        self.server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._names = list(service_names)

@@ -26,6 +26,7 @@ class WorkerConfig:
     flush_interval_ms: float = 5.0  # tokens produced within this window go out as one message
     torch_threads: int = 0  # 0: torch's default
     shutdown_grace_s: float = 10.0
+    internal_secret: str = ""  # shared by the fleet's internal calls; set INFERENCE_INTERNAL_SECRET
     log_level: str = "info"
     log_format: str = "json"  # json (one object per line) or text
     catalog: dict[str, ModelSpec] = field(default_factory=dict)

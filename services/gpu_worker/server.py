@@ -43,7 +43,9 @@ class WorkerServer:
             sample.name,
             on_loaded=self.metrics.model_loaded,
         )
-        self.grpc = GrpcService(config.listen, [SERVICE_NAME], grace_s=config.shutdown_grace_s)
+        self.grpc = GrpcService(
+            config.listen, [SERVICE_NAME], config.shutdown_grace_s, config.internal_secret
+        )
         self.worker_id = ""
         self.session: SchedulerSession | None = None
 
@@ -67,7 +69,11 @@ class WorkerServer:
         await self.grpc.start()
         self.metrics_endpoint.start()
         self.session = SchedulerSession(
-            self.config.scheduler_address, self._registration, self._heartbeat, self._command
+            self.config.scheduler_address,
+            self._registration,
+            self._heartbeat,
+            self._command,
+            self.config.internal_secret,
         )
         self.session.start()
         if load_models:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 from inference.v1 import scheduler_pb2, scheduler_pb2_grpc
 
+from services.common.internal_auth import internal_channel
 from services.common.server import CHANNEL_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,9 @@ class SchedulerSession:
         registration: Callable[[], scheduler_pb2.WorkerSessionRequest],
         heartbeat: Callable[[int], scheduler_pb2.WorkerSessionRequest],
         on_command: Callable[[str, str], None],
+        internal_secret: str = "",
     ) -> None:
+        self._secret = internal_secret
         self._address = scheduler_address
         self._registration = registration
         self._heartbeat = heartbeat
@@ -52,7 +55,7 @@ class SchedulerSession:
 
     async def _run_forever(self) -> None:
         backoff = MIN_BACKOFF_S
-        async with grpc.aio.insecure_channel(self._address, options=CHANNEL_OPTIONS) as channel:
+        async with internal_channel(self._address, self._secret, CHANNEL_OPTIONS) as channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
             while True:
                 try:

@@ -42,6 +42,7 @@ class RouterConfig:
     max_prompt_chars: int = 32_768
     allow_anonymous: bool = True  # only while listening on loopback
     shutdown_grace_s: float = 10.0
+    internal_secret: str = ""  # shared by the fleet's internal calls; set INFERENCE_INTERNAL_SECRET
     log_level: str = "info"
     log_format: str = "json"  # json (one object per line) or text
     replicas: int = 1  # routers sharing the limits; each enforces 1/replicas of them

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import grpc
 from inference.v1 import router_pb2, router_pb2_grpc, scheduler_pb2_grpc
 
+from services.common.internal_auth import internal_channel
 from services.common.metrics import MetricsEndpoint
 from services.common.server import CHANNEL_OPTIONS, GrpcService
 from services.router.admission import Admission
@@ -19,7 +19,9 @@ SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 class RouterServer:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
-        self.channel = grpc.aio.insecure_channel(config.scheduler_address, options=CHANNEL_OPTIONS)
+        self.channel = internal_channel(
+            config.scheduler_address, config.internal_secret, CHANNEL_OPTIONS
+        )
         scheduler = scheduler_pb2_grpc.SchedulerStub(self.channel)
         self.grpc = GrpcService(config.listen, [SERVICE_NAME], grace_s=config.shutdown_grace_s)
         self.metrics = RouterMetrics()

@@ -20,6 +20,7 @@ class SchedulerConfig:
     queue_capacity: int = 1024
     full_retry_after_ms: int = 1000
     shutdown_grace_s: float = 10.0
+    internal_secret: str = ""  # shared by the fleet's internal calls; set INFERENCE_INTERNAL_SECRET
     log_level: str = "info"
     log_format: str = "json"  # json (one object per line) or text
     catalog: dict[str, ModelSpec] = field(default_factory=dict)

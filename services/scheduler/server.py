@@ -34,10 +34,12 @@ class SchedulerServer:
             full_retry_after_ms=config.full_retry_after_ms,
         )
         self.coordinator = Coordinator(core)
-        self.workers = WorkerChannels()
+        self.workers = WorkerChannels(config.internal_secret)
         self.metrics = SchedulerMetrics(ServedTokens(config.fairness_window_s, time.monotonic))
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics_listen)
-        self.grpc = GrpcService(config.listen, [SERVICE_NAME], grace_s=config.shutdown_grace_s)
+        self.grpc = GrpcService(
+            config.listen, [SERVICE_NAME], config.shutdown_grace_s, config.internal_secret
+        )
         scheduler_pb2_grpc.add_SchedulerServicer_to_server(
             SchedulerServicer(
                 self.coordinator, self.workers, config.heartbeat_interval_ms, self.metrics
