@@ -26,6 +26,7 @@ class LocalSystem:
         self.log_dir = log_dir
         self.ports = {"router": free_port(), "scheduler": free_port()}
         self.worker_ports = [free_port() for _ in range(workers)]
+        self.http_port = free_port()
         self.metrics_ports = {
             "router": free_port(),
             "scheduler": free_port(),
@@ -49,6 +50,7 @@ class LocalSystem:
             "ROUTER_LISTEN": self.router_address,
             "ROUTER_SCHEDULER_ADDRESS": scheduler,
             "ROUTER_METRICS_LISTEN": f"127.0.0.1:{self.metrics_ports['router']}",
+            "ROUTER_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
             "SCHEDULER_LISTEN": scheduler,
             "SCHEDULER_METRICS_LISTEN": f"127.0.0.1:{self.metrics_ports['scheduler']}",
             "WORKER_SCHEDULER_ADDRESS": scheduler,

@@ -121,6 +121,7 @@ async def start_stack(
         RouterConfig(
             listen=LOOPBACK,
             metrics_listen=LOOPBACK,
+            http_listen=LOOPBACK,
             scheduler_address=f"127.0.0.1:{scheduler.port}",
             model_refresh_s=0.0,
             tenants=tuple(tenants),

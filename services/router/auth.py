@@ -20,12 +20,14 @@ class Authenticator:
     def tenant_for(self, metadata: Iterable[tuple[str, str | bytes]]) -> str:
         """The tenant of the caller. Raises Unauthenticated for a missing or wrong key."""
         header = next((v for k, v in metadata if k == "authorization"), None)
+        if isinstance(header, bytes):
+            header = header.decode("latin-1")
+        if header is not None and header.strip().lower() in ("", "bearer"):
+            header = None  # an empty bearer key carries no credential: same as none
         if header is None:
             if self._allow_anonymous:
                 return ANONYMOUS
             raise Unauthenticated("missing authorization metadata (Bearer <api key>)")
-        if isinstance(header, bytes):
-            header = header.decode("latin-1")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthenticated("authorization must be 'Bearer <api key>'")

@@ -9,6 +9,7 @@ from services.common.metrics import MetricsEndpoint
 from services.common.server import CHANNEL_OPTIONS, GrpcService
 from services.router.admission import Admission
 from services.router.config import RouterConfig
+from services.router.http_gateway import HttpGateway
 from services.router.metrics import RouterMetrics
 from services.router.models import ModelDirectory
 from services.router.servicer import RouterServicer
@@ -24,6 +25,7 @@ class RouterServer:
         )
         scheduler = scheduler_pb2_grpc.SchedulerStub(self.channel)
         self.grpc = GrpcService(config.listen, [SERVICE_NAME], grace_s=config.shutdown_grace_s)
+        self.http: HttpGateway | None = None
         self.metrics = RouterMetrics()
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics_listen)
         router_pb2_grpc.add_RouterServicer_to_server(
@@ -44,9 +46,14 @@ class RouterServer:
     async def start(self) -> int:
         port = await self.grpc.start()
         self.metrics_endpoint.start()
+        if self.config.http_listen:
+            self.http = HttpGateway(f"127.0.0.1:{port}")
+            await self.http.start(self.config.http_listen)
         return port
 
     async def stop(self, grace_s: float | None = None) -> None:
+        if self.http is not None:
+            await self.http.stop()
         await self.grpc.stop(grace_s)
         await self.channel.close()
         self.metrics_endpoint.stop()

@@ -131,6 +131,21 @@ def test_bad_requests_get_clear_codes(system, body, code):
     assert f"Code: {code}" in out.stderr
 
 
+def test_openai_embeddings_over_http_with_the_real_model(system):
+    import openai
+
+    base = f"http://127.0.0.1:{system.http_port}/v1"
+    client = openai.OpenAI(base_url=base, api_key="names-no-tenant", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):  # a wrong key is refused
+        client.embeddings.create(model="minilm-l6-v2", input=["hello"])
+    # anonymous (allowed on loopback): the client insists on a key, so send an empty header
+    client = openai.OpenAI(
+        base_url=base, api_key="-", max_retries=0, default_headers={"Authorization": ""}
+    )
+    answer = client.embeddings.create(model="minilm-l6-v2", input=["hello", "world"])
+    assert [len(d.embedding) for d in answer.data] == [384, 384]
+
+
 def test_sigterm_stops_every_service_cleanly(system):
     with grpc.insecure_channel(system.router_address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)

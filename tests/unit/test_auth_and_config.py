@@ -29,6 +29,9 @@ def test_api_key_picks_the_tenant_and_wrong_or_missing_keys_are_refused():
 def test_anonymous_callers_when_allowed():
     auth = Authenticator([], allow_anonymous=True)
     assert auth.tenant_for([]) == ANONYMOUS
+    assert auth.tenant_for([("authorization", "Bearer ")]) == ANONYMOUS  # an empty key
+    with pytest.raises(Unauthenticated):
+        auth.tenant_for([("authorization", "Bearer not-a-key")])
 
 
 def test_the_default_config_loads_for_every_service():

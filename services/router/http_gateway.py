@@ -1,0 +1,177 @@
+"""The router's HTTP door: the original JSON API and the OpenAI-compatible API.
+
+A thin gateway over the router's own gRPC service (called on loopback), so HTTP callers get
+the same authentication, validation, limits, tracing and metrics. gRPC status codes map to
+HTTP ones here, in one place: 400, 401, 403, 404, 429 (with Retry-After), 503, 504.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.protobuf import json_format
+from inference.v1 import router_pb2_grpc, types_pb2
+
+from services.common.errors import InvalidArgument, ServiceError
+from services.common.status import RETRY_AFTER_KEY, status_for
+from services.router import openai_format
+
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+PRIORITIES = {
+    "high": types_pb2.PRIORITY_HIGH,
+    "medium": types_pb2.PRIORITY_MEDIUM,
+    "low": types_pb2.PRIORITY_LOW,
+}
+FORWARDED_HEADERS = ("authorization", "traceparent", "tracestate")
+
+
+class HttpGateway:
+    def __init__(self, router_address: str) -> None:
+        self._channel = grpc.aio.insecure_channel(router_address)
+        self._router = router_pb2_grpc.RouterStub(self._channel)
+        self.app = web.Application(middlewares=[_errors])
+        self.app.add_routes(
+            [
+                web.post("/api/v1/inference", self.inference),
+                web.get("/api/v1/status", self.status),
+                web.get("/v1/models", self.models),
+                web.post("/v1/completions", self.completions),
+                web.post("/v1/chat/completions", self.chat_completions),
+                web.post("/v1/embeddings", self.embeddings),
+            ]
+        )
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self, listen: str) -> int:
+        host, _, port = listen.rpartition(":")
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host.strip("[]") or "127.0.0.1", int(port))
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self._channel.close()
+
+    # -- the original JSON API ---------------------------------------------------------------
+    async def inference(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        priority = str(body.get("priority", "medium")).lower()
+        if priority not in PRIORITIES:
+            raise InvalidArgument("priority must be high, medium or low")
+        message = types_pb2.GenerateRequest(
+            model_id=str(body.get("model_id", "")),
+            prompt=str(body.get("prompt", "")),
+            priority=PRIORITIES[priority],
+            max_tokens=int(body.get("max_tokens") or 0),
+            request_id=str(body.get("request_id", "")),
+        )
+        answer = await self._router.Infer(message, metadata=_metadata(request))
+        return web.json_response(_as_dict(answer))
+
+    async def status(self, request: web.Request) -> web.Response:
+        answer = await self._router.GetStatus(
+            types_pb2.GetStatusRequest(), metadata=_metadata(request)
+        )
+        return web.json_response(_as_dict(answer))
+
+    # -- OpenAI-compatible ---------------------------------------------------------------------
+    async def models(self, request: web.Request) -> web.Response:
+        listed = await self._router.ListModels(
+            types_pb2.ListModelsRequest(), metadata=_metadata(request)
+        )
+        return web.json_response(openai_format.models(listed))
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        body = await _json(request)
+        return await self._generate(request, body, openai_format.completion_prompt(body), False)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        body = await _json(request)
+        return await self._generate(request, body, openai_format.chat_prompt(body), True)
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        message = openai_format.embed_request(await _json(request))
+        answer = await self._router.Embed(message, metadata=_metadata(request))
+        return web.json_response(openai_format.embeddings(answer))
+
+    async def _generate(
+        self, request: web.Request, body: dict[str, Any], prompt: str, chat: bool
+    ) -> web.StreamResponse:
+        message = openai_format.generate_request(body, prompt)
+        if not body.get("stream"):
+            answer = await self._router.Infer(message, metadata=_metadata(request))
+            return web.json_response(openai_format.completion(answer, chat))
+        call = self._router.Generate(message, metadata=_metadata(request))
+        try:
+            first = await call.read()  # errors before the first token become HTTP statuses
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            )
+            await response.prepare(request)
+            item, is_first = first, True
+            while item is not grpc.aio.EOF:
+                event = openai_format.chunk(item, message.model_id, chat, is_first)
+                await response.write(f"data: {json.dumps(event)}\n\n".encode())
+                item, is_first = await call.read(), False
+            await response.write(b"data: [DONE]\n\n")
+            return response
+        finally:
+            call.cancel()
+
+
+def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
+    return tuple((k, request.headers[k]) for k in FORWARDED_HEADERS if k in request.headers)
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidArgument("the body must be JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("the body must be a JSON object")
+    return body
+
+
+def _as_dict(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except (grpc.aio.AioRpcError, ServiceError, ValueError, TypeError) as exc:
+        if isinstance(exc, (ValueError, TypeError)):
+            exc = InvalidArgument(f"bad field value: {exc}")
+        code, details, trailers = status_for(exc)
+        headers = {}
+        retry = dict(trailers).get(RETRY_AFTER_KEY)
+        if retry is not None:
+            headers = {"Retry-After": str(math.ceil(int(retry) / 1000)), RETRY_AFTER_KEY: retry}
+        error = {"message": details, "type": code.name.lower(), "code": code.name}
+        return web.json_response(
+            {"error": error}, status=HTTP_STATUS.get(code, 500), headers=headers
+        )

@@ -1,0 +1,126 @@
+"""The HTTP door: the original JSON API and the OpenAI API, with the official client."""
+
+import asyncio
+import hashlib
+import json
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+
+from services.router.config import TenantSpec
+from services.router.ratelimit import Limits
+from tests.stack import sim_model, start_stack
+
+
+@pytest.fixture
+async def http_stack():
+    stack = await start_stack(
+        [sim_model(), sim_model("sim-two")],
+        tenants=[
+            TenantSpec(
+                "acme",
+                hashlib.sha256(b"k-acme").hexdigest(),
+                limits=Limits(requests_per_s=1, burst_requests=1),
+            ),
+            TenantSpec("ai", hashlib.sha256(b"k-ai").hexdigest()),
+        ],
+        allow_anonymous=True,
+    )
+    yield stack, f"http://127.0.0.1:{stack.router.http.port}"
+    await stack.close()
+
+
+def post(url: str, body: object, headers: dict | None = None) -> tuple[int, dict, dict]:
+    data = json.dumps(body).encode()
+    req = urllib.request.Request(
+        url,
+        data=data,
+        method="POST",
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()), dict(error.headers)
+
+
+async def test_the_original_json_api(http_stack):
+    _, base = http_stack
+    status, body, _ = await asyncio.to_thread(
+        post,
+        f"{base}/api/v1/inference",
+        {"model_id": "sim-fast", "prompt": "Hello", "priority": "high"},
+    )
+    assert status == 200
+    assert body["generated_text"] and body["gpu_id"] == "cpu-0" and body["model_id"] == "sim-fast"
+    assert body["inference_time_ms"] > 0 and body["request_id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        ({"model_id": "sim-fast", "prompt": ""}, {}, 400),
+        ({"model_id": "sim-fast", "prompt": "x", "priority": "urgent"}, {}, 400),
+        ({"model_id": "nope", "prompt": "x"}, {}, 404),
+        ({"model_id": "sim-fast", "prompt": "x"}, {"Authorization": "Bearer wrong"}, 401),
+    ],
+)
+async def test_http_statuses_follow_the_grpc_codes(http_stack, body, headers, status):
+    _, base = http_stack
+    got, answer, _ = await asyncio.to_thread(post, f"{base}/api/v1/inference", body, headers)
+    assert got == status and answer["error"]["message"]
+
+
+async def test_over_the_limit_is_429_with_retry_after(http_stack):
+    _, base = http_stack
+    key = {"Authorization": "Bearer k-acme"}
+    body = {"model_id": "sim-fast", "prompt": "x", "max_tokens": 1}
+    assert (await asyncio.to_thread(post, f"{base}/api/v1/inference", body, key))[0] == 200
+    status, _, headers = await asyncio.to_thread(post, f"{base}/api/v1/inference", body, key)
+    assert status == 429 and int(headers["Retry-After"]) >= 1
+
+
+async def test_the_openai_client_streams_a_chat_completion(http_stack):
+    _, base = http_stack
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="k-ai", max_retries=0)
+
+    def chat() -> tuple[str, list]:
+        stream = client.chat.completions.create(
+            model="sim-fast",
+            messages=[{"role": "user", "content": "Hello"}],
+            max_tokens=12,
+            stream=True,
+        )
+        chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        return text, chunks
+
+    text, chunks = await asyncio.to_thread(chat)
+    assert len(chunks) >= 3 and len(text.split()) == 12
+    assert chunks[-1].choices[0].finish_reason == "length"
+    whole = await asyncio.to_thread(
+        client.chat.completions.create,
+        model="sim-fast",
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=12,
+    )
+    assert whole.choices[0].message.content == text
+    assert whole.usage.completion_tokens == 12
+
+
+async def test_openai_completions_models_and_errors(http_stack):
+    _, base = http_stack
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="k-ai", max_retries=0)
+    listed = await asyncio.to_thread(client.models.list)
+    assert {m.id for m in listed.data} == {"sim-fast", "sim-two"}
+    done = await asyncio.to_thread(
+        client.completions.create, model="sim-two", prompt="Once upon a time", max_tokens=5
+    )
+    assert done.choices[0].finish_reason == "length" and done.usage.completion_tokens == 5
+    with pytest.raises(openai.NotFoundError):
+        await asyncio.to_thread(client.completions.create, model="gpt-17", prompt="x")
+    with pytest.raises(openai.BadRequestError):
+        await asyncio.to_thread(client.chat.completions.create, model="sim-fast", messages=[])
