@@ -34,6 +34,7 @@ bench: protos     ## first-token latency and throughput through the stack (needs
 	$(PY) -m bench.engine_batching
 	$(PY) -m bench.throughput
 	$(PY) -m bench.tracing_overhead
+	$(PY) -m bench.ratelimit_overhead
 
 clean:
 	rm -rf gen .run .pytest_cache .ruff_cache
