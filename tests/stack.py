@@ -104,6 +104,7 @@ async def start_stack(
     tenants: Sequence[TenantSpec] = (),
     allow_anonymous: bool = True,
     secret: str = "",
+    router_overrides: dict | None = None,
     **scheduler_overrides: object,
 ) -> Stack:
     models = list(models) or [sim_model()]
@@ -127,6 +128,7 @@ async def start_stack(
             tenants=tuple(tenants),
             allow_anonymous=allow_anonymous,
             internal_secret=secret,
+            **(router_overrides or {}),
         )
     )
     await router.start()

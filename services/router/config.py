@@ -36,6 +36,8 @@ class RouterConfig:
     listen: str = "127.0.0.1:50051"
     metrics_listen: str = "127.0.0.1:9091"  # Prometheus /metrics; empty: off
     http_listen: str = "127.0.0.1:8000"  # JSON and OpenAI-compatible HTTP API; empty: off
+    cache_max_entries: int = 0  # response cache for greedy requests, per tenant; 0: off
+    cache_ttl_s: float = 300.0
     scheduler_address: str = "127.0.0.1:50052"
     default_deadline_s: float = 120.0  # when the client sets none
     max_deadline_s: float = 600.0  # longer client deadlines are cut to this

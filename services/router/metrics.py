@@ -37,6 +37,14 @@ class RouterMetrics:
         self.tokens = Counter(
             "inference_router_generated_tokens", "Tokens streamed to clients", ["model"], registry=r
         )
+        self.cache_hits = Counter(
+            "inference_router_cache_hits", "Requests answered from the response cache", registry=r
+        )
+        self.cache_misses = Counter(
+            "inference_router_cache_misses",
+            "Cacheable requests the response cache did not have",
+            registry=r,
+        )
         self.rate_limited = Counter(
             "inference_router_rate_limited",
             "Requests refused by a tenant's rate limit",

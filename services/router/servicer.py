@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -15,6 +16,7 @@ from services.common.metrics import UNKNOWN
 from services.common.status import final_code
 from services.router import validation
 from services.router.admission import Admission, estimate_tokens
+from services.router.cache import ResponseCache
 from services.router.config import RouterConfig
 from services.router.metrics import RouterMetrics, StreamObserver
 from services.router.models import ModelDirectory
@@ -40,6 +42,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self._scheduler = scheduler
         self._models = models
         self._admission = admission
+        self._cache = ResponseCache(config.cache_max_entries, config.cache_ttl_s, time.monotonic)
 
     async def Generate(
         self, request: types_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -151,6 +154,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 tenant, estimate_tokens(admitted.prompt) + max_tokens
             )
             span.set_attribute("inference.request_id", admitted.request_id)
+            cache_key = self._cache.key(tenant, admitted)
+            replay = self._cache.get(cache_key, admitted.request_id) if cache_key else None
+            if cache_key is not None:
+                (self._metrics.cache_hits if replay else self._metrics.cache_misses).inc()
             logs.request_id.set(admitted.request_id)
             log.debug(
                 "admitted for %s: model=%s prompt=%r", tenant, admitted.model_id, admitted.prompt
@@ -158,6 +165,13 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             await context.send_initial_metadata(
                 ((REQUEST_ID_HEADER, admitted.request_id), *tracing.outgoing_metadata())
             )
+            if replay is not None:  # answered without touching the scheduler
+                span.set_attribute("inference.cache_hit", True)
+                reservation.finish(0)
+                for message in replay:
+                    yield message
+                return
+            collected: list[types_pb2.GenerateResponse] = []
             call = self._scheduler.Schedule(
                 scheduler_pb2.ScheduleRequest(request=admitted, tenant_id=tenant),
                 timeout=self._deadline_s(context),
@@ -172,6 +186,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     else:
                         tracing.record_summary(span, message.summary)
                         used = message.summary.prompt_tokens + message.summary.completion_tokens
+                    if cache_key is not None:
+                        collected.append(message)
+                        if message.HasField("summary"):
+                            self._cache.put(cache_key, collected)
                     yield message
             except grpc.aio.AioRpcError as exc:
                 raise _upstream_error(exc) from None

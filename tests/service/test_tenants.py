@@ -88,3 +88,28 @@ async def test_concurrent_streams_are_capped(tenants_stack):
     call.cancel()
     await asyncio.sleep(0.05)
     assert (await stub.Infer(request(max_tokens=1), metadata=key("narrow"))).completion_tokens
+
+
+async def test_the_response_cache_answers_repeats_without_the_scheduler():
+    stack = await start_stack(
+        tenants=[tenant("a"), tenant("b")],
+        allow_anonymous=False,
+        router_overrides={"cache_max_entries": 10},
+    )
+    try:
+        stub = stack.router_stub()
+        first = await stub.Infer(request(prompt="same", max_tokens=5), metadata=key("a"))
+        again = await stub.Infer(request(prompt="same", max_tokens=5), metadata=key("a"))
+        assert again.generated_text == first.generated_text
+        assert again.inference_time_ms == 0 and again.request_id != first.request_id
+        registry = stack.router.metrics.registry
+        assert registry.get_sample_value("inference_router_cache_hits_total") == 1
+        waits = stack.scheduler.metrics.registry.get_sample_value(
+            "inference_scheduler_queue_wait_seconds_count", {"priority": "medium"}
+        )
+        assert waits == 1  # the hit never reached the scheduler
+        other = await stub.Infer(request(prompt="same", max_tokens=5), metadata=key("b"))
+        assert other.inference_time_ms > 0  # tenant b never sees tenant a's entry
+        assert registry.get_sample_value("inference_router_cache_misses_total") == 2
+    finally:
+        await stack.close()
