@@ -13,6 +13,8 @@ from typing import Any
 
 import grpc
 
+from services.common.tls import TlsFiles
+
 SECRET_KEY = "x-internal-secret"
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
@@ -95,7 +97,14 @@ def secret_interceptors(secret: str) -> list[grpc.aio.ClientInterceptor]:
     return [kind(secret) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
 
 
-def internal_channel(address: str, secret: str, options: Any) -> grpc.aio.Channel:
-    """A channel to an internal service, carrying the secret when one is configured."""
+def internal_channel(
+    address: str, secret: str, options: Any, tls: TlsFiles | None = None
+) -> grpc.aio.Channel:
+    """A channel to an internal service: mTLS when certificates are configured, carrying the
+    shared secret when one is."""
     interceptors = secret_interceptors(secret) if secret else None
+    if tls is not None and tls.enabled:
+        return grpc.aio.secure_channel(
+            address, tls.channel_credentials(), options=options, interceptors=interceptors
+        )
     return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common.internal_auth import SecretCheckInterceptor
 from services.common.status import ErrorMappingInterceptor
+from services.common.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,9 @@ class GrpcService:
         service_names: Iterable[str],
         grace_s: float = 10.0,
         internal_secret: str = "",
+        tls: TlsFiles | None = None,
     ) -> None:
+        self._tls = tls
         self.address = address
         self.grace_s = grace_s
         interceptors: list[grpc.aio.ServerInterceptor] = [ErrorMappingInterceptor()]
@@ -84,10 +87,14 @@ class GrpcService:
 
     def bind(self) -> int:
         """Binds the address (idempotent); returns the port. Servicers may still be added."""
-        if self.port == 0:
+        if self.port:
+            return self.port
+        if self._tls is not None and self._tls.enabled:
+            self.port = self.server.add_secure_port(self.address, self._tls.server_credentials())
+        else:
             self.port = self.server.add_insecure_port(self.address)
-            if self.port == 0:
-                raise OSError(f"could not bind {self.address}")
+        if self.port == 0:
+            raise OSError(f"could not bind {self.address}")
         return self.port
 
     async def start(self) -> int:

@@ -11,7 +11,7 @@ from inference.v1 import scheduler_pb2, worker_pb2, worker_pb2_grpc
 from services.common.metrics import MetricsEndpoint
 from services.common.server import GrpcService
 from services.gpu_worker import convert
-from services.gpu_worker.config import WorkerConfig
+from services.gpu_worker.config import WorkerConfig, tls_files
 from services.gpu_worker.host import ModelHost
 from services.gpu_worker.metrics import WorkerMetrics
 from services.gpu_worker.servicer import WorkerServicer
@@ -43,8 +43,13 @@ class WorkerServer:
             sample.name,
             on_loaded=self.metrics.model_loaded,
         )
+        self.tls = tls_files(config)
         self.grpc = GrpcService(
-            config.listen, [SERVICE_NAME], config.shutdown_grace_s, config.internal_secret
+            config.listen,
+            [SERVICE_NAME],
+            config.shutdown_grace_s,
+            config.internal_secret,
+            self.tls,
         )
         self.worker_id = ""
         self.session: SchedulerSession | None = None
@@ -74,6 +79,7 @@ class WorkerServer:
             self._heartbeat,
             self._command,
             self.config.internal_secret,
+            self.tls,
         )
         self.session.start()
         if load_models:

@@ -16,6 +16,7 @@ from inference.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from services.common.internal_auth import internal_channel
 from services.common.server import CHANNEL_OPTIONS
+from services.common.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,10 @@ class SchedulerSession:
         heartbeat: Callable[[int], scheduler_pb2.WorkerSessionRequest],
         on_command: Callable[[str, str], None],
         internal_secret: str = "",
+        tls: TlsFiles | None = None,
     ) -> None:
         self._secret = internal_secret
+        self._tls = tls
         self._address = scheduler_address
         self._registration = registration
         self._heartbeat = heartbeat
@@ -55,7 +58,8 @@ class SchedulerSession:
 
     async def _run_forever(self) -> None:
         backoff = MIN_BACKOFF_S
-        async with internal_channel(self._address, self._secret, CHANNEL_OPTIONS) as channel:
+        channel = internal_channel(self._address, self._secret, CHANNEL_OPTIONS, self._tls)
+        async with channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
             while True:
                 try:

@@ -10,7 +10,7 @@ from inference.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.common.metrics import MetricsEndpoint
 from services.common.server import GrpcService
 from services.scheduler import convert
-from services.scheduler.config import SchedulerConfig
+from services.scheduler.config import SchedulerConfig, tls_files
 from services.scheduler.coordinator import Coordinator, sweep_forever
 from services.scheduler.core.fairness import ServedTokens
 from services.scheduler.core.scheduler import SchedulerCore
@@ -34,11 +34,12 @@ class SchedulerServer:
             full_retry_after_ms=config.full_retry_after_ms,
         )
         self.coordinator = Coordinator(core)
-        self.workers = WorkerChannels(config.internal_secret)
+        tls = tls_files(config)
+        self.workers = WorkerChannels(config.internal_secret, tls)
         self.metrics = SchedulerMetrics(ServedTokens(config.fairness_window_s, time.monotonic))
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics_listen)
         self.grpc = GrpcService(
-            config.listen, [SERVICE_NAME], config.shutdown_grace_s, config.internal_secret
+            config.listen, [SERVICE_NAME], config.shutdown_grace_s, config.internal_secret, tls
         )
         scheduler_pb2_grpc.add_SchedulerServicer_to_server(
             SchedulerServicer(

@@ -1,0 +1,53 @@
+"""mTLS between the services, when certificates are configured (see deploy/tls/make_certs.sh).
+
+A service with `tls_cert_file`, `tls_key_file` and `tls_ca_file` serves TLS and requires a
+client certificate signed by the CA; its internal channels present its own certificate and
+trust only that CA. With none set, traffic is plaintext (the local default, all on loopback).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from services.common.config import ConfigError
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+    def check(self) -> None:
+        given = [bool(self.cert_file), bool(self.key_file), bool(self.ca_file)]
+        if any(given) and not all(given):
+            raise ConfigError("tls_cert_file, tls_key_file and tls_ca_file go together")
+        for path in (self.cert_file, self.key_file, self.ca_file):
+            if path and not Path(path).is_file():
+                raise ConfigError(f"TLS file not found: {path}")
+
+    def _read(self) -> tuple[bytes, bytes, bytes]:
+        return (
+            Path(self.cert_file).read_bytes(),
+            Path(self.key_file).read_bytes(),
+            Path(self.ca_file).read_bytes(),
+        )
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        cert, key, ca = self._read()
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=True
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        cert, key, ca = self._read()
+        return grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=cert
+        )
