@@ -63,9 +63,10 @@ class RouterConfig:
         )
         require(self.max_prompt_chars > 0, "router.max_prompt_chars must be > 0")
         require(self.replicas >= 1, "router.replicas must be >= 1")
-        if self.allow_anonymous and not is_loopback(self.listen):
+        public = [a for a in (self.listen, self.http_listen) if a and not is_loopback(a)]
+        if self.allow_anonymous and public:
             raise ConfigError(
-                f"router.allow_anonymous is only allowed on a loopback address, not {self.listen}"
+                f"router.allow_anonymous is only allowed on loopback addresses, not {public[0]}"
             )
 
 

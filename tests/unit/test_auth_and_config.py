@@ -73,6 +73,8 @@ def test_bad_config_gives_a_clear_error(data, message):
 def test_anonymous_access_is_refused_off_loopback():
     with pytest.raises(ConfigError, match="loopback"):
         router_config.load({"router": {"listen": "0.0.0.0:50051"}}, {}, {})
+    with pytest.raises(ConfigError, match="loopback"):  # the HTTP door too
+        router_config.load({"router": {"http_listen": "0.0.0.0:8000"}}, {}, {})
     config = router_config.load(
         {"router": {"listen": "0.0.0.0:50051", "allow_anonymous": False}}, {}, {}
     )
