@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import grpc
-from inference.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2, worker_pb2
+from inference.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2, worker_pb2, worker_pb2_grpc
 
 from services.common import logs, tracing
 from services.common.errors import (
@@ -55,32 +57,23 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         ):
             grant = await self._acquire(req, request.tenant_id, context)
             lease = grant.lease
-            with TRACER.start_as_current_span("scheduler.dispatch", attributes=_lease(lease)):
-                call = self._workers.stub(lease.worker_address).Execute(
-                    worker_pb2.ExecuteRequest(
-                        lease_id=lease.lease_id, request=req, tenant_id=request.tenant_id
-                    ),
-                    timeout=context.time_remaining(),
-                    metadata=tracing.outgoing_metadata(),
-                )
-                self._coord.on_revoke(lease.lease_id, call.cancel)
-                try:
-                    async for message in call:
-                        if message.HasField("summary"):
-                            self._metrics.served_request(
-                                request.tenant_id, message.summary.completion_tokens
-                            )
-                            message.summary.queue_time_ms = grant.queue_time_ms
-                            message.summary.gpu_id = message.summary.gpu_id or lease.gpu_id
-                        yield message
-                except grpc.aio.AioRpcError as exc:
-                    raise _worker_failure(exc, lease.worker_id) from None
-                except asyncio.CancelledError:
-                    self._raise_if_revoked(lease)
-                    raise
-                finally:
-                    call.cancel()
-                    self._coord.release(lease.lease_id)
+            execute = worker_pb2.ExecuteRequest(
+                lease_id=lease.lease_id, request=req, tenant_id=request.tenant_id
+            )
+            with self._dispatch(
+                lease,
+                lambda stub, metadata: stub.Execute(
+                    execute, timeout=context.time_remaining(), metadata=metadata
+                ),
+            ) as call:
+                async for message in call:
+                    if message.HasField("summary"):
+                        self._metrics.served_request(
+                            request.tenant_id, message.summary.completion_tokens
+                        )
+                        message.summary.queue_time_ms = grant.queue_time_ms
+                        message.summary.gpu_id = message.summary.gpu_id or lease.gpu_id
+                    yield message
 
     async def Embed(
         self, request: scheduler_pb2.ScheduleEmbedRequest, context: grpc.aio.ServicerContext
@@ -91,26 +84,39 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         ):
             grant = await self._acquire(req, request.tenant_id, context)
             lease = grant.lease
-            with TRACER.start_as_current_span("scheduler.dispatch", attributes=_lease(lease)):
-                call = self._workers.stub(lease.worker_address).Embed(
-                    worker_pb2.ExecuteEmbedRequest(
-                        lease_id=lease.lease_id, request=req, tenant_id=request.tenant_id
-                    ),
-                    timeout=context.time_remaining(),
-                    metadata=tracing.outgoing_metadata(),
-                )
-                self._coord.on_revoke(lease.lease_id, call.cancel)
-                try:
-                    response = await call
-                except grpc.aio.AioRpcError as exc:
-                    raise _worker_failure(exc, lease.worker_id) from None
-                except asyncio.CancelledError:
-                    self._raise_if_revoked(lease)
-                    raise
-                finally:
-                    self._coord.release(lease.lease_id)
+            embed = worker_pb2.ExecuteEmbedRequest(
+                lease_id=lease.lease_id, request=req, tenant_id=request.tenant_id
+            )
+            with self._dispatch(
+                lease,
+                lambda stub, metadata: stub.Embed(
+                    embed, timeout=context.time_remaining(), metadata=metadata
+                ),
+            ) as call:
+                response = await call
             response.queue_time_ms = grant.queue_time_ms
             return response
+
+    @contextlib.contextmanager
+    def _dispatch(
+        self, lease: Lease, start: Callable[[worker_pb2_grpc.WorkerStub, tuple], Any]
+    ) -> Iterator[Any]:
+        """Starts the leased call on its worker (inside a dispatch span) and owns the lease
+        until the call ends: a worker failure becomes UNAVAILABLE (or the request's own code),
+        a reclaimed lease ends the call, and the lease is released exactly once."""
+        with TRACER.start_as_current_span("scheduler.dispatch", attributes=_lease(lease)):
+            call = start(self._workers.stub(lease.worker_address), tracing.outgoing_metadata())
+            self._coord.on_revoke(lease.lease_id, call.cancel)
+            try:
+                yield call
+            except grpc.aio.AioRpcError as exc:
+                raise _worker_failure(exc, lease.worker_id) from None
+            except asyncio.CancelledError:
+                self._raise_if_revoked(lease)
+                raise
+            finally:
+                call.cancel()
+                self._coord.release(lease.lease_id)
 
     async def _acquire(self, req, tenant_id: str, context: grpc.aio.ServicerContext) -> Grant:
         """Queues the request and waits for its lease, inside a queue_wait span."""
