@@ -51,3 +51,19 @@ class TlsFiles:
         return grpc.ssl_channel_credentials(
             root_certificates=ca, private_key=key, certificate_chain=cert
         )
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """Fields every service config shares for its internal calls."""
+
+    internal_secret: str = ""  # shared by the fleet's internal calls; INFERENCE_INTERNAL_SECRET
+    tls_cert_file: str = ""  # mTLS between the services (deploy/tls/make_certs.sh); empty: off
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+
+    def tls(self) -> TlsFiles:
+        """The TLS files (checked: all three or none)."""
+        files = TlsFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
+        files.check()
+        return files

@@ -9,11 +9,11 @@ from typing import Any
 
 from services.common.catalog import ModelSpec, parse_catalog
 from services.common.config import ConfigError, load_section, require
-from services.common.tls import TlsFiles
+from services.common.tls import SecuritySettings
 
 
 @dataclass(frozen=True)
-class WorkerConfig:
+class WorkerConfig(SecuritySettings):
     listen: str = "127.0.0.1:50061"
     metrics_listen: str = "127.0.0.1:9093"  # Prometheus /metrics; empty: off
     gpu_price_per_hour: float = 0.0  # for the cost-per-1k-tokens metric; 0: not reported
@@ -27,10 +27,6 @@ class WorkerConfig:
     flush_interval_ms: float = 5.0  # tokens produced within this window go out as one message
     torch_threads: int = 0  # 0: torch's default
     shutdown_grace_s: float = 10.0
-    internal_secret: str = ""  # shared by the fleet's internal calls; set INFERENCE_INTERNAL_SECRET
-    tls_cert_file: str = ""  # mTLS between the services (deploy/tls/make_certs.sh); empty: off
-    tls_key_file: str = ""
-    tls_ca_file: str = ""
     log_level: str = "info"
     log_format: str = "json"  # json (one object per line) or text
     catalog: dict[str, ModelSpec] = field(default_factory=dict)
@@ -72,10 +68,3 @@ def load(
     if not config.model_ids:
         raise ConfigError("worker: no models to serve ([[models]] is empty)")
     return config
-
-
-def tls_files(config) -> TlsFiles:
-    """The TLS files of a config (checked: all three or none)."""
-    files = TlsFiles(config.tls_cert_file, config.tls_key_file, config.tls_ca_file)
-    files.check()
-    return files

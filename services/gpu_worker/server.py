@@ -11,7 +11,7 @@ from inference.v1 import scheduler_pb2, worker_pb2, worker_pb2_grpc
 from services.common.metrics import MetricsEndpoint
 from services.common.server import GrpcService
 from services.gpu_worker import convert
-from services.gpu_worker.config import WorkerConfig, tls_files
+from services.gpu_worker.config import WorkerConfig
 from services.gpu_worker.host import ModelHost
 from services.gpu_worker.metrics import WorkerMetrics
 from services.gpu_worker.servicer import WorkerServicer
@@ -43,7 +43,7 @@ class WorkerServer:
             sample.name,
             on_loaded=self.metrics.model_loaded,
         )
-        self.tls = tls_files(config)
+        self.tls = config.tls()
         self.grpc = GrpcService(
             config.listen,
             [SERVICE_NAME],

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.config import ConfigError, load_section, require
-from services.common.tls import TlsFiles
+from services.common.tls import SecuritySettings
 from services.router.ratelimit import Limits
 
 PRIORITY_NAMES = ("high", "medium", "low")
@@ -33,7 +33,7 @@ class TenantSpec:
 
 
 @dataclass(frozen=True)
-class RouterConfig:
+class RouterConfig(SecuritySettings):
     listen: str = "127.0.0.1:50051"
     metrics_listen: str = "127.0.0.1:9091"  # Prometheus /metrics; empty: off
     http_listen: str = "127.0.0.1:8000"  # JSON and OpenAI-compatible HTTP API; empty: off
@@ -46,10 +46,6 @@ class RouterConfig:
     max_prompt_chars: int = 32_768
     allow_anonymous: bool = True  # only while listening on loopback
     shutdown_grace_s: float = 10.0
-    internal_secret: str = ""  # shared by the fleet's internal calls; set INFERENCE_INTERNAL_SECRET
-    tls_cert_file: str = ""  # mTLS between the services (deploy/tls/make_certs.sh); empty: off
-    tls_key_file: str = ""
-    tls_ca_file: str = ""
     log_level: str = "info"
     log_format: str = "json"  # json (one object per line) or text
     replicas: int = 1  # routers sharing the limits; each enforces 1/replicas of them
@@ -115,10 +111,3 @@ def _limits(values: Mapping[str, Any], where: str) -> Limits:
     if any(v < 0 for v in vars(limits).values()):
         raise ConfigError(f"{where}: limits must be >= 0")
     return limits
-
-
-def tls_files(config) -> TlsFiles:
-    """The TLS files of a config (checked: all three or none)."""
-    files = TlsFiles(config.tls_cert_file, config.tls_key_file, config.tls_ca_file)
-    files.check()
-    return files

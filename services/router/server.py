@@ -8,7 +8,7 @@ from services.common.internal_auth import internal_channel
 from services.common.metrics import MetricsEndpoint
 from services.common.server import CHANNEL_OPTIONS, GrpcService
 from services.router.admission import Admission
-from services.router.config import RouterConfig, tls_files
+from services.router.config import RouterConfig
 from services.router.http_gateway import HttpGateway
 from services.router.metrics import RouterMetrics
 from services.router.models import ModelDirectory
@@ -21,7 +21,7 @@ class RouterServer:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         self.channel = internal_channel(
-            config.scheduler_address, config.internal_secret, CHANNEL_OPTIONS, tls_files(config)
+            config.scheduler_address, config.internal_secret, CHANNEL_OPTIONS, config.tls()
         )
         scheduler = scheduler_pb2_grpc.SchedulerStub(self.channel)
         self.grpc = GrpcService(config.listen, [SERVICE_NAME], grace_s=config.shutdown_grace_s)

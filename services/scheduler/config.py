@@ -8,11 +8,11 @@ from typing import Any
 
 from services.common.catalog import ModelSpec, parse_catalog
 from services.common.config import load_section, require
-from services.common.tls import TlsFiles
+from services.common.tls import SecuritySettings
 
 
 @dataclass(frozen=True)
-class SchedulerConfig:
+class SchedulerConfig(SecuritySettings):
     listen: str = "127.0.0.1:50052"
     metrics_listen: str = "127.0.0.1:9092"  # Prometheus /metrics; empty: off
     fairness_window_s: float = 60.0  # Jain's index covers tokens served this long ago
@@ -21,10 +21,6 @@ class SchedulerConfig:
     queue_capacity: int = 1024
     full_retry_after_ms: int = 1000
     shutdown_grace_s: float = 10.0
-    internal_secret: str = ""  # shared by the fleet's internal calls; set INFERENCE_INTERNAL_SECRET
-    tls_cert_file: str = ""  # mTLS between the services (deploy/tls/make_certs.sh); empty: off
-    tls_key_file: str = ""
-    tls_ca_file: str = ""
     log_level: str = "info"
     log_format: str = "json"  # json (one object per line) or text
     catalog: dict[str, ModelSpec] = field(default_factory=dict)
@@ -50,10 +46,3 @@ def load(
         overrides,
         catalog=parse_catalog(data.get("models", [])),
     )
-
-
-def tls_files(config) -> TlsFiles:
-    """The TLS files of a config (checked: all three or none)."""
-    files = TlsFiles(config.tls_cert_file, config.tls_key_file, config.tls_ca_file)
-    files.check()
-    return files

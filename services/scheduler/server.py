@@ -10,7 +10,7 @@ from inference.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.common.metrics import MetricsEndpoint
 from services.common.server import GrpcService
 from services.scheduler import convert
-from services.scheduler.config import SchedulerConfig, tls_files
+from services.scheduler.config import SchedulerConfig
 from services.scheduler.coordinator import Coordinator, sweep_forever
 from services.scheduler.core.fairness import ServedTokens
 from services.scheduler.core.scheduler import SchedulerCore
@@ -34,7 +34,7 @@ class SchedulerServer:
             full_retry_after_ms=config.full_retry_after_ms,
         )
         self.coordinator = Coordinator(core)
-        tls = tls_files(config)
+        tls = config.tls()
         self.workers = WorkerChannels(config.internal_secret, tls)
         self.metrics = SchedulerMetrics(ServedTokens(config.fairness_window_s, time.monotonic))
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics_listen)
