@@ -17,6 +17,7 @@ from typing import Any
 from services.common.catalog import ModelSpec
 from services.common.errors import InvalidArgument, Unavailable
 from services.gpu_worker.engines.base import EngineStats, ModelState, Sink
+from services.gpu_worker.engines.threaded import ThreadedEngine
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +42,13 @@ class _EmbedRequest:
         self.cancelled.set()
 
 
-class EmbeddingEngine:
+class EmbeddingEngine(ThreadedEngine):
     def __init__(self, spec: ModelSpec, device: str) -> None:
-        self.spec = spec
-        self.state = ModelState.LOADING
-        self.healthy = True
-        self.device = device
+        super().__init__(spec, device)
         self._tokenizer: Any = None
         self._model: Any = None
         self._queue: deque[_EmbedRequest] = deque()
-        self._wake = threading.Condition()
-        self._closed = False
-        self._thread: threading.Thread | None = None
         self._done: deque[tuple[float, int]] = deque()  # (time, texts) for the rate
-        self.weights_bytes = 0
 
     def load(self) -> None:
         import torch
@@ -71,22 +65,7 @@ class EmbeddingEngine:
         except Exception:
             self.state = ModelState.FAILED
             raise
-        self.weights_bytes = sum(p.numel() * p.element_size() for p in self._model.parameters())
-        self._thread = threading.Thread(
-            target=self._run, name=f"embed-{self.spec.model_id}", daemon=True
-        )
-        self._thread.start()
-        self.state = ModelState.READY
-        log.info(
-            "%s ready on %s in %.1fs", self.spec.model_id, self.device, time.monotonic() - started
-        )
-
-    def close(self) -> None:
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._start(self._model, started)
 
     def embed(self, texts: list[str], sink: Sink) -> _EmbedRequest:
         """Queues texts; the sink gets one `Embeddings` event or an error."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,18 +20,16 @@ from services.common.catalog import ModelSpec
 from services.common.errors import InvalidArgument, Unavailable
 from services.gpu_worker.engines.base import EngineStats, GenerationInput, ModelState, Sink
 from services.gpu_worker.engines.sequence import Sequence
+from services.gpu_worker.engines.threaded import ThreadedEngine
 
 log = logging.getLogger(__name__)
 
 RATE_WINDOW_S = 5.0  # tokens/s is measured over this window
 
 
-class TransformersEngine:
+class TransformersEngine(ThreadedEngine):
     def __init__(self, spec: ModelSpec, cache_dir: Path, device: str) -> None:
-        self.spec = spec
-        self.state = ModelState.LOADING
-        self.healthy = True
-        self.device = device
+        super().__init__(spec, device)
         self._cache_dir = cache_dir
         self._tokenizer: Any = None
         self._model: Any = None
@@ -40,13 +37,9 @@ class TransformersEngine:
         self._prefix_ids: list[int] = []  # the chat template's shared prompt prefix
         self._prefix: Any = None  # its KV cache (kv_batch.KvBatch of one row)
         self._incoming: list[Sequence] = []
-        self._wake = threading.Condition()
-        self._closed = False
-        self._thread: threading.Thread | None = None
         self._active = 0  # sequences submitted and not finished (read from other threads)
         self._kv_tokens = 0
         self._produced: collections.deque[tuple[float, int]] = collections.deque()
-        self.weights_bytes = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     def load(self) -> None:
@@ -60,22 +53,10 @@ class TransformersEngine:
             raise
         self._eos = _eos_ids(self._tokenizer, self._model)
         self._prefix_ids, self._prefix = self._cache_template_prefix()
-        self.weights_bytes = sum(p.numel() * p.element_size() for p in self._model.parameters())
-        self._thread = threading.Thread(
-            target=self._run, name=f"engine-{self.spec.model_id}", daemon=True
-        )
-        self._thread.start()
-        self.state = ModelState.READY
-        log.info(
-            "%s ready on %s in %.1fs", self.spec.model_id, self.device, time.monotonic() - started
-        )
+        self._start(self._model, started)
 
     def close(self) -> None:
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        super().close()
         self._model = None
 
     # -- requests and figures --------------------------------------------------------------
