@@ -20,6 +20,7 @@ class SchedulerConfig(SecuritySettings):
     heartbeat_misses: int = 3  # a worker silent this many intervals is declared dead
     queue_capacity: int = 1024
     full_retry_after_ms: int = 1000
+    starvation_bound_s: float = 30.0  # a request waiting this long goes before younger ones
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
     log_format: str = "json"  # json (one object per line) or text

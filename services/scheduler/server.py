@@ -32,6 +32,7 @@ class SchedulerServer:
             heartbeat_timeout_s=config.heartbeat_timeout_s,
             clock=time.monotonic,
             full_retry_after_ms=config.full_retry_after_ms,
+            starvation_bound_s=config.starvation_bound_s,
         )
         self.coordinator = Coordinator(core)
         tls = config.tls()

@@ -92,3 +92,33 @@ def test_models_view_counts_ready_workers():
     add_worker(c, "w2", 1)
     views = {v.entry.model_id: v.ready_workers for v in c.models()}
     assert views == {"m": 2, "other": 0}
+
+
+def test_aging_bounds_how_long_a_low_request_starves_under_a_flood_of_high_ones():
+    clock = Clock()
+    c = SchedulerCore({"m": entry("m")}, 100, 3.0, clock, starvation_bound_s=10.0)
+    add_worker(c, "w1", 1)
+    c.enqueue("low", "m", Priority.LOW, "t")
+    served = []
+    for i in range(30):  # one slot; a new high request arrives every second
+        clock.now = float(i)
+        c.enqueue(f"high{i}", "m", Priority.HIGH, "t")
+        [(request, lease)] = c.dispatch()
+        served.append((clock.now, request.request_id))
+        c.release(lease.lease_id)
+    low_at = next(t for t, rid in served if rid == "low")
+    assert 10.0 < low_at <= 11.0  # served just after its wait passed the bound
+    assert [rid for _, rid in served[:10]] == [f"high{i}" for i in range(10)]
+
+
+def test_without_a_bound_priority_is_strict():
+    clock = Clock()
+    c = SchedulerCore({"m": entry("m")}, 100, 3.0, clock)
+    add_worker(c, "w1", 1)
+    c.enqueue("low", "m", Priority.LOW, "t")
+    for i in range(20):
+        clock.now = float(i)
+        c.enqueue(f"high{i}", "m", Priority.HIGH, "t")
+        [(request, lease)] = c.dispatch()
+        assert request.request_id != "low"
+        c.release(lease.lease_id)

@@ -52,8 +52,28 @@ class RequestQueue:
                 del self._fifos[request.priority][request.model_id]
         return request
 
-    def pop_next(self, can_serve: Callable[[str], bool]) -> PendingRequest | None:
-        """Removes and returns the request to serve next among models where `can_serve`."""
+    def pop_next(
+        self,
+        can_serve: Callable[[str], bool],
+        now: float = 0.0,
+        starvation_bound_s: float | None = None,
+    ) -> PendingRequest | None:
+        """Removes and returns the request to serve next among models where `can_serve`.
+
+        Highest class first, oldest first within it; but a request that has waited longer
+        than `starvation_bound_s` goes before everything younger (aging), so a low request
+        under a steady flood of high ones still waits at most about that long for a slot.
+        Only queue heads are looked at: O(classes × models) per decision.
+        """
+        if starvation_bound_s is not None:
+            starved = [
+                fifo[0]
+                for by_model in self._fifos.values()
+                for model_id, fifo in by_model.items()
+                if now - fifo[0].enqueued_at > starvation_bound_s and can_serve(model_id)
+            ]
+            if starved:
+                return self.remove(min(starved, key=lambda r: r.sequence).request_id)
         for priority in Priority:
             heads = [
                 fifo[0] for model_id, fifo in self._fifos[priority].items() if can_serve(model_id)

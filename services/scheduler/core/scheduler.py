@@ -46,6 +46,7 @@ class SchedulerCore:
     heartbeat_timeout_s: float
     clock: Callable[[], float]
     full_retry_after_ms: int = 1000
+    starvation_bound_s: float | None = None  # aging: longest a request waits behind younger
     placement: PlacementPolicy = least_loaded
     _queue: RequestQueue = field(init=False)
     _leases: LeaseTable = field(init=False)
@@ -87,7 +88,9 @@ class SchedulerCore:
         """Grants leases to waiting requests, highest priority first, while slots are free."""
         granted = []
         while True:
-            request = self._queue.pop_next(self._leases.has_free_slot)
+            request = self._queue.pop_next(
+                self._leases.has_free_slot, self.clock(), self.starvation_bound_s
+            )
             if request is None:
                 return granted
             lease = self._leases.grant(request.request_id, request.model_id, self.clock())
