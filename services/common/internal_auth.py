@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from services.common.status import rebuild_handler
 from services.common.tls import TlsFiles
 
 SECRET_KEY = "x-internal-secret"
@@ -45,17 +46,7 @@ def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
             grpc.StatusCode.UNAUTHENTICATED, "internal service: missing or wrong shared secret"
         )
 
-    codec = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(refuse, **codec)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(refuse, **codec)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(refuse, **codec)
-    return grpc.stream_stream_rpc_method_handler(refuse, **codec)
+    return rebuild_handler(handler, lambda behavior, streaming: refuse)
 
 
 class _AddsSecret:

@@ -105,6 +105,23 @@ def _wrap_streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
+def rebuild_handler(
+    handler: grpc.RpcMethodHandler, wrap: Callable[[Callable[..., Any], bool], Callable[..., Any]]
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind and codec whose behavior is `wrap(behavior, streaming)`."""
+    codec = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False), **codec)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, True), **codec)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, False), **codec)
+    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), **codec)
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Applies `status_for` to every handler of the server it is installed on."""
 
@@ -116,26 +133,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        codec = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary), **codec)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_streaming(handler.unary_stream), **codec
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary), **codec)
-        return grpc.stream_stream_rpc_method_handler(
-            _wrap_streaming(handler.stream_stream), **codec
+        return rebuild_handler(
+            handler,
+            lambda behavior, streaming: (
+                _wrap_streaming(behavior) if streaming else _wrap_unary(behavior)
+            ),
         )
-
-
-def retry_after_ms(exc: grpc.aio.AioRpcError) -> int | None:
-    """The retry hint a RESOURCE_EXHAUSTED answer carried, if any."""
-    for key, value in exc.trailing_metadata() or ():
-        if key == RETRY_AFTER_KEY:
-            return int(value)
-    return None

@@ -127,7 +127,3 @@ def record_phases(started_ns: int, first_token_ns: int, end_ns: int, finished: A
         start_time=first,
         attributes={"inference.tokens_out": finished.completion_tokens},
     ).end(end_ns)
-
-
-def trace_id_hex(span: Span) -> str:
-    return format(span.get_span_context().trace_id, "032x")

@@ -83,10 +83,6 @@ class ModelHost:
     def healthy(self) -> bool:
         return all(engine.healthy for engine in self.engines.values())
 
-    def memory_bytes(self) -> int:
-        """Device memory the loaded models' weights take."""
-        return sum(engine.stats().memory_bytes for engine in self.engines.values())
-
     def active_sequences(self) -> int:
         return sum(engine.active_sequences() for engine in self.engines.values())
 

@@ -129,10 +129,8 @@ async def embed(
         result = await done
     finally:
         handle.cancel()
-    if isinstance(result, ServiceError):
-        raise result
     if isinstance(result, BaseException):
-        raise Unavailable("the model failed on this worker") from result
+        _raise_error_event(result)
     return types_pb2.EmbedResponse(
         request_id=req.request_id,
         model_id=req.model_id,
@@ -155,8 +153,14 @@ def _merge(batch: list[Event]) -> tuple[str, int, Finished | None]:
             tokens += event.token_count
         elif isinstance(event, Finished):
             finished = event
-        elif isinstance(event, ServiceError):
-            raise event
         else:
-            raise Unavailable("the model failed on this worker") from event
+            _raise_error_event(event)
     return "".join(texts), tokens, finished
+
+
+def _raise_error_event(event: BaseException) -> None:
+    """An engine's error event: a request problem (ServiceError) as is, anything else (an
+    engine fault) as Unavailable."""
+    if isinstance(event, ServiceError):
+        raise event
+    raise Unavailable("the model failed on this worker") from event

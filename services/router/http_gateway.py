@@ -16,7 +16,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from inference.v1 import router_pb2_grpc, types_pb2
 
-from services.common.errors import InvalidArgument, ServiceError
+from services.common.errors import InvalidArgument
 from services.common.status import RETRY_AFTER_KEY, status_for
 from services.router import openai_format
 
@@ -80,7 +80,7 @@ class HttpGateway:
             model_id=str(body.get("model_id", "")),
             prompt=str(body.get("prompt", "")),
             priority=PRIORITIES[priority],
-            max_tokens=int(body.get("max_tokens") or 0),
+            max_tokens=openai_format.number(body, "max_tokens"),
             request_id=str(body.get("request_id", "")),
         )
         answer = await self._router.Infer(message, metadata=_metadata(request))
@@ -163,9 +163,7 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return await handler(request)
     except web.HTTPException:
         raise
-    except (grpc.aio.AioRpcError, ServiceError, ValueError, TypeError) as exc:
-        if isinstance(exc, (ValueError, TypeError)):
-            exc = InvalidArgument(f"bad field value: {exc}")
+    except Exception as exc:  # noqa: BLE001 - mapped by status_for; unexpected ones logged
         code, details, trailers = status_for(exc)
         headers = {}
         retry = dict(trailers).get(RETRY_AFTER_KEY)

@@ -12,20 +12,30 @@ from services.common.errors import InvalidArgument
 _FINISH = {types_pb2.FINISH_REASON_STOP: "stop", types_pb2.FINISH_REASON_LENGTH: "length"}
 
 
+def number(body: dict[str, Any], name: str, kind: type = int, default: Any = 0) -> Any:
+    """A numeric field of a JSON body; InvalidArgument if it is not a number."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument(f"{name} must be a number, got {value!r}")
+    return kind(value)
+
+
 def generate_request(body: dict[str, Any], prompt: str) -> types_pb2.GenerateRequest:
     sampling = types_pb2.SamplingParams()
     for name in ("temperature", "top_p"):
         if body.get(name) is not None:
-            setattr(sampling, name, float(body[name]))
+            setattr(sampling, name, number(body, name, float))
     if body.get("seed") is not None:
-        sampling.seed = int(body["seed"])
+        sampling.seed = number(body, "seed")
     stop = body.get("stop")
     sampling.stop.extend([stop] if isinstance(stop, str) else list(stop or []))
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+    max_tokens = number(body, "max_completion_tokens") or number(body, "max_tokens")
     return types_pb2.GenerateRequest(
         model_id=str(body.get("model", "")),
         prompt=prompt,
-        max_tokens=int(max_tokens),
+        max_tokens=max_tokens,
         sampling=sampling,
     )
 

@@ -58,6 +58,12 @@ class TokenBucket:
             return 0.0
         return (needed - self._level) / self.rate
 
+    def charge(self, amount: float) -> None:
+        """Takes `amount` whether or not it is there (the level may go negative): for use
+        already made, which the caller pays back by waiting."""
+        self._refill()
+        self._level -= amount
+
     def give_back(self, amount: float) -> None:
         self._refill()
         self._level = min(self.burst, self._level + amount)
@@ -87,7 +93,7 @@ class Reservation:
             if refund > 0:
                 self._limiter.tokens.give_back(refund)
             elif refund < 0:
-                self._limiter.tokens.take(-refund)
+                self._limiter.tokens.charge(-refund)
 
 
 class TenantLimiter:

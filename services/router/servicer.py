@@ -6,6 +6,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from inference.v1 import router_pb2, router_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, types_pb2
@@ -80,10 +81,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 tenant, sum(estimate_tokens(text) for text in admitted.inputs)
             )
             used = None
-            await context.send_initial_metadata(
-                ((REQUEST_ID_HEADER, admitted.request_id), *tracing.outgoing_metadata())
-            )
-            try:
+            try:  # from here on the reservation is settled however the call ends
+                await context.send_initial_metadata(
+                    ((REQUEST_ID_HEADER, admitted.request_id), *tracing.outgoing_metadata())
+                )
                 response = await self._scheduler.Embed(
                     scheduler_pb2.ScheduleEmbedRequest(request=admitted, tenant_id=tenant),
                     timeout=self._deadline_s(context),
@@ -154,48 +155,66 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 tenant, estimate_tokens(admitted.prompt) + max_tokens
             )
             span.set_attribute("inference.request_id", admitted.request_id)
-            cache_key = self._cache.key(tenant, admitted)
-            replay = self._cache.get(cache_key, admitted.request_id) if cache_key else None
-            if cache_key is not None:
-                (self._metrics.cache_hits if replay else self._metrics.cache_misses).inc()
             logs.request_id.set(admitted.request_id)
             log.debug(
                 "admitted for %s: model=%s prompt=%r", tenant, admitted.model_id, admitted.prompt
             )
-            await context.send_initial_metadata(
-                ((REQUEST_ID_HEADER, admitted.request_id), *tracing.outgoing_metadata())
-            )
-            if replay is not None:  # answered without touching the scheduler
-                span.set_attribute("inference.cache_hit", True)
-                reservation.finish(0)
-                for message in replay:
-                    yield message
-                return
-            collected: list[types_pb2.GenerateResponse] = []
-            call = self._scheduler.Schedule(
-                scheduler_pb2.ScheduleRequest(request=admitted, tenant_id=tenant),
-                timeout=self._deadline_s(context),
-                metadata=tracing.outgoing_metadata(),
-            )
-            observer = StreamObserver(self._metrics, admitted.model_id)
             used = None  # tokens the request really took; unknown unless it completes
-            try:
-                async for message in call:
-                    if message.HasField("delta"):
-                        observer.delta(message.delta.token_count)
-                    else:
-                        tracing.record_summary(span, message.summary)
-                        used = message.summary.prompt_tokens + message.summary.completion_tokens
-                    if cache_key is not None:
-                        collected.append(message)
+            try:  # from here on the reservation is settled however the call ends
+                await context.send_initial_metadata(
+                    ((REQUEST_ID_HEADER, admitted.request_id), *tracing.outgoing_metadata())
+                )
+                cache_key = self._cache.key(tenant, admitted)
+                replay = self._cache.get(cache_key, admitted.request_id) if cache_key else None
+                if cache_key is not None:
+                    (self._metrics.cache_hits if replay else self._metrics.cache_misses).inc()
+                if replay is not None:  # answered without touching the scheduler
+                    span.set_attribute("inference.cache_hit", True)
+                    used = 0
+                    for message in replay:
+                        yield message
+                    return
+                relay = self._relay(admitted, tenant, context, span, cache_key)
+                async with contextlib.aclosing(relay) as stream:
+                    async for message in stream:
                         if message.HasField("summary"):
-                            self._cache.put(cache_key, collected)
-                    yield message
-            except grpc.aio.AioRpcError as exc:
-                raise _upstream_error(exc) from None
+                            s = message.summary
+                            used = s.prompt_tokens + s.completion_tokens
+                        yield message
             finally:
-                call.cancel()
                 reservation.finish(used)
+
+    async def _relay(
+        self,
+        admitted: types_pb2.GenerateRequest,
+        tenant: str,
+        context: grpc.aio.ServicerContext,
+        span: Any,
+        cache_key: bytes | None,
+    ) -> AsyncIterator[types_pb2.GenerateResponse]:
+        """The scheduler's stream for the request, timed, traced and cached as it passes."""
+        call = self._scheduler.Schedule(
+            scheduler_pb2.ScheduleRequest(request=admitted, tenant_id=tenant),
+            timeout=self._deadline_s(context),
+            metadata=tracing.outgoing_metadata(),
+        )
+        observer = StreamObserver(self._metrics, admitted.model_id)
+        collected: list[types_pb2.GenerateResponse] = []
+        try:
+            async for message in call:
+                if message.HasField("delta"):
+                    observer.delta(message.delta.token_count)
+                else:
+                    tracing.record_summary(span, message.summary)
+                if cache_key is not None:
+                    collected.append(message)
+                    if message.HasField("summary"):
+                        self._cache.put(cache_key, collected)
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            raise _upstream_error(exc) from None
+        finally:
+            call.cancel()
 
     def _deadline_s(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()

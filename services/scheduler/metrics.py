@@ -83,7 +83,7 @@ class SchedulerMetrics:
         """Copies queue, lease and device state into the gauges (event loop only)."""
         core = coordinator.core
         for priority, depth in core.queue_depths().items():
-            self.queue_depth.labels(priority.name.lower()).set(depth)
+            self.queue_depth.labels(priority_label(priority)).set(depth)
         for gauge in (
             self.leases,
             self.slots,

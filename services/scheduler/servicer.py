@@ -21,7 +21,7 @@ from services.common.errors import (
 from services.scheduler import convert
 from services.scheduler.coordinator import END_SESSION, Coordinator, Grant, Session
 from services.scheduler.core.types import Lease
-from services.scheduler.metrics import SchedulerMetrics
+from services.scheduler.metrics import SchedulerMetrics, priority_label
 from services.scheduler.worker_pool import WorkerChannels
 
 log = logging.getLogger(__name__)
@@ -130,10 +130,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                     req.request_id, req.model_id, priority, tenant_id, context.time_remaining()
                 )
             except ResourceExhausted:
-                self._metrics.shed.labels(tenant_id, priority.name.lower(), "queue_full").inc()
+                self._metrics.shed.labels(tenant_id, priority_label(priority), "queue_full").inc()
                 raise
             span.set_attribute("inference.queue_time_ms", grant.queue_time_ms)
-        self._metrics.queue_wait.labels(priority.name.lower()).observe(grant.queue_time_ms / 1000)
+        self._metrics.queue_wait.labels(priority_label(priority)).observe(
+            grant.queue_time_ms / 1000
+        )
         return grant
 
     def _raise_if_revoked(self, lease: Lease) -> None:

@@ -153,3 +153,19 @@ def test_prefix_caching_changes_nothing_but_speed(engine):
     finally:
         engine._prefix_ids = saved
     assert cached == plain and cached
+
+
+def test_a_failing_prefill_ends_its_requests_with_an_error(engine, monkeypatch):
+    def broken(joining):
+        raise RuntimeError("device error during prefill")
+
+    monkeypatch.setattr(engine, "_prefill", broken)
+    try:
+        _, final = run(engine, "Hello", max_tokens=4)
+        assert isinstance(final, RuntimeError)  # the caller hears of it; nothing hangs
+        deadline = time.monotonic() + 5
+        while engine.active_sequences() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.active_sequences() == 0
+    finally:
+        engine.healthy = True  # the fault was injected; the module's engine serves on

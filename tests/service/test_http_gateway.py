@@ -65,6 +65,7 @@ async def test_the_original_json_api(http_stack):
         ({"model_id": "sim-fast", "prompt": ""}, {}, 400),
         ({"model_id": "sim-fast", "prompt": "x", "priority": "urgent"}, {}, 400),
         ({"model_id": "nope", "prompt": "x"}, {}, 404),
+        ({"model_id": "sim-fast", "prompt": "x", "max_tokens": "many"}, {}, 400),
         ({"model_id": "sim-fast", "prompt": "x"}, {"Authorization": "Bearer wrong"}, 401),
     ],
 )

@@ -51,7 +51,21 @@ async def test_series_move_when_requests_flow(small_stack):
     with pytest.raises(grpc.aio.AioRpcError):
         await stub.Infer(request("no-such-model"))
     await asyncio.gather(blocker, queued)
-    await asyncio.sleep(0.25)  # a heartbeat and a sweep refresh the gauges
+    worker_id = stack.workers[0].worker_id
+    await wait_until(  # a heartbeat and a sweep refresh the gauges
+        lambda: (
+            value(scrape(scheduler_port), "inference_scheduler_workers", state="ready") == 1
+            and value(
+                scrape(scheduler_port),
+                "inference_fleet_gpu_memory_total_bytes",
+                worker=worker_id,
+                gpu_id="cpu-0",
+            )
+            > 0
+            and value(scrape(worker_port), "inference_worker_busy_seconds_total", model="sim-one")
+            > 0
+        )
+    )
 
     router = scrape(router_port)
     assert (
@@ -100,7 +114,6 @@ async def test_series_move_when_requests_flow(small_stack):
     assert value(scheduler, "inference_scheduler_queue_depth", priority="high") == 0
     assert value(scheduler, "inference_scheduler_workers", state="ready") == 1
     assert value(scheduler, "inference_scheduler_tenant_fairness_jain") == 1.0
-    worker_id = stack.workers[0].worker_id
     assert (
         value(scheduler, "inference_fleet_gpu_memory_total_bytes", worker=worker_id, gpu_id="cpu-0")
         > 0

@@ -60,3 +60,12 @@ def test_several_routers_each_enforce_their_share():
     share = Limits(requests_per_s=10, burst_requests=10, max_concurrent_streams=4).share(2)
     assert share.requests_per_s == 5 and share.burst_requests == 5
     assert share.max_concurrent_streams == 2
+
+
+def test_use_beyond_the_reservation_is_always_charged():
+    clock = Clock()
+    limiter = RateLimiter(lambda t: Limits(tokens_per_s=10, burst_tokens=100), 1, clock)
+    limiter.admit("a", 90).finish(150)  # used 60 more than reserved: the bucket goes negative
+    clock.now = 4.0  # 40 tokens refilled, still below zero
+    with pytest.raises(ResourceExhausted):
+        limiter.admit("a", 1)

@@ -102,6 +102,7 @@ class TransformersEngine(ThreadedEngine):
                     break
                 arrived, self._incoming = self._incoming, []
             waiting.extend(s for s in arrived if self._prepare(s))
+            joining: list[Sequence] = []  # admitted this step, not yet rows of the batch
             try:
                 rows, batch = self._drop_cancelled(rows, batch, waiting)
                 joining = self._admit(rows, waiting)
@@ -109,11 +110,11 @@ class TransformersEngine(ThreadedEngine):
                     started = time.perf_counter()
                     joining, fresh = self._prefill(joining)
                     batch = fresh if batch is None else kv_batch.merge(batch, fresh)
-                    rows = rows + joining
+                    rows, joining = rows + joining, []
                     log.debug(
                         "prefilled %d sequences (%d tokens) in %.0f ms; %d rows",
-                        len(joining),
-                        sum(len(s.prompt_ids) for s in joining),
+                        len(fresh.mask),
+                        int(fresh.mask.sum()),
                         (time.perf_counter() - started) * 1000,
                         len(rows),
                     )
@@ -137,9 +138,9 @@ class TransformersEngine(ThreadedEngine):
             except Exception as exc:  # a device or runtime fault: stop serving garbage
                 log.exception("model step failed; %s is now unhealthy", self.spec.model_id)
                 self.healthy = False
-                for sequence in rows:
+                for sequence in [*rows, *joining]:
                     sequence.sink(exc)
-                self._finished(len(rows))
+                self._finished(len(rows) + len(joining))
                 rows, batch = [], None
         for sequence in [*rows, *waiting, *self._incoming]:
             sequence.sink(Unavailable(f"model {self.spec.model_id} stopped"))
@@ -150,12 +151,11 @@ class TransformersEngine(ThreadedEngine):
         from services.gpu_worker.engines import kv_batch
 
         n = len(self._prefix_ids)
-        cached = [
-            s
-            for s in joining
-            if n and len(s.prompt_ids) > n and s.prompt_ids[:n] == self._prefix_ids
-        ]
-        plain = [s for s in joining if s not in cached]
+        cached: list[Sequence] = []
+        plain: list[Sequence] = []
+        for s in joining:
+            prefixed = n and len(s.prompt_ids) > n and s.prompt_ids[:n] == self._prefix_ids
+            (cached if prefixed else plain).append(s)
         parts = []
         if cached:
             rest = [s.prompt_ids[n:] for s in cached]
