@@ -66,6 +66,7 @@ class ModelSpec:
     default_max_tokens: int = 128
     max_slots: int = 4  # concurrent sequences per worker (rows of the running batch)
     max_batch_tokens: int = 32768  # KV-cache budget: sum of prompt + max_tokens over rows
+    memory_bytes: int = 0  # device memory the weights need, for placement; 0: unknown
     # transformers engine
     source: str = ""  # "package:<python package>" or a local model directory
     gguf_file: str = ""
@@ -76,6 +77,13 @@ class ModelSpec:
     @property
     def simulated(self) -> bool:
         return self.engine == "simulated"
+
+    @property
+    def weights_bytes(self) -> int:
+        """Device memory the weights need: `memory_bytes`, else the simulated size."""
+        if self.memory_bytes:
+            return self.memory_bytes
+        return self.simulation.memory_bytes if self.simulated else 0
 
     @property
     def kind(self) -> str:

@@ -41,7 +41,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[st
         trailers: tuple[tuple[str, str], ...] = ()
         if isinstance(exc, errors.ResourceExhausted):
             trailers = ((RETRY_AFTER_KEY, str(exc.retry_after_ms)),)
-        return _CODES[type(exc)], exc.message, trailers
+        return _code(exc), exc.message, trailers
     if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _RELAYED_CODES:
         retry = [(k, v) for k, v in (exc.trailing_metadata() or ()) if k == RETRY_AFTER_KEY]
         return exc.code(), exc.details() or exc.code().name, tuple(retry)
@@ -49,10 +49,15 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[st
     return grpc.StatusCode.INTERNAL, "internal error", ()
 
 
+def _code(exc: errors.ServiceError) -> grpc.StatusCode:
+    """The code of the nearest mapped class (subclasses share their base's code)."""
+    return next(_CODES[cls] for cls in type(exc).__mro__ if cls in _CODES)
+
+
 def code_for(exc: BaseException) -> grpc.StatusCode:
     """The status code `exc` ends a call with (no logging; for traces and metrics)."""
     if isinstance(exc, errors.ServiceError):
-        return _CODES[type(exc)]
+        return _code(exc)
     if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _RELAYED_CODES:
         return exc.code()
     return grpc.StatusCode.INTERNAL

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inference.v1 import scheduler_pb2, types_pb2
+from inference.v1 import scheduler_pb2, types_pb2, worker_pb2
 
 from services.common.catalog import ModelSpec
 from services.common.errors import InvalidArgument
@@ -27,8 +27,13 @@ _FINISH = {
 }
 
 
-def generation_input(request: types_pb2.GenerateRequest, spec: ModelSpec) -> GenerationInput:
-    """Applies the model's defaults; rejects what the router should already have rejected."""
+def generation_input(
+    request: types_pb2.GenerateRequest,
+    spec: ModelSpec,
+    resume: worker_pb2.ResumeState | None = None,
+) -> GenerationInput:
+    """Applies the model's defaults; rejects what the router should already have rejected.
+    `resume`: what the request streamed before it moved here."""
     max_tokens = request.max_tokens or spec.default_max_tokens
     if max_tokens > spec.max_output_tokens:
         raise InvalidArgument(
@@ -43,7 +48,15 @@ def generation_input(request: types_pb2.GenerateRequest, spec: ModelSpec) -> Gen
         seed=s.seed if s.HasField("seed") else None,
         stop=tuple(s.stop),
     )
-    return GenerationInput(request.request_id, request.prompt, max_tokens, sampling)
+    resume_tokens = min(resume.generated_tokens, max_tokens) if resume else 0
+    return GenerationInput(
+        request.request_id,
+        request.prompt,
+        max_tokens,
+        sampling,
+        resume_text=resume.generated_text if resume else "",
+        resume_tokens=resume_tokens,
+    )
 
 
 def model_info(spec: ModelSpec) -> types_pb2.ModelInfo:
@@ -71,6 +84,13 @@ def worker_model(engine: Engine) -> types_pb2.WorkerModel:
         kv_cache_tokens_capacity=stats.kv_tokens_capacity,
         tokens_per_second=stats.tokens_per_second,
         memory_bytes=stats.memory_bytes,
+    )
+
+
+def loadable_model(spec: ModelSpec) -> types_pb2.WorkerModel:
+    """A catalog model the worker could load, with the memory it would take."""
+    return types_pb2.WorkerModel(
+        info=model_info(spec), max_slots=spec.max_slots, memory_bytes=spec.weights_bytes
     )
 
 

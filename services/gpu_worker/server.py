@@ -125,12 +125,15 @@ class WorkerServer:
             self.session.send_heartbeat_now()
 
     def _registration(self) -> scheduler_pb2.WorkerSessionRequest:
+        sample = self.probe.sample()
         return scheduler_pb2.WorkerSessionRequest(
             registration=scheduler_pb2.WorkerRegistration(
                 worker_id=self.worker_id,
                 address=self.config.advertise_for(self.port),
-                device=convert.device(self.probe.sample()),
+                device=convert.device(sample),
                 models=[convert.worker_model(e) for e in self.host.engines.values()],
+                loadable=[convert.loadable_model(s) for s in self.config.catalog.values()],
+                memory_budget_bytes=self.config.memory_budget_bytes or sample.memory_total_bytes,
             )
         )
 

@@ -17,7 +17,7 @@ from inference.v1 import types_pb2, worker_pb2, worker_pb2_grpc
 from services.common import logs, tracing
 from services.common.errors import ServiceError, Unavailable
 from services.gpu_worker import convert
-from services.gpu_worker.engines.base import Event, Finished, TextDelta
+from services.gpu_worker.engines.base import Event, Finished, FinishReason, TextDelta
 from services.gpu_worker.host import ModelHost
 from services.gpu_worker.metrics import WorkerMetrics
 
@@ -43,7 +43,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         attributes = self._attributes(request)
         logs.request_id.set(request.request.request_id)
         with tracing.server_span("worker.Execute", context.invocation_metadata(), **attributes):
-            async with contextlib.aclosing(self._generate(request.request)) as stream:
+            resume = request.resume if request.HasField("resume") else None
+            async with contextlib.aclosing(self._generate(request.request, resume)) as stream:
                 async for message in stream:
                     yield message
 
@@ -58,13 +59,20 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         }
 
     async def _generate(
-        self, req: types_pb2.GenerateRequest
+        self, req: types_pb2.GenerateRequest, resume: worker_pb2.ResumeState | None
     ) -> AsyncIterator[types_pb2.GenerateResponse]:
         engine = self._host.engine_for(req.model_id)
-        generation = convert.generation_input(req, engine.spec)
+        generation = convert.generation_input(req, engine.spec, resume)
+        started, started_ns = time.monotonic(), time.time_ns()
+        if generation.remaining_tokens <= 0:  # it had generated all it may before it moved
+            done = Finished(FinishReason.LENGTH, 0, 0)
+            yield types_pb2.GenerateResponse(
+                request_id=req.request_id,
+                summary=convert.summary(done, req.model_id, self._worker_id, self._gpu_id, 0, 0),
+            )
+            return
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
-        started, started_ns = time.monotonic(), time.time_ns()
         handle = engine.submit(
             generation, lambda e: loop.call_soon_threadsafe(events.put_nowait, e)
         )

@@ -50,8 +50,3 @@ class Admission:
             except ResourceExhausted:
                 self._metrics.rate_limited.labels(tenant).inc()
                 raise
-
-
-def estimate_tokens(text: str) -> int:
-    """Tokens a text may take before the model's tokenizer has seen it (~4 chars a token)."""
-    return len(text) // 4 + 1

@@ -15,8 +15,9 @@ from services.common import logs, tracing
 from services.common.errors import DeadlineExceeded, Unavailable
 from services.common.metrics import UNKNOWN
 from services.common.status import final_code
+from services.common.tokens import estimate_tokens
 from services.router import validation
-from services.router.admission import Admission, estimate_tokens
+from services.router.admission import Admission
 from services.router.cache import ResponseCache
 from services.router.config import RouterConfig
 from services.router.metrics import RouterMetrics, StreamObserver
@@ -194,7 +195,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     ) -> AsyncIterator[types_pb2.GenerateResponse]:
         """The scheduler's stream for the request, timed, traced and cached as it passes."""
         call = self._scheduler.Schedule(
-            scheduler_pb2.ScheduleRequest(request=admitted, tenant_id=tenant),
+            scheduler_pb2.ScheduleRequest(
+                request=admitted,
+                tenant_id=tenant,
+                tenant_weight=self._admission.policies.spec(tenant).weight,
+            ),
             timeout=self._deadline_s(context),
             metadata=tracing.outgoing_metadata(),
         )

@@ -9,6 +9,9 @@ from typing import Any
 from services.common.catalog import ModelSpec, parse_catalog
 from services.common.config import load_section, require
 from services.common.tls import SecuritySettings
+from services.scheduler.core.admission import AdmissionRules
+from services.scheduler.core.placement import POLICIES
+from services.scheduler.core.types import Priority
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,16 @@ class SchedulerConfig(SecuritySettings):
     queue_capacity: int = 1024
     full_retry_after_ms: int = 1000
     starvation_bound_s: float = 30.0  # a request waiting this long goes before younger ones
+    placement: str = "least_loaded"  # or round_robin, random, least_latency, prefix_affinity
+    preemption: bool = True  # a waiting high request may stop (and later resume) a low one
+    max_resumes: int = 3  # times a request may move (worker lost, preempted) before UNAVAILABLE
+    shed_low_at: float = 0.7  # queue fill from which new low requests are refused
+    shed_medium_at: float = 0.9  # ... and medium ones; high ones fill it, then evict lower
+    degrade_at: float = 0.5  # queue fill from which the degradation rules apply
+    low_max_tokens_cap: int = 0  # under load, low priority's max_tokens is capped; 0: off
+    fallbacks: dict[str, str] = field(default_factory=dict)  # model → smaller model, opt-in
+    rate_window_s: float = 30.0  # service rates behind wait estimates cover this long
+    load_timeout_s: float = 300.0  # a model load not seen by then may be placed again
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
     log_format: str = "json"  # json (one object per line) or text
@@ -30,6 +43,28 @@ class SchedulerConfig(SecuritySettings):
         require(self.heartbeat_interval_ms >= 50, "scheduler.heartbeat_interval_ms must be >= 50")
         require(self.heartbeat_misses >= 1, "scheduler.heartbeat_misses must be >= 1")
         require(self.queue_capacity >= 1, "scheduler.queue_capacity must be >= 1")
+        require(self.placement in POLICIES, f"scheduler.placement: one of {sorted(POLICIES)}")
+        require(self.max_resumes >= 0, "scheduler.max_resumes must be >= 0")
+        for name in ("shed_low_at", "shed_medium_at", "degrade_at"):
+            require(0 < getattr(self, name) <= 1, f"scheduler.{name} must be in (0, 1]")
+        for model_id, fallback in self.fallbacks.items():
+            require(
+                model_id in self.catalog and fallback in self.catalog,
+                f"scheduler.fallbacks: {model_id!r} → {fallback!r} must name [[models]]",
+            )
+
+    def admission_rules(self) -> AdmissionRules:
+        return AdmissionRules(
+            shed_at={
+                Priority.HIGH: 1.0,
+                Priority.MEDIUM: self.shed_medium_at,
+                Priority.LOW: self.shed_low_at,
+            },
+            full_retry_after_ms=self.full_retry_after_ms,
+            degrade_at=self.degrade_at,
+            low_max_tokens_cap=self.low_max_tokens_cap,
+            fallbacks=dict(self.fallbacks),
+        )
 
     @property
     def heartbeat_timeout_s(self) -> float:

@@ -7,6 +7,7 @@ from typing import Any
 from inference.v1 import scheduler_pb2, types_pb2
 
 from services.common.catalog import ModelSpec
+from services.scheduler.core.model_placement import LoadModel, UnloadModel
 from services.scheduler.core.scheduler import ModelView
 from services.scheduler.core.types import (
     ModelCatalogEntry,
@@ -42,6 +43,7 @@ def entry_from_spec(spec: ModelSpec) -> ModelCatalogEntry:
         default_max_tokens=spec.default_max_tokens,
         kind=spec.kind,
         description=spec.description,
+        memory_bytes=spec.weights_bytes,
     )
 
 
@@ -62,6 +64,19 @@ def slots_from_proto(model: types_pb2.WorkerModel) -> ModelSlots:
         model_id=model.info.model_id,
         max_slots=model.max_slots,
         ready=model.state == types_pb2.MODEL_STATE_READY,
+        kv_capacity=model.kv_cache_tokens_capacity,
+        memory_bytes=model.memory_bytes,
+    )
+
+
+def placement_command(command: LoadModel | UnloadModel) -> scheduler_pb2.WorkerSessionResponse:
+    """A placement decision as the WorkerSession message that carries it."""
+    if isinstance(command, LoadModel):
+        return scheduler_pb2.WorkerSessionResponse(
+            load_model=scheduler_pb2.LoadModelCommand(model_id=command.model_id)
+        )
+    return scheduler_pb2.WorkerSessionResponse(
+        unload_model=scheduler_pb2.UnloadModelCommand(model_id=command.model_id)
     )
 
 

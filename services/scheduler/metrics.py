@@ -36,6 +36,18 @@ class SchedulerMetrics:
             ["tenant", "priority", "reason"],
             registry=r,
         )
+        self.lease_lost = Counter(
+            "inference_scheduler_leases_lost",
+            "Leases that ended before their stream (the request was resumed elsewhere)",
+            ["reason"],
+            registry=r,
+        )
+        self.scheduler_actions = Counter(
+            "inference_scheduler_actions",
+            "Preemptions, deadline drops, evictions and placement commands",
+            ["action"],
+            registry=r,
+        )
         self.served_tokens = Counter(
             "inference_scheduler_served_tokens",
             "Tokens generated for each tenant",
@@ -82,6 +94,18 @@ class SchedulerMetrics:
     def refresh(self, coordinator) -> None:
         """Copies queue, lease and device state into the gauges (event loop only)."""
         core = coordinator.core
+        events = coordinator.events
+        for action, count in (
+            ("preempted", events.preempted),
+            ("dropped_late", events.dropped_late),
+            ("evicted", events.evicted),
+        ):
+            if count:
+                self.scheduler_actions.labels(action).inc(count)
+        for command in events.commands:
+            self.scheduler_actions.labels(command).inc()
+        events.preempted = events.dropped_late = events.evicted = 0
+        events.commands.clear()
         for priority, depth in core.queue_depths().items():
             self.queue_depth.labels(priority_label(priority)).set(depth)
         for gauge in (

@@ -13,6 +13,7 @@ from services.scheduler import convert
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.coordinator import Coordinator, sweep_forever
 from services.scheduler.core.fairness import ServedTokens
+from services.scheduler.core.placement import make_policy
 from services.scheduler.core.scheduler import SchedulerCore
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.servicer import SchedulerServicer
@@ -31,10 +32,14 @@ class SchedulerServer:
             queue_capacity=config.queue_capacity,
             heartbeat_timeout_s=config.heartbeat_timeout_s,
             clock=time.monotonic,
-            full_retry_after_ms=config.full_retry_after_ms,
             starvation_bound_s=config.starvation_bound_s,
+            placement=make_policy(config.placement),
+            rules=config.admission_rules(),
+            preemption=config.preemption,
+            rate_window_s=config.rate_window_s,
+            load_timeout_s=config.load_timeout_s,
         )
-        self.coordinator = Coordinator(core)
+        self.coordinator = Coordinator(core, convert.placement_command)
         tls = config.tls()
         self.workers = WorkerChannels(config.internal_secret, tls)
         self.metrics = SchedulerMetrics(ServedTokens(config.fairness_window_s, time.monotonic))
@@ -44,7 +49,11 @@ class SchedulerServer:
         )
         scheduler_pb2_grpc.add_SchedulerServicer_to_server(
             SchedulerServicer(
-                self.coordinator, self.workers, config.heartbeat_interval_ms, self.metrics
+                self.coordinator,
+                self.workers,
+                config.heartbeat_interval_ms,
+                self.metrics,
+                config.max_resumes,
             ),
             self.grpc.server,
         )

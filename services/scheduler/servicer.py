@@ -18,10 +18,13 @@ from services.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from services.common.tokens import estimate_tokens
 from services.scheduler import convert
-from services.scheduler.coordinator import END_SESSION, Coordinator, Grant, Session
+from services.scheduler.coordinator import END_SESSION, WORKER_LOST, Coordinator, Grant, Session
+from services.scheduler.core.admission import Shed
 from services.scheduler.core.types import Lease
 from services.scheduler.metrics import SchedulerMetrics, priority_label
+from services.scheduler.relay import LeaseLost, Progress
 from services.scheduler.worker_pool import WorkerChannels
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ _REQUEST_CODES = {
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+AFFINITY_CHARS = 256  # prefix-affinity placement hashes about the first 64 tokens
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
@@ -42,11 +46,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         workers: WorkerChannels,
         heartbeat_interval_ms: int,
         metrics: SchedulerMetrics,
+        max_resumes: int = 3,
     ) -> None:
         self._metrics = metrics
         self._coord = coordinator
         self._workers = workers
         self._heartbeat_interval_ms = heartbeat_interval_ms
+        self._max_resumes = max_resumes
 
     async def Schedule(
         self, request: scheduler_pb2.ScheduleRequest, context: grpc.aio.ServicerContext
@@ -55,25 +61,86 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         with tracing.server_span(
             "scheduler.Schedule", context.invocation_metadata(), **_attributes(request)
         ):
-            grant = await self._acquire(req, request.tenant_id, context)
-            lease = grant.lease
-            execute = worker_pb2.ExecuteRequest(
-                lease_id=lease.lease_id, request=req, tenant_id=request.tenant_id
+            entry = self._coord.core.model(req.model_id) if req.model_id else None
+            grant = await self._acquire(
+                req,
+                request.tenant_id,
+                context,
+                prompt_tokens=estimate_tokens(req.prompt),
+                max_tokens=req.max_tokens or (entry.default_max_tokens if entry else 0),
+                tenant_weight=request.tenant_weight or 1.0,
+                affinity_key=req.prompt[:AFFINITY_CHARS],
+                allow_fallback=req.allow_fallback,
             )
-            with self._dispatch(
-                lease,
-                lambda stub, metadata: stub.Execute(
-                    execute, timeout=context.time_remaining(), metadata=metadata
-                ),
-            ) as call:
-                async for message in call:
-                    if message.HasField("summary"):
-                        self._metrics.served_request(
-                            request.tenant_id, message.summary.completion_tokens
-                        )
-                        message.summary.queue_time_ms = grant.queue_time_ms
-                        message.summary.gpu_id = message.summary.gpu_id or lease.gpu_id
-                    yield message
+            progress = Progress()
+            while True:
+                try:
+                    async for message in self._stream(grant, progress, request, context):
+                        yield message
+                    return
+                except LeaseLost as lost:
+                    grant = await self._resume(grant, progress, lost, context)
+
+    async def _stream(
+        self,
+        grant: Grant,
+        progress: Progress,
+        request: scheduler_pb2.ScheduleRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[types_pb2.GenerateResponse]:
+        """One attempt: the leased worker's stream, continuing after what was already sent."""
+        lease, admitted = grant.lease, grant.request
+        req = types_pb2.GenerateRequest()
+        req.CopyFrom(request.request)
+        req.model_id, req.max_tokens = admitted.model_id, admitted.max_tokens
+        progress.attempts += 1
+        execute = worker_pb2.ExecuteRequest(
+            lease_id=lease.lease_id,
+            request=req,
+            tenant_id=request.tenant_id,
+            resume=progress.resume_state(),
+        )
+        tokens_before = progress.tokens
+        with self._dispatch(
+            lease,
+            lambda stub, metadata: stub.Execute(
+                execute, timeout=context.time_remaining(), metadata=metadata
+            ),
+        ) as (call, finished):
+            async for message in call:
+                if message.HasField("summary"):
+                    summary = message.summary
+                    self._coord.observe_latency(lease.worker_id, summary.time_to_first_token_ms)
+                    self._metrics.served_request(
+                        request.tenant_id, summary.completion_tokens + tokens_before
+                    )
+                    summary.queue_time_ms = grant.queue_time_ms
+                    summary.gpu_id = summary.gpu_id or lease.gpu_id
+                    finished.append(True)
+                progress.record(message, tokens_before)
+                yield message
+
+    async def _resume(self, grant: Grant, progress: Progress, lost: LeaseLost, context) -> Grant:
+        """Queues a request whose lease ended early again; UNAVAILABLE past max_resumes."""
+        self._metrics.lease_lost.labels(lost.reason).inc()
+        if progress.attempts > self._max_resumes:
+            raise Unavailable(
+                f"the request lost its worker {progress.attempts} times; giving up"
+            ) from None
+        log.info(
+            "request %s lost its lease (%s); resuming after %d tokens",
+            grant.request.request_id,
+            lost.reason,
+            progress.tokens,
+        )
+        with TRACER.start_as_current_span(
+            "scheduler.requeue",
+            attributes={
+                "inference.reason": lost.reason,
+                "inference.resume_tokens": progress.tokens,
+            },
+        ):
+            return await self._coord.requeue(grant.request, context.time_remaining())
 
     async def Embed(
         self, request: scheduler_pb2.ScheduleEmbedRequest, context: grpc.aio.ServicerContext
@@ -82,43 +149,61 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         with tracing.server_span(
             "scheduler.Embed", context.invocation_metadata(), **_attributes(request)
         ):
-            grant = await self._acquire(req, request.tenant_id, context)
-            lease = grant.lease
-            embed = worker_pb2.ExecuteEmbedRequest(
-                lease_id=lease.lease_id, request=req, tenant_id=request.tenant_id
+            grant = await self._acquire(
+                req,
+                request.tenant_id,
+                context,
+                prompt_tokens=sum(estimate_tokens(text) for text in req.inputs),
             )
-            with self._dispatch(
-                lease,
-                lambda stub, metadata: stub.Embed(
-                    embed, timeout=context.time_remaining(), metadata=metadata
-                ),
-            ) as call:
-                response = await call
-            response.queue_time_ms = grant.queue_time_ms
-            return response
+            progress = Progress()
+            while True:
+                embed = worker_pb2.ExecuteEmbedRequest(
+                    lease_id=grant.lease.lease_id, request=req, tenant_id=request.tenant_id
+                )
+                progress.attempts += 1
+                try:
+                    with self._dispatch(
+                        grant.lease,
+                        lambda stub, metadata, embed=embed: stub.Embed(
+                            embed, timeout=context.time_remaining(), metadata=metadata
+                        ),
+                    ) as (call, finished):
+                        response = await call
+                        finished.append(True)
+                except LeaseLost as lost:
+                    grant = await self._resume(grant, progress, lost, context)
+                    continue
+                response.queue_time_ms = grant.queue_time_ms
+                return response
 
     @contextlib.contextmanager
     def _dispatch(
         self, lease: Lease, start: Callable[[worker_pb2_grpc.WorkerStub, tuple], Any]
-    ) -> Iterator[Any]:
+    ) -> Iterator[tuple[Any, list]]:
         """Starts the leased call on its worker (inside a dispatch span) and owns the lease
-        until the call ends: a worker failure becomes UNAVAILABLE (or the request's own code),
-        a reclaimed lease ends the call, and the lease is released exactly once."""
+        until the call ends, releasing it exactly once. A lost worker or a revoked lease
+        raises LeaseLost (the caller may resume); a request error keeps its own code.
+        Yields the call and a list the caller appends to once the request has completed."""
         with TRACER.start_as_current_span("scheduler.dispatch", attributes=_lease(lease)):
             call = start(self._workers.stub(lease.worker_address), tracing.outgoing_metadata())
-            self._coord.on_revoke(lease.lease_id, call.cancel)
+            self._coord.on_revoke(lease.lease_id, lambda reason: call.cancel())
+            finished: list[bool] = []
             try:
-                yield call
+                yield call, finished
             except grpc.aio.AioRpcError as exc:
-                raise _worker_failure(exc, lease.worker_id) from None
+                raise _worker_failure(exc, lease) from None
             except asyncio.CancelledError:
-                self._raise_if_revoked(lease)
+                reason = self._coord.revoked.get(lease.lease_id)
+                if reason is not None and not _task_cancelled():
+                    raise LeaseLost(reason, lease.worker_id) from None
                 raise
             finally:
                 call.cancel()
-                self._coord.release(lease.lease_id)
+                self._coord.release(lease.lease_id, completed=bool(finished))
 
-    async def _acquire(self, req, tenant_id: str, context: grpc.aio.ServicerContext) -> Grant:
+    async def _acquire(
+        self, req, tenant_id: str, context: grpc.aio.ServicerContext, **details: object
+    ) -> Grant:
         """Queues the request and waits for its lease, inside a queue_wait span."""
         if not req.request_id or not req.model_id:
             raise InvalidArgument("request_id and model_id are required")
@@ -127,21 +212,24 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         with TRACER.start_as_current_span("scheduler.queue_wait") as span:
             try:
                 grant = await self._coord.acquire(
-                    req.request_id, req.model_id, priority, tenant_id, context.time_remaining()
+                    req.request_id,
+                    req.model_id,
+                    priority,
+                    tenant_id,
+                    context.time_remaining(),
+                    **details,
                 )
-            except ResourceExhausted:
-                self._metrics.shed.labels(tenant_id, priority_label(priority), "queue_full").inc()
+            except (ResourceExhausted, DeadlineExceeded) as exc:
+                reason = exc.reason if isinstance(exc, Shed) else "deadline"
+                self._metrics.shed.labels(tenant_id, priority_label(priority), reason).inc()
                 raise
             span.set_attribute("inference.queue_time_ms", grant.queue_time_ms)
+            if grant.request.model_id != req.model_id:
+                span.set_attribute("inference.fallback_model", grant.request.model_id)
         self._metrics.queue_wait.labels(priority_label(priority)).observe(
             grant.queue_time_ms / 1000
         )
         return grant
-
-    def _raise_if_revoked(self, lease: Lease) -> None:
-        """A relay cancelled because its worker died ends in UNAVAILABLE, not CANCELLED."""
-        if lease.lease_id in self._coord.revoked and not _task_cancelled():
-            raise Unavailable(f"worker {lease.worker_id} died during the request") from None
 
     async def WorkerSession(
         self,
@@ -158,7 +246,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             (convert.entry_from_proto(m.info), convert.slots_from_proto(m)) for m in reg.models
         ]
         session = self._coord.open_session(
-            reg.worker_id, reg.address, reg.device.gpu_id or "cpu-0", models, reg.device
+            reg.worker_id,
+            reg.address,
+            reg.device.gpu_id or "cpu-0",
+            models,
+            reg.device,
+            loadable={m.info.model_id: m.memory_bytes for m in reg.loadable},
+            memory_budget=reg.memory_budget_bytes,
         )
         reader = asyncio.create_task(self._read_heartbeats(session, request_iterator))
         try:
@@ -214,13 +308,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         )
 
 
-def _worker_failure(exc: grpc.aio.AioRpcError, worker_id: str) -> Exception:
+def _worker_failure(exc: grpc.aio.AioRpcError, lease: Lease) -> Exception:
+    """A worker's error status: the request's own problem as is, a passed deadline as
+    DEADLINE_EXCEEDED, anything else (the worker or its model failed) as LeaseLost."""
     if exc.code() in _REQUEST_CODES:
         return exc  # relayed unchanged by the error interceptor
     if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded("deadline passed while generating")
-    log.warning("worker %s failed a request: %s %s", worker_id, exc.code(), exc.details())
-    return Unavailable(f"worker {worker_id} failed during the request")
+    log.warning("worker %s failed a request: %s %s", lease.worker_id, exc.code(), exc.details())
+    return LeaseLost(WORKER_LOST, lease.worker_id)
 
 
 def _task_cancelled() -> bool:

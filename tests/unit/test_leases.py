@@ -1,5 +1,9 @@
 from services.scheduler.core.leases import LeaseTable
-from services.scheduler.core.types import ModelSlots, WorkerState
+from services.scheduler.core.types import ModelSlots, PendingRequest, Priority, WorkerState
+
+
+def req(rid: str, model: str = "m", kv: int = 0) -> PendingRequest:
+    return PendingRequest(rid, model, Priority.MEDIUM, "t", 0.0, prompt_tokens=kv)
 
 
 def table_with(*workers: tuple[str, int]) -> LeaseTable:
@@ -11,30 +15,30 @@ def table_with(*workers: tuple[str, int]) -> LeaseTable:
 
 def test_grants_until_slots_run_out_then_refuses():
     table = table_with(("w1", 2))
-    assert table.grant("r1", "m", 0) is not None
-    assert table.grant("r2", "m", 0) is not None
-    assert table.grant("r3", "m", 0) is None
+    assert table.grant(req("r1"), 0) is not None
+    assert table.grant(req("r2"), 0) is not None
+    assert table.grant(req("r3"), 0) is None
     assert not table.has_free_slot("m")
 
 
 def test_release_frees_exactly_once():
     table = table_with(("w1", 1))
-    lease = table.grant("r1", "m", 0)
+    lease = table.grant(req("r1"), 0)
     assert table.release(lease.lease_id) == lease
     assert table.release(lease.lease_id) is None
     assert table.worker("w1").models["m"].active == 0
-    assert table.grant("r2", "m", 0) is not None
+    assert table.grant(req("r2"), 0) is not None
 
 
 def test_least_loaded_spreads_leases():
     table = table_with(("w1", 4), ("w2", 4))
-    workers = [table.grant(f"r{i}", "m", 0).worker_id for i in range(4)]
+    workers = [table.grant(req(f"r{i}"), 0).worker_id for i in range(4)]
     assert workers.count("w1") == 2 and workers.count("w2") == 2
 
 
 def test_removing_a_worker_reclaims_its_leases():
     table = table_with(("w1", 2), ("w2", 2))
-    leases = [table.grant(f"r{i}", "m", 0) for i in range(4)]
+    leases = [table.grant(req(f"r{i}"), 0) for i in range(4)]
     reclaimed = table.remove_worker("w1")
     assert {lease.worker_id for lease in reclaimed} == {"w1"}
     assert len(reclaimed) == 2
@@ -47,15 +51,15 @@ def test_removing_a_worker_reclaims_its_leases():
 def test_draining_or_unready_workers_take_no_leases():
     table = table_with(("w1", 2))
     table.heartbeat("w1", 1.0, WorkerState.DRAINING)
-    assert table.grant("r1", "m", 0) is None
+    assert table.grant(req("r1"), 0) is None
     table.upsert_worker("w2", "w2:1", "cpu-0", [ModelSlots("m", 2, ready=False)], 0)
-    assert table.grant("r1", "m", 0) is None
+    assert table.grant(req("r1"), 0) is None
     assert table.serves("m")  # a loading model still counts as served
 
 
 def test_reregistration_keeps_lease_counts():
     table = table_with(("w1", 2))
-    table.grant("r1", "m", 0)
+    table.grant(req("r1"), 0)
     table.upsert_worker("w1", "w1:1", "cpu-0", [ModelSlots("m", 2, True)], 5)
     assert table.worker("w1").models["m"].active == 1
     assert table.total_slots() == 2
@@ -65,3 +69,22 @@ def test_silent_workers():
     table = table_with(("w1", 1), ("w2", 1))
     table.heartbeat("w2", 10.0, WorkerState.READY)
     assert table.silent_workers(now=10.0, timeout_s=3.0) == ["w1"]
+
+
+def test_kv_budget_bounds_leases_beyond_slots():
+    table = LeaseTable()
+    table.upsert_worker("w1", "w1:1", "cpu-0", [ModelSlots("m", 8, True, kv_capacity=1000)], 0)
+    first = table.grant(req("a", kv=600), 0)
+    assert first is not None
+    assert table.grant(req("b", kv=600), 0) is None  # 1200 > 1000 although slots are free
+    assert table.grant(req("c", kv=400), 0) is not None
+    assert table.room() == {"m": 0}  # a slot is free but no KV token is
+    table.release(first.lease_id)
+    assert table.room()["m"] == 600
+    assert table.worker("w1").models["m"].kv_reserved == 400
+
+
+def test_a_lone_lease_always_fits_the_kv_budget():
+    table = LeaseTable()
+    table.upsert_worker("w1", "w1:1", "cpu-0", [ModelSlots("m", 2, True, kv_capacity=100)], 0)
+    assert table.grant(req("big", kv=500), 0) is not None

@@ -10,7 +10,7 @@ def pending(rid: str, priority: Priority = Priority.MEDIUM, model: str = "m") ->
 
 def drain(queue: RequestQueue, can_serve=lambda m: True) -> list[str]:
     out = []
-    while (r := queue.pop_next(can_serve)) is not None:
+    while (r := queue.pop_next(lambda request: can_serve(request.model_id))) is not None:
         out.append(r.request_id)
     return out
 

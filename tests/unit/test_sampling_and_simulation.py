@@ -1,8 +1,9 @@
 import torch
 
+from services.common.tokens import estimate_tokens
 from services.gpu_worker.engines.base import SamplingOptions
 from services.gpu_worker.engines.sampling import make_generator, next_token
-from services.gpu_worker.engines.simulated import prompt_token_estimate, step_seconds
+from services.gpu_worker.engines.simulated import step_seconds
 from tests.stack import sim_model
 
 
@@ -38,7 +39,7 @@ def test_simulated_step_time_grows_slowly_with_batch():
     one, many = step_seconds(profile, 1), step_seconds(profile, 32)
     assert one == 0.020
     assert one < many < 32 * one  # batching raises total throughput
-    assert prompt_token_estimate("abcd" * 10) == 10
+    assert estimate_tokens("abcd" * 10) == 10
 
 
 def test_the_gpu_profile_follows_the_device_name():

@@ -44,8 +44,14 @@ class SamplingOptions:
 class GenerationInput:
     request_id: str
     prompt: str
-    max_tokens: int
+    max_tokens: int  # the request's whole budget, resumed tokens included
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    resume_text: str = ""  # generated before the request moved here: continue after it
+    resume_tokens: int = 0  # tokens of resume_text, already counted against max_tokens
+
+    @property
+    def remaining_tokens(self) -> int:
+        return self.max_tokens - self.resume_tokens
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,9 @@ class Sequence:
 
     @property
     def kv_tokens(self) -> int:
-        """KV-cache tokens this sequence may come to hold: prompt plus max_tokens."""
-        return len(self.prompt_ids) + self.request.max_tokens
+        """KV-cache tokens this sequence may come to hold: prompt (with any resumed text)
+        plus the tokens it may still generate."""
+        return len(self.prompt_ids) + self.request.remaining_tokens
 
     @property
     def cached_tokens(self) -> int:
@@ -62,5 +63,6 @@ class Sequence:
         return True
 
     def _finish(self, reason: FinishReason) -> bool:
-        self.sink(Finished(reason, len(self.prompt_ids), self.generated))
+        generated_here = self.generated - self.request.resume_tokens
+        self.sink(Finished(reason, len(self.prompt_ids), generated_here))
         return False

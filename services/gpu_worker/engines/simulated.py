@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from services.common.catalog import GpuProfile, ModelSpec
 from services.common.errors import InvalidArgument, Unavailable
+from services.common.tokens import estimate_tokens
 from services.gpu_worker.engines.base import (
     EngineStats,
     Finished,
@@ -86,11 +87,6 @@ WORDS = [
 ]
 
 
-def prompt_token_estimate(prompt: str) -> int:
-    """About four characters a token, as for English with a BPE vocabulary."""
-    return max(1, (len(prompt) + 3) // 4)
-
-
 def step_seconds(profile: GpuProfile, batch: int) -> float:
     slowdown = 1.0 + profile.batch_slowdown * max(0, batch - 1)
     return profile.decode_ms_per_step * slowdown / 1000.0
@@ -113,7 +109,7 @@ class _SimSequence:
 
     @property
     def kv_tokens(self) -> int:
-        return self.prompt_tokens + self.request.max_tokens
+        return self.prompt_tokens + self.request.remaining_tokens
 
 
 class SimulatedEngine:
@@ -158,7 +154,7 @@ class SimulatedEngine:
 
     def submit(self, request: GenerationInput, sink: Sink) -> _SimSequence:
         """Must be called on the worker's event loop."""
-        prompt_tokens = prompt_token_estimate(request.prompt)
+        prompt_tokens = estimate_tokens(request.prompt + request.resume_text)
         seed = hashlib.sha256(f"{request.sampling.seed}|{request.prompt}".encode()).digest()
         seq = _SimSequence(
             request=request,
@@ -166,14 +162,17 @@ class SimulatedEngine:
             prompt_tokens=prompt_tokens,
             rng=random.Random(seed),
             stops=StopMatcher(request.sampling.stop),
+            generated=request.resume_tokens,
         )
+        for _ in range(request.resume_tokens):  # a resumed text continues where it stopped
+            seq.rng.choice(WORDS)
         if self._closed:
             sink(Unavailable(f"model {self.spec.model_id} is shutting down"))
             return seq
-        if prompt_tokens + request.max_tokens > self.spec.max_context_tokens:
+        if prompt_tokens + request.remaining_tokens > self.spec.max_context_tokens:
             sink(
                 InvalidArgument(
-                    f"prompt ({prompt_tokens} tokens) plus max_tokens ({request.max_tokens}) "
+                    f"prompt ({prompt_tokens} tokens) plus max_tokens ({request.remaining_tokens}) "
                     f"exceeds the context of {self.spec.model_id} ({self.spec.max_context_tokens})"
                 )
             )
@@ -227,5 +226,6 @@ class SimulatedEngine:
         seq.sink(TextDelta(text, 1))
         if stopped or seq.generated >= seq.request.max_tokens:
             reason = FinishReason.STOP if stopped else FinishReason.LENGTH
-            seq.sink(Finished(reason, seq.prompt_tokens, seq.generated))
+            generated_here = seq.generated - seq.request.resume_tokens
+            seq.sink(Finished(reason, seq.prompt_tokens, generated_here))
             seq.finished = True

@@ -183,18 +183,22 @@ class TransformersEngine(ThreadedEngine):
         from services.gpu_worker.engines.sampling import make_generator
         from services.gpu_worker.engines.text import IncrementalDetokenizer, StopMatcher
 
-        ids = self._encode(seq.request.prompt)
+        request = seq.request
+        ids = self._encode(request.prompt)
+        if request.resume_text:  # continue after the text already streamed elsewhere
+            ids += self._tokenizer(request.resume_text, add_special_tokens=False)["input_ids"]
         limit = self.spec.max_context_tokens
-        if len(ids) + seq.request.max_tokens > limit:
+        if len(ids) + request.remaining_tokens > limit:
             self._finished(1)
             seq.sink(
                 InvalidArgument(
-                    f"prompt ({len(ids)} tokens) plus max_tokens ({seq.request.max_tokens}) "
+                    f"prompt ({len(ids)} tokens) plus max_tokens ({request.remaining_tokens}) "
                     f"exceeds the context of {self.spec.model_id} ({limit} tokens)"
                 )
             )
             return False
         seq.prompt_ids = ids
+        seq.generated = request.resume_tokens
         seq.detok = IncrementalDetokenizer(self._tokenizer)
         seq.stops = StopMatcher(seq.request.sampling.stop)
         seq.generator = make_generator(seq.request.sampling, self.device)

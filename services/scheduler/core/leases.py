@@ -1,31 +1,33 @@
 """The GPU lease table: workers, their model slots, and the leases held on them.
 
-Invariants: a lease is held on exactly one worker and counted in that worker's `ModelSlots`;
-`release` frees a lease exactly once (a second release, or one after its worker was removed,
-returns None); removing a worker reclaims all of its leases.
+A lease holds one slot and `kv_tokens` (prompt + max_tokens) of one worker's KV-cache budget
+for the model. Invariants: a lease is held on exactly one worker and counted in that worker's
+`ModelSlots`; `release` frees a lease exactly once (a second release, or one after its worker
+was removed, returns None); removing a worker reclaims all of its leases.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-from services.scheduler.core.types import Lease, ModelSlots, WorkerRecord, WorkerState
+from services.scheduler.core.placement import LeastLoaded, PlacementPolicy
+from services.scheduler.core.types import (
+    Lease,
+    ModelSlots,
+    PendingRequest,
+    WorkerRecord,
+    WorkerState,
+)
 
-# Picks one worker among candidates with a free slot for the model.
-PlacementPolicy = Callable[[list[WorkerRecord], str], WorkerRecord]
-
-
-def least_loaded(candidates: list[WorkerRecord], model_id: str) -> WorkerRecord:
-    """The worker with the most free slots for the model; ties go to the fewest leases."""
-    return max(candidates, key=lambda w: (w.models[model_id].free, -len(w.leases)))
+LATENCY_SMOOTHING = 0.2  # weight of the newest sample in a worker's latency average
 
 
 class LeaseTable:
-    def __init__(self, placement: PlacementPolicy = least_loaded) -> None:
+    def __init__(self, placement: PlacementPolicy | None = None) -> None:
         self._workers: dict[str, WorkerRecord] = {}
         self._leases: dict[str, Lease] = {}
-        self._placement = placement
+        self._placement = placement or LeastLoaded()
         self._ids = itertools.count(1)
 
     # -- workers ---------------------------------------------------------------------------
@@ -41,7 +43,8 @@ class LeaseTable:
             return record
         for model_id, fresh in slots.items():
             old = record.models.get(model_id)
-            fresh.active = old.active if old else 0
+            if old is not None:
+                fresh.active, fresh.kv_reserved = old.active, old.kv_reserved
         record.models, record.address, record.gpu_id = slots, address, gpu_id
         record.last_heartbeat = now
         return record
@@ -71,6 +74,14 @@ class LeaseTable:
     def worker(self, worker_id: str) -> WorkerRecord | None:
         return self._workers.get(worker_id)
 
+    def observe_latency(self, worker_id: str, first_token_ms: float) -> None:
+        record = self._workers.get(worker_id)
+        if record is not None:
+            old = record.latency_ms
+            record.latency_ms = (
+                first_token_ms if old is None else old + LATENCY_SMOOTHING * (first_token_ms - old)
+            )
+
     # -- slots and leases ------------------------------------------------------------------
     def serves(self, model_id: str) -> bool:
         """True if some live worker has the model (ready or loading)."""
@@ -79,25 +90,49 @@ class LeaseTable:
             for w in self._workers.values()
         )
 
-    def has_free_slot(self, model_id: str) -> bool:
-        return any(self._candidates(model_id))
+    def room(self) -> dict[str, float]:
+        """Per model, the most KV tokens one more lease may reserve on any worker (absent
+        when no worker has a free slot): a request fits iff its kv_tokens <= this."""
+        best: dict[str, float] = {}
+        for worker in self._workers.values():
+            if not worker.accepts_leases:
+                continue
+            for model_id, slots in worker.models.items():
+                room = slots.kv_room()
+                if room >= 0 and room > best.get(model_id, -1):
+                    best[model_id] = room
+        return best
 
-    def grant(self, request_id: str, model_id: str, now: float) -> Lease | None:
+    def has_free_slot(self, model_id: str) -> bool:
+        return model_id in self.room()
+
+    def grant(self, request: PendingRequest, now: float) -> Lease | None:
         """Leases a slot for the request on the worker the placement policy picks."""
-        candidates = list(self._candidates(model_id))
+        candidates, serving = [], []
+        for worker in self._workers.values():
+            slots = worker.models.get(request.model_id)
+            if worker.accepts_leases and slots is not None and slots.ready:
+                serving.append(worker)
+                if slots.fits(request.kv_tokens):
+                    candidates.append(worker)
         if not candidates:
             return None
-        worker = self._placement(candidates, model_id)
+        worker = self._placement.choose(candidates, request, serving)
         lease = Lease(
             lease_id=f"lease-{next(self._ids)}",
-            request_id=request_id,
+            request_id=request.request_id,
             worker_id=worker.worker_id,
             worker_address=worker.address,
             gpu_id=worker.gpu_id,
-            model_id=model_id,
+            model_id=request.model_id,
             granted_at=now,
+            priority=request.priority,
+            tenant_id=request.tenant_id,
+            kv_tokens=request.kv_tokens,
         )
-        worker.models[model_id].active += 1
+        slots = worker.models[request.model_id]
+        slots.active += 1
+        slots.kv_reserved += request.kv_tokens
         worker.leases.add(lease.lease_id)
         self._leases[lease.lease_id] = lease
         return lease
@@ -113,7 +148,14 @@ class LeaseTable:
             slots = worker.models.get(lease.model_id)
             if slots is not None:
                 slots.active = max(0, slots.active - 1)
+                slots.kv_reserved = max(0, slots.kv_reserved - lease.kv_tokens)
         return lease
+
+    def lease(self, lease_id: str) -> Lease | None:
+        return self._leases.get(lease_id)
+
+    def leases(self) -> list[Lease]:
+        return list(self._leases.values())
 
     def active_leases(self) -> int:
         return len(self._leases)
@@ -126,9 +168,3 @@ class LeaseTable:
             for m in w.models.values()
             if m.ready
         )
-
-    def _candidates(self, model_id: str) -> Iterable[WorkerRecord]:
-        for worker in self._workers.values():
-            slots = worker.models.get(model_id)
-            if worker.accepts_leases and slots is not None and slots.free > 0:
-                yield worker

@@ -1,8 +1,14 @@
-"""The priority queue: high before medium before low, FIFO within a class.
+"""The priority queue: high before medium before low, tenants by weight within a class.
 
-Requests are kept in one FIFO per (priority, model) so that a request whose model has no free
-slot never blocks one behind it whose model has (no head-of-line blocking across models).
-Within a class, the oldest request among those that can be served goes first.
+Requests wait in lanes, one FIFO per (priority, model, tenant), so a request whose model has
+no room never blocks one behind it whose model has (no head-of-line blocking across models),
+and one tenant's backlog never sits in front of another's.
+
+Choosing the next request looks only at lane heads: aging first (a head older than the
+starvation bound goes before everything younger), then the highest class, then within it the
+tenant with the least weighted service (`FairShare`), oldest head first. A decision costs
+O(lanes), independent of how many requests wait; removal is O(1) (lazy: a removed request
+stays in its lane until it reaches the head).
 """
 
 from __future__ import annotations
@@ -10,20 +16,49 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 from services.scheduler.core.types import PendingRequest, Priority
+
+Lane = deque[PendingRequest]
 
 
 class QueueFull(Exception):
     """The queue holds `capacity` requests already."""
 
 
+class FairShare:
+    """Weighted service per tenant within each class: tokens granted / weight.
+
+    A tenant that becomes backlogged starts at the least service among those already waiting
+    in the class, so idle time banks no credit (start-time fair queueing)."""
+
+    def __init__(self) -> None:
+        self._service: dict[Priority, dict[str, float]] = {p: {} for p in Priority}
+
+    def service(self, priority: Priority, tenant: str) -> float:
+        return self._service[priority].get(tenant, 0.0)
+
+    def joined(self, priority: Priority, tenant: str, backlogged: Iterator[str]) -> None:
+        floor = min((self.service(priority, t) for t in backlogged), default=None)
+        if floor is not None:
+            self._service[priority][tenant] = max(self.service(priority, tenant), floor)
+
+    def charge(self, request: PendingRequest) -> None:
+        cost = max(1, request.kv_tokens) / max(request.tenant_weight, 1e-6)
+        table = self._service[request.priority]
+        table[request.tenant_id] = table.get(request.tenant_id, 0.0) + cost
+
+
 class RequestQueue:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._fifos: dict[Priority, dict[str, deque[PendingRequest]]] = {p: {} for p in Priority}
+        self._lanes: dict[Priority, dict[tuple[str, str], Lane]] = {p: {} for p in Priority}
         self._by_id: dict[str, PendingRequest] = {}
+        self._backlog: dict[Priority, dict[str, int]] = {p: {} for p in Priority}
+        self._per_model: dict[tuple[Priority, str], int] = {}
         self._sequence = itertools.count()
+        self.fair = FairShare()
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -31,14 +66,26 @@ class RequestQueue:
     def __contains__(self, request_id: str) -> bool:
         return request_id in self._by_id
 
-    def push(self, request: PendingRequest) -> PendingRequest:
-        """Adds a request at the back of its class. Raises QueueFull at capacity."""
-        if len(self._by_id) >= self.capacity:
+    def push(
+        self, request: PendingRequest, front: bool = False, force: bool = False
+    ) -> PendingRequest:
+        """Adds a request at the back of its lane (`front`: at the head, for a request that
+        already held a lease). Raises QueueFull at capacity, unless `force`."""
+        if len(self._by_id) >= self.capacity and not force:
             raise QueueFull()
         if request.request_id in self._by_id:
             raise ValueError(f"request {request.request_id} already queued")
-        queued = PendingRequest(**{**request.__dict__, "sequence": next(self._sequence)})
-        self._fifos[queued.priority].setdefault(queued.model_id, deque()).append(queued)
+        # a request put back at the head keeps its place in the order of arrival
+        queued = request if front else replace(request, sequence=next(self._sequence))
+        p, tenant = queued.priority, queued.tenant_id
+        backlog = self._backlog[p]
+        if not backlog.get(tenant):
+            self.fair.joined(p, tenant, (t for t, n in backlog.items() if n))
+        backlog[tenant] = backlog.get(tenant, 0) + 1
+        key = (p, queued.model_id)
+        self._per_model[key] = self._per_model.get(key, 0) + 1
+        lane = self._lanes[p].setdefault((queued.model_id, tenant), deque())
+        (lane.appendleft if front else lane.append)(queued)
         self._by_id[queued.request_id] = queued
         return queued
 
@@ -46,51 +93,98 @@ class RequestQueue:
         """Takes a request out wherever it is (cancelled, timed out). None if absent."""
         request = self._by_id.pop(request_id, None)
         if request is not None:
-            fifo = self._fifos[request.priority][request.model_id]
-            fifo.remove(request)
-            if not fifo:
-                del self._fifos[request.priority][request.model_id]
+            self._backlog[request.priority][request.tenant_id] -= 1
+            self._per_model[(request.priority, request.model_id)] -= 1
         return request
 
     def pop_next(
         self,
-        can_serve: Callable[[str], bool],
+        can_serve: Callable[[PendingRequest], bool],
         now: float = 0.0,
         starvation_bound_s: float | None = None,
     ) -> PendingRequest | None:
-        """Removes and returns the request to serve next among models where `can_serve`.
-
-        Highest class first, oldest first within it; but a request that has waited longer
-        than `starvation_bound_s` goes before everything younger (aging), so a low request
-        under a steady flood of high ones still waits at most about that long for a slot.
-        Only queue heads are looked at: O(classes × models) per decision.
-        """
+        """Removes and returns the request to serve next among those `can_serve` accepts."""
+        heads = {p: [h for h in self._heads(p) if can_serve(h)] for p in Priority}
         if starvation_bound_s is not None:
             starved = [
-                fifo[0]
-                for by_model in self._fifos.values()
-                for model_id, fifo in by_model.items()
-                if now - fifo[0].enqueued_at > starvation_bound_s and can_serve(model_id)
+                h for hs in heads.values() for h in hs if now - h.enqueued_at > starvation_bound_s
             ]
             if starved:
-                return self.remove(min(starved, key=lambda r: r.sequence).request_id)
+                return self._take(min(starved, key=lambda r: r.sequence))
         for priority in Priority:
-            heads = [
-                fifo[0] for model_id, fifo in self._fifos[priority].items() if can_serve(model_id)
+            if heads[priority]:
+                fair = self.fair.service
+                chosen = min(
+                    heads[priority], key=lambda r: (fair(priority, r.tenant_id), r.sequence)
+                )
+                return self._take(chosen)
+        return None
+
+    def evict_newest(self, below: Priority) -> PendingRequest | None:
+        """Sheds one request of a class lower than `below`, the lowest class first: the newest
+        request of the tenant with the most waiting. None if no lower class has any."""
+        for priority in sorted((p for p in Priority if p > below), reverse=True):
+            backlog = self._backlog[priority]
+            tenant = max(backlog, key=lambda t: backlog[t], default=None)
+            if tenant is None or not backlog[tenant]:
+                continue
+            tails = [
+                tail
+                for (_, lane_tenant), lane in self._lanes[priority].items()
+                if lane_tenant == tenant and (tail := self._live_tail(lane)) is not None
             ]
-            if heads:
-                chosen = min(heads, key=lambda r: r.sequence)
-                return self.remove(chosen.request_id)
+            if tails:
+                return self.remove(max(tails, key=lambda r: r.sequence).request_id)
         return None
 
     def depth(self, priority: Priority) -> int:
-        return sum(len(f) for f in self._fifos[priority].values())
+        return sum(self._backlog[priority].values())
+
+    def ahead_of(self, model_id: str, priority: Priority) -> int:
+        """Requests for the model waiting in `priority` or a higher class."""
+        return sum(self._per_model.get((p, model_id), 0) for p in Priority if p <= priority)
+
+    def requests(self) -> Iterator[PendingRequest]:
+        """Every waiting request, in no particular order."""
+        return iter(list(self._by_id.values()))
 
     def waiting_for(self, model_id: str) -> Iterator[PendingRequest]:
         """Every queued request for `model_id`, in no particular order."""
-        for by_model in self._fifos.values():
-            yield from by_model.get(model_id, ())
+        return (r for r in self.requests() if r.model_id == model_id)
 
     def models(self) -> set[str]:
         """Models with at least one waiting request."""
-        return {m for by_model in self._fifos.values() for m, fifo in by_model.items() if fifo}
+        return {m for (_, m), n in self._per_model.items() if n}
+
+    def blocked_heads(self, can_serve: Callable[[PendingRequest], bool]) -> list[PendingRequest]:
+        """Lane heads that cannot be served now, highest class first."""
+        return [h for p in Priority for h in self._heads(p) if not can_serve(h)]
+
+    def _fair_order(self, request: PendingRequest) -> tuple[float, int]:
+        """Least-served tenant first, then the oldest request."""
+        return (self.fair.service(request.priority, request.tenant_id), request.sequence)
+
+    def _take(self, request: PendingRequest) -> PendingRequest:
+        lane = self._lanes[request.priority][(request.model_id, request.tenant_id)]
+        lane.popleft()
+        self.remove(request.request_id)
+        self.fair.charge(request)
+        return request
+
+    def _heads(self, priority: Priority) -> list[PendingRequest]:
+        lanes = self._lanes[priority]
+        heads = []
+        for key in list(lanes):
+            lane = lanes[key]
+            while lane and self._by_id.get(lane[0].request_id) is not lane[0]:
+                lane.popleft()  # removed earlier
+            if lane:
+                heads.append(lane[0])
+            else:
+                del lanes[key]
+        return heads
+
+    def _live_tail(self, lane: Lane) -> PendingRequest | None:
+        while lane and self._by_id.get(lane[-1].request_id) is not lane[-1]:
+            lane.pop()
+        return lane[-1] if lane else None

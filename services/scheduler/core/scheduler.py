@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from services.common.errors import NotFound, ResourceExhausted, Unavailable
-from services.scheduler.core.leases import LeaseTable, PlacementPolicy, least_loaded
-from services.scheduler.core.queue import QueueFull, RequestQueue
+from services.common.errors import DeadlineExceeded, NotFound, Unavailable
+from services.scheduler.core import model_placement
+from services.scheduler.core.admission import AdmissionRules, ServiceRate, Shed
+from services.scheduler.core.leases import LeaseTable
+from services.scheduler.core.placement import PlacementPolicy
+from services.scheduler.core.queue import RequestQueue
 from services.scheduler.core.types import (
     Lease,
     ModelCatalogEntry,
@@ -45,16 +48,24 @@ class SchedulerCore:
     queue_capacity: int
     heartbeat_timeout_s: float
     clock: Callable[[], float]
-    full_retry_after_ms: int = 1000
     starvation_bound_s: float | None = None  # aging: longest a request waits behind younger
-    placement: PlacementPolicy = least_loaded
+    placement: PlacementPolicy | None = None  # least loaded when None
+    rules: AdmissionRules = field(default_factory=AdmissionRules)
+    preemption: bool = True  # a waiting high request may stop a running low one
+    rate_window_s: float = 30.0  # service rates behind wait estimates cover this long
+    load_timeout_s: float = 300.0  # a load command not seen in a heartbeat by then is retried
     _queue: RequestQueue = field(init=False)
     _leases: LeaseTable = field(init=False)
+    _rate: ServiceRate = field(init=False)
     _advertised: dict[str, ModelCatalogEntry] = field(init=False, default_factory=dict)
+    _shed: list[PendingRequest] = field(init=False, default_factory=list)
+    _preempting: set[str] = field(init=False, default_factory=set)
+    _loading: dict[tuple[str, str], float] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self._queue = RequestQueue(self.queue_capacity)
         self._leases = LeaseTable(self.placement)
+        self._rate = ServiceRate(self.rate_window_s, self.clock)
 
     # -- requests --------------------------------------------------------------------------
     def model(self, model_id: str) -> ModelCatalogEntry:
@@ -65,41 +76,179 @@ class SchedulerCore:
         return entry
 
     def enqueue(
-        self, request_id: str, model_id: str, priority: Priority, tenant_id: str
+        self,
+        request_id: str,
+        model_id: str,
+        priority: Priority,
+        tenant_id: str,
+        *,
+        prompt_tokens: int = 0,
+        max_tokens: int = 0,
+        tenant_weight: float = 1.0,
+        deadline: float | None = None,
+        affinity_key: str = "",
+        allow_fallback: bool = False,
     ) -> PendingRequest:
-        """Queues a request. Raises NotFound, Unavailable (no worker has the model) or
-        ResourceExhausted (queue full)."""
+        """Admits a request to the queue, possibly degraded (its model or max_tokens changed:
+        read them from the result). Raises NotFound, Unavailable (no worker has or can load
+        the model), ResourceExhausted (shed) or DeadlineExceeded (its deadline cannot be met).
+        A lower-class request evicted to make room is left for `take_shed`."""
         self.model(model_id)
-        if not self._leases.serves(model_id):
+        now = self.clock()
+        if allow_fallback and self._lacks_capacity(model_id, priority, deadline, now):
+            fallback = self.rules.fallbacks.get(model_id)
+            if fallback and self._available(fallback):
+                model_id = fallback
+        if not self._available(model_id):
             raise Unavailable(f"no worker is serving model {model_id!r} now")
-        pending = PendingRequest(request_id, model_id, priority, tenant_id, self.clock())
-        try:
-            return self._queue.push(pending)
-        except QueueFull:
-            raise ResourceExhausted(
-                f"queue full ({self.queue_capacity} requests waiting)", self.full_retry_after_ms
-            ) from None
+        queued, capacity = len(self._queue), self.queue_capacity
+        if queued >= capacity:
+            evicted = self._queue.evict_newest(below=priority)
+            if evicted is None:
+                raise self._shed_error(model_id, priority, "queue_full")
+            self._shed.append(evicted)
+        elif self.rules.sheds(priority, queued, capacity):
+            raise self._shed_error(model_id, priority, "pressure")
+        if deadline is not None and model_id not in self._leases.room():
+            wait = self._rate.wait_s(model_id, self._queue.ahead_of(model_id, priority))
+            if wait is not None and now + wait > deadline:
+                raise DeadlineExceeded(
+                    f"the deadline cannot be met: the estimated wait is {wait:.1f} s"
+                )
+        pending = PendingRequest(
+            request_id,
+            model_id,
+            priority,
+            tenant_id,
+            now,
+            prompt_tokens=prompt_tokens,
+            max_tokens=self.rules.max_tokens(priority, max_tokens, queued, capacity),
+            tenant_weight=tenant_weight,
+            deadline=deadline,
+            affinity_key=affinity_key,
+        )
+        return self._queue.push(pending)
+
+    def requeue(self, pending: PendingRequest) -> PendingRequest:
+        """Puts back a request that held a lease (preempted, or its worker died) at the head
+        of its lane, keeping its arrival time. Raises Unavailable when no worker can serve
+        its model any more."""
+        if not self._available(pending.model_id):
+            raise Unavailable(f"no worker is serving model {pending.model_id!r} now")
+        return self._queue.push(pending, front=True, force=True)
 
     def cancel(self, request_id: str) -> bool:
         """Takes a waiting request out of the queue. False if it was not waiting."""
         return self._queue.remove(request_id) is not None
 
     def dispatch(self) -> list[tuple[PendingRequest, Lease]]:
-        """Grants leases to waiting requests, highest priority first, while slots are free."""
+        """Grants leases to waiting requests, in queue order, while they fit somewhere."""
         granted = []
         while True:
             request = self._queue.pop_next(
-                self._leases.has_free_slot, self.clock(), self.starvation_bound_s
+                _fits(self._leases.room()),
+                self.clock(),
+                self.starvation_bound_s,
             )
             if request is None:
                 return granted
-            lease = self._leases.grant(request.request_id, request.model_id, self.clock())
-            assert lease is not None  # pop_next only returns requests with a free slot
+            lease = self._leases.grant(request, self.clock())
+            assert lease is not None  # pop_next only returns requests that fit
             granted.append((request, lease))
 
-    def release(self, lease_id: str) -> Lease | None:
-        """Frees a lease exactly once; None if it was already freed or reclaimed."""
-        return self._leases.release(lease_id)
+    def release(self, lease_id: str, completed: bool = False) -> Lease | None:
+        """Frees a lease exactly once; None if it was already freed or reclaimed.
+        `completed`: the request finished on it (feeds the service-rate estimate)."""
+        self._preempting.discard(lease_id)
+        lease = self._leases.release(lease_id)
+        if lease is not None and completed:
+            self._rate.completed(lease.model_id)
+        return lease
+
+    def take_shed(self) -> list[PendingRequest]:
+        """Requests evicted from the queue to admit higher classes, since the last call."""
+        shed, self._shed = self._shed, []
+        return shed
+
+    def shed_retry_after_ms(self, model_id: str) -> int:
+        ahead = self._queue.ahead_of(model_id, Priority.LOW)
+        return self._rate.retry_after_ms(model_id, ahead, self.rules.full_retry_after_ms)
+
+    def drop_late(self) -> list[PendingRequest]:
+        """Removes and returns waiting requests that cannot start before their deadline at
+        the measured service rate (or whose deadline has passed)."""
+        now, room = self.clock(), self._leases.room()
+        by_model: dict[str, list[PendingRequest]] = {}
+        for request in self._queue.requests():
+            by_model.setdefault(request.model_id, []).append(request)
+        late = []
+        for model_id, waiting in by_model.items():
+            if model_id in room:
+                continue  # it will be dispatched at once
+            waiting.sort(key=lambda r: (r.priority, r.sequence))
+            for ahead, request in enumerate(waiting):
+                if request.deadline is None:
+                    continue
+                wait = self._rate.wait_s(model_id, ahead) or 0.0
+                if now + wait > request.deadline:
+                    self._queue.remove(request.request_id)
+                    late.append(request)
+        return late
+
+    def preemptions(self) -> list[Lease]:
+        """Low leases to stop so that high requests waiting for their model get slots: per
+        model, at most one per high request waiting beyond those already being freed;
+        youngest lease first (it has the least to resume)."""
+        if not self.preemption:
+            return []
+        blocked = self._queue.blocked_heads(_fits(self._leases.room()))
+        models = {h.model_id for h in blocked if h.priority is Priority.HIGH}
+        if not models:
+            return []
+        victims = []
+        leases = self._leases.leases()
+        for model_id in sorted(models):
+            freeing = sum(1 for lid in self._preempting if self._lease_model(lid) == model_id)
+            wanted = self._queue.ahead_of(model_id, Priority.HIGH) - freeing
+            low = sorted(
+                (
+                    lease
+                    for lease in leases
+                    if lease.model_id == model_id
+                    and lease.priority is Priority.LOW
+                    and lease.lease_id not in self._preempting
+                    and self._worker_accepts(lease.worker_id)
+                ),
+                key=lambda lease: lease.granted_at,
+                reverse=True,
+            )
+            for lease in low[: max(0, wanted)]:
+                self._preempting.add(lease.lease_id)
+                victims.append(lease)
+        return victims
+
+    # -- placement of models ---------------------------------------------------------------
+    def plan_placement(self) -> list[model_placement.Command]:
+        """Load (and unload) commands that give starved models a worker. A load stays
+        pending until a heartbeat shows the model on the worker, or `load_timeout_s`."""
+        now = self.clock()
+        workers = self._leases.workers()
+        for (worker_id, model_id), since in list(self._loading.items()):
+            record = self._leases.worker(worker_id)
+            if record is None or model_id in record.models or now - since > self.load_timeout_s:
+                del self._loading[(worker_id, model_id)]
+        waiting = self._queue.models()
+        room = self._leases.room()
+        starved = {m for m in waiting if m not in room and not self._loading_model(m)}
+        if not starved:
+            return []
+        commands = model_placement.plan(
+            workers, starved, waiting, {m for _, m in self._loading}, self._catalog_bytes()
+        )
+        for command in commands:
+            if isinstance(command, model_placement.LoadModel):
+                self._loading[(command.worker_id, command.model_id)] = now
+        return commands
 
     # -- workers ---------------------------------------------------------------------------
     def register_worker(
@@ -108,13 +257,17 @@ class SchedulerCore:
         address: str,
         gpu_id: str,
         models: Iterable[tuple[ModelCatalogEntry, ModelSlots]],
+        loadable: dict[str, int] | None = None,
+        memory_budget: int = 0,
     ) -> None:
         slots = []
         for entry, model_slots in models:
             if entry.model_id not in self.catalog:
                 self._advertised[entry.model_id] = entry
             slots.append(model_slots)
-        self._leases.upsert_worker(worker_id, address, gpu_id, slots, self.clock())
+        record = self._leases.upsert_worker(worker_id, address, gpu_id, slots, self.clock())
+        record.loadable = dict(loadable or {})
+        record.memory_budget = memory_budget
 
     def heartbeat(
         self, worker_id: str, state: WorkerState, models: Iterable[ModelSlots] | None = None
@@ -130,15 +283,20 @@ class SchedulerCore:
             )
         return True
 
+    def observe_latency(self, worker_id: str, first_token_ms: float) -> None:
+        self._leases.observe_latency(worker_id, first_token_ms)
+
     def remove_worker(self, worker_id: str) -> WorkerRemoval:
         reclaimed = self._leases.remove_worker(worker_id)
+        for lease in reclaimed:
+            self._preempting.discard(lease.lease_id)
         return WorkerRemoval(worker_id, reclaimed, self.take_orphans())
 
     def take_orphans(self) -> list[PendingRequest]:
-        """Removes and returns queued requests whose model no worker serves any more."""
+        """Removes and returns queued requests whose model no worker serves or can load."""
         orphaned = []
         for model_id in self._queue.models():
-            if not self._leases.serves(model_id):
+            if not self._available(model_id):
                 for request in list(self._queue.waiting_for(model_id)):
                     self._queue.remove(request.request_id)
                     orphaned.append(request)
@@ -162,11 +320,73 @@ class SchedulerCore:
     def queue_depths(self) -> dict[Priority, int]:
         return {p: self._queue.depth(p) for p in Priority}
 
+    def queued(self) -> int:
+        return len(self._queue)
+
     def workers(self) -> list[WorkerRecord]:
         return self._leases.workers()
+
+    def leases(self) -> list[Lease]:
+        return self._leases.leases()
 
     def active_leases(self) -> int:
         return self._leases.active_leases()
 
     def total_slots(self) -> int:
         return self._leases.total_slots()
+
+    def service_rate(self, model_id: str) -> float | None:
+        return self._rate.rate(model_id)
+
+    # -- internals -------------------------------------------------------------------------
+    def _available(self, model_id: str) -> bool:
+        """Some live worker has the model, is loading it, or could load it."""
+        if self._leases.serves(model_id) or self._loading_model(model_id):
+            return True
+        catalog_bytes = self._catalog_bytes()
+        return any(
+            model_placement.can_host(w, model_id, catalog_bytes) for w in self._leases.workers()
+        )
+
+    def _lacks_capacity(
+        self, model_id: str, priority: Priority, deadline: float | None, now: float
+    ) -> bool:
+        """No worker can take the model, or it has no room and a long queue (past the
+        degradation threshold, or longer than the deadline allows)."""
+        if not self._available(model_id):
+            return True
+        if model_id in self._leases.room():
+            return False
+        if len(self._queue) >= self.rules.degrade_at * self.queue_capacity:
+            return True
+        wait = self._rate.wait_s(model_id, self._queue.ahead_of(model_id, priority))
+        return deadline is not None and wait is not None and now + wait > deadline
+
+    def _shed_error(self, model_id: str, priority: Priority, reason: str) -> Shed:
+        why = "queue full" if reason == "queue_full" else f"shedding {priority.name.lower()} load"
+        return Shed(
+            f"{why}: {len(self._queue)} of {self.queue_capacity} queue places taken "
+            f"({priority.name.lower()} priority)",
+            self.shed_retry_after_ms(model_id),
+            reason,
+        )
+
+    def _loading_model(self, model_id: str) -> bool:
+        return any(m == model_id for _, m in self._loading)
+
+    def _lease_model(self, lease_id: str) -> str | None:
+        lease = self._leases.lease(lease_id)
+        return lease.model_id if lease else None
+
+    def _worker_accepts(self, worker_id: str) -> bool:
+        record = self._leases.worker(worker_id)
+        return record is not None and record.accepts_leases
+
+    def _catalog_bytes(self) -> dict[str, int]:
+        entries = {**self._advertised, **self.catalog}
+        return {m: e.memory_bytes for m, e in entries.items() if e.memory_bytes}
+
+
+def _fits(room: dict[str, float]) -> Callable[[PendingRequest], bool]:
+    """Whether a request fits some worker, given the lease table's `room()`."""
+    return lambda request: request.kv_tokens <= room.get(request.model_id, -1)

@@ -31,6 +31,7 @@ class ModelCatalogEntry:
     default_max_tokens: int
     kind: str = "generative"
     description: str = ""
+    memory_bytes: int = 0  # device memory its weights need; 0: unknown (assumed to fit)
 
 
 @dataclass(frozen=True)
@@ -42,21 +43,46 @@ class PendingRequest:
     priority: Priority
     tenant_id: str
     enqueued_at: float  # clock seconds
-    sequence: int = 0  # assigned by the queue: FIFO order across models
+    prompt_tokens: int = 0  # estimate, before the model's tokenizer has seen the prompt
+    max_tokens: int = 0
+    tenant_weight: float = 1.0  # the tenant's share within its priority class
+    deadline: float | None = None  # clock seconds by which it must be done; None: none
+    affinity_key: str = ""  # the prompt's first characters, for prefix-affinity placement
+    sequence: int = 0  # assigned by the queue: FIFO order across models and tenants
+
+    @property
+    def kv_tokens(self) -> int:
+        """The KV-cache budget its lease will hold: prompt plus max_tokens."""
+        return self.prompt_tokens + self.max_tokens
 
 
 @dataclass
 class ModelSlots:
-    """One model on one worker: its slots and readiness."""
+    """One model on one worker: its slots, KV-token budget and readiness."""
 
     model_id: str
     max_slots: int
     ready: bool
+    kv_capacity: int = 0  # KV-cache tokens the worker holds for the model; 0: no budget
     active: int = 0  # leases held now
+    kv_reserved: int = 0  # KV tokens those leases reserved
+    memory_bytes: int = 0  # device memory the model's weights take there
 
     @property
     def free(self) -> int:
         return max(0, self.max_slots - self.active) if self.ready else 0
+
+    def kv_room(self) -> float:
+        """KV tokens one more lease may reserve here; -1 when no slot is free. A lone
+        lease always fits (the model's context bounds it)."""
+        if not self.free:
+            return -1
+        if self.kv_capacity <= 0 or self.active == 0:
+            return float("inf")
+        return self.kv_capacity - self.kv_reserved
+
+    def fits(self, kv_tokens: int) -> bool:
+        return kv_tokens <= self.kv_room()
 
 
 @dataclass
@@ -70,15 +96,24 @@ class WorkerRecord:
     last_heartbeat: float  # clock seconds
     state: WorkerState = WorkerState.READY
     leases: set[str] = field(default_factory=set)
+    loadable: dict[str, int] = field(default_factory=dict)  # model → memory it would need
+    memory_budget: int = 0  # device memory models may take; 0: unknown (placement skips it)
+    latency_ms: float | None = None  # moving average of time to first token
 
     @property
     def accepts_leases(self) -> bool:
         return self.state is WorkerState.READY
 
+    def memory_free(self) -> int:
+        """Memory budget left after the models it holds (reported, else expected, sizes)."""
+        return self.memory_budget - sum(
+            max(s.memory_bytes, self.loadable.get(m, 0)) for m, s in self.models.items()
+        )
+
 
 @dataclass(frozen=True)
 class Lease:
-    """A slot on one worker for one request."""
+    """A slot on one worker for one request, holding `kv_tokens` of its KV cache."""
 
     lease_id: str
     request_id: str
@@ -87,3 +122,6 @@ class Lease:
     gpu_id: str
     model_id: str
     granted_at: float  # clock seconds
+    priority: Priority = Priority.MEDIUM
+    tenant_id: str = ""
+    kv_tokens: int = 0

@@ -1,0 +1,104 @@
+"""Placement of models on GPUs: which worker loads a model, and what it unloads for room.
+
+A pure function of the workers (their memory budget, the models they hold and can load) and
+the demand (models with requests waiting that no worker has room for):
+
+- a model in demand with no load under way is loaded on the ready worker with the most free
+  memory that can hold it;
+- failing that, on the worker where unloading the fewest cold models makes room, a cold model
+  being one with no lease and no request waiting for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from services.scheduler.core.types import WorkerRecord
+
+
+@dataclass(frozen=True)
+class LoadModel:
+    worker_id: str
+    model_id: str
+
+
+@dataclass(frozen=True)
+class UnloadModel:
+    worker_id: str
+    model_id: str
+
+
+Command = LoadModel | UnloadModel
+
+
+def memory_needed(worker: WorkerRecord, model_id: str, catalog_bytes: Mapping[str, int]) -> int:
+    return worker.loadable.get(model_id) or catalog_bytes.get(model_id, 0)
+
+
+def can_host(worker: WorkerRecord, model_id: str, catalog_bytes: Mapping[str, int]) -> bool:
+    """The worker could load the model, if need be after unloading everything else."""
+    return (
+        worker.accepts_leases
+        and worker.memory_budget > 0
+        and model_id in worker.loadable
+        and memory_needed(worker, model_id, catalog_bytes) <= worker.memory_budget
+    )
+
+
+def plan(
+    workers: list[WorkerRecord],
+    starved: set[str],
+    waiting: set[str],
+    loading: set[str],
+    catalog_bytes: Mapping[str, int],
+) -> list[Command]:
+    """Commands that place each starved model (waiting, no room anywhere, none loading).
+    `waiting` holds every model with requests queued: those are never unloaded."""
+    commands: list[Command] = []
+    busy: set[str] = set()  # workers already given a command in this plan
+    for model_id in sorted(starved - loading):
+        hosts = [
+            w
+            for w in workers
+            if w.worker_id not in busy
+            and model_id not in w.models
+            and can_host(w, model_id, catalog_bytes)
+        ]
+        chosen = _place(hosts, model_id, waiting, catalog_bytes)
+        if chosen is None:
+            continue
+        worker, evict = chosen
+        commands += [UnloadModel(worker.worker_id, m) for m in evict]
+        commands.append(LoadModel(worker.worker_id, model_id))
+        busy.add(worker.worker_id)
+    return commands
+
+
+def _place(
+    hosts: list[WorkerRecord], model_id: str, waiting: set[str], catalog_bytes: Mapping[str, int]
+) -> tuple[WorkerRecord, list[str]] | None:
+    best: tuple[int, int, WorkerRecord, list[str]] | None = None
+    for worker in hosts:
+        need = memory_needed(worker, model_id, catalog_bytes)
+        free = worker.memory_free()
+        evict: list[str] = []
+        cold = sorted(
+            (
+                (max(s.memory_bytes, worker.loadable.get(m, 0)), m)
+                for m, s in worker.models.items()
+                if m not in waiting and s.active == 0
+            ),
+            reverse=True,
+        )
+        for size, cold_model in cold:
+            if free >= need:
+                break
+            evict.append(cold_model)
+            free += size
+        if free < need:
+            continue
+        key = (len(evict), -free)
+        if best is None or key < best[:2]:
+            best = (*key, worker, evict)
+    return None if best is None else (best[2], best[3])
