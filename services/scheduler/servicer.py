@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -75,8 +76,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             progress = Progress()
             while True:
                 try:
-                    async for message in self._stream(grant, progress, request, context):
-                        yield message
+                    attempt = self._stream(grant, progress, request, context)
+                    async with contextlib.aclosing(attempt) as stream:
+                        async for message in stream:
+                            yield message
                     return
                 except LeaseLost as lost:
                     grant = await self._resume(grant, progress, lost, context)
@@ -140,7 +143,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 "inference.resume_tokens": progress.tokens,
             },
         ):
-            return await self._coord.requeue(grant.request, context.time_remaining())
+            pending = grant.request
+            if lost.reason == WORKER_LOST:
+                pending = replace(pending, avoid_worker=lost.worker_id)
+            return await self._coord.requeue(pending, context.time_remaining())
 
     async def Embed(
         self, request: scheduler_pb2.ScheduleEmbedRequest, context: grpc.aio.ServicerContext

@@ -117,7 +117,8 @@ class LeaseTable:
                     candidates.append(worker)
         if not candidates:
             return None
-        worker = self._placement.choose(candidates, request, serving)
+        elsewhere = [w for w in candidates if w.worker_id != request.avoid_worker]
+        worker = self._placement.choose(elsewhere or candidates, request, serving)
         lease = Lease(
             lease_id=f"lease-{next(self._ids)}",
             request_id=request.request_id,

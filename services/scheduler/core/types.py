@@ -48,6 +48,7 @@ class PendingRequest:
     tenant_weight: float = 1.0  # the tenant's share within its priority class
     deadline: float | None = None  # clock seconds by which it must be done; None: none
     affinity_key: str = ""  # the prompt's first characters, for prefix-affinity placement
+    avoid_worker: str = ""  # a worker that just failed it: another is preferred
     sequence: int = 0  # assigned by the queue: FIFO order across models and tenants
 
     @property
