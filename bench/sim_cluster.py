@@ -1,0 +1,59 @@
+"""A system of real processes serving one simulated model, for scheduler tests and benches.
+
+    cluster = sim_cluster(tmp_dir, workers=4, slots=8, step_ms=20.0)
+    cluster.start(); ...; cluster.procs["worker-0"].kill()  # kill -9 one worker
+
+Scheduler, router and each worker are their own processes (`bench.local_system`), reading a
+config that holds only the simulated model, so they start in seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.local_system import LocalSystem
+
+MODEL_ID = "sim-llama"
+
+
+def sim_config(slots: int, step_ms: float, flush_ms: float, scheduler: str = "") -> str:
+    return f"""
+[router]
+max_deadline_s = 600.0
+[scheduler]
+queue_capacity = 4096
+heartbeat_interval_ms = 500
+{scheduler}
+[worker]
+flush_interval_ms = {flush_ms}
+[[models]]
+id = "{MODEL_ID}"
+engine = "simulated"
+max_context_tokens = 4096
+max_output_tokens = 1024
+default_max_tokens = 32
+max_slots = {slots}
+[models.simulation]
+gpu_type = "sim"
+memory_bytes = 1073741824
+[models.simulation.profiles.sim]
+prefill_tokens_per_s = 100000.0
+decode_ms_per_step = {step_ms}
+batch_slowdown = 0.0
+kv_capacity_tokens = 10000000
+"""
+
+
+def sim_cluster(
+    log_dir: Path,
+    workers: int,
+    slots: int = 8,
+    step_ms: float = 20.0,
+    flush_ms: float = 0.0,
+    scheduler: str = "",
+) -> LocalSystem:
+    """A LocalSystem (not started) whose config serves only the simulated model.
+    `scheduler`: extra TOML lines for the [scheduler] section."""
+    config = log_dir / "sim-config.toml"
+    config.write_text(sim_config(slots, step_ms, flush_ms, scheduler))
+    return LocalSystem(log_dir, workers=workers, env={"INFERENCE_CONFIG": str(config)})
