@@ -16,6 +16,7 @@ from services.scheduler.core.types import (
     Lease,
     ModelSlots,
     PendingRequest,
+    Priority,
     WorkerRecord,
     WorkerState,
 )
@@ -29,12 +30,17 @@ class LeaseTable:
         self._leases: dict[str, Lease] = {}
         self._placement = placement or LeastLoaded()
         self._ids = itertools.count(1)
+        self._by_class: dict[tuple[str, Priority], dict[str, Lease]] = {}  # (model, class)
+        self._serving: dict[str, list[WorkerRecord]] | None = None  # model → its workers
+        self._room: dict[str, float] | None = None  # cache of room(); None: all stale
+        self._stale: set[str] = set()  # models whose room changed since it was cached
 
     # -- workers ---------------------------------------------------------------------------
     def upsert_worker(
         self, worker_id: str, address: str, gpu_id: str, models: Iterable[ModelSlots], now: float
     ) -> WorkerRecord:
         """Registers a worker, or refreshes its models keeping the leases it holds."""
+        self._room, self._serving = None, None
         record = self._workers.get(worker_id)
         slots = {m.model_id: m for m in models}
         if record is None:
@@ -55,7 +61,8 @@ class LeaseTable:
         if record is None:
             return False
         record.last_heartbeat = now
-        record.state = state
+        if record.state is not state:
+            record.state, self._room = state, None
         return True
 
     def remove_worker(self, worker_id: str) -> list[Lease]:
@@ -63,7 +70,11 @@ class LeaseTable:
         record = self._workers.pop(worker_id, None)
         if record is None:
             return []
-        return [self._leases.pop(lease_id) for lease_id in sorted(record.leases)]
+        self._room, self._serving = None, None
+        reclaimed = [self._leases.pop(lease_id) for lease_id in sorted(record.leases)]
+        for lease in reclaimed:
+            self._by_class[(lease.model_id, lease.priority)].pop(lease.lease_id, None)
+        return reclaimed
 
     def silent_workers(self, now: float, timeout_s: float) -> list[str]:
         return [w.worker_id for w in self._workers.values() if now - w.last_heartbeat > timeout_s]
@@ -92,12 +103,27 @@ class LeaseTable:
 
     def room(self) -> dict[str, float]:
         """Per model, the most KV tokens one more lease may reserve on any worker (absent
-        when no worker has a free slot): a request fits iff its kv_tokens <= this."""
+        when no worker has a free slot): a request fits iff its kv_tokens <= this. Cached
+        until a lease, a worker or a model changes."""
+        if self._room is None:
+            self._room, self._stale = self._compute_room(), set()
+        for model_id in self._stale:
+            room = self._compute_room(model_id).get(model_id)
+            if room is None:
+                self._room.pop(model_id, None)
+            else:
+                self._room[model_id] = room
+        self._stale.clear()
+        return self._room
+
+    def _compute_room(self, only: str | None = None) -> dict[str, float]:
         best: dict[str, float] = {}
-        for worker in self._workers.values():
+        workers = self._workers.values() if only is None else self._workers_of(only)
+        for worker in workers:
             if not worker.accepts_leases:
                 continue
-            for model_id, slots in worker.models.items():
+            models = worker.models.items() if only is None else [(only, worker.models[only])]
+            for model_id, slots in models:
                 room = slots.kv_room()
                 if room >= 0 and room > best.get(model_id, -1):
                     best[model_id] = room
@@ -109,9 +135,9 @@ class LeaseTable:
     def grant(self, request: PendingRequest, now: float) -> Lease | None:
         """Leases a slot for the request on the worker the placement policy picks."""
         candidates, serving = [], []
-        for worker in self._workers.values():
-            slots = worker.models.get(request.model_id)
-            if worker.accepts_leases and slots is not None and slots.ready:
+        for worker in self._workers_of(request.model_id):
+            slots = worker.models[request.model_id]
+            if worker.accepts_leases and slots.ready:
                 serving.append(worker)
                 if slots.fits(request.kv_tokens):
                     candidates.append(worker)
@@ -136,6 +162,8 @@ class LeaseTable:
         slots.kv_reserved += request.kv_tokens
         worker.leases.add(lease.lease_id)
         self._leases[lease.lease_id] = lease
+        self._by_class.setdefault((lease.model_id, lease.priority), {})[lease.lease_id] = lease
+        self._stale.add(lease.model_id)
         return lease
 
     def release(self, lease_id: str) -> Lease | None:
@@ -143,6 +171,8 @@ class LeaseTable:
         lease = self._leases.pop(lease_id, None)
         if lease is None:
             return None
+        self._by_class[(lease.model_id, lease.priority)].pop(lease_id, None)
+        self._stale.add(lease.model_id)
         worker = self._workers.get(lease.worker_id)
         if worker is not None:
             worker.leases.discard(lease_id)
@@ -157,6 +187,19 @@ class LeaseTable:
 
     def leases(self) -> list[Lease]:
         return list(self._leases.values())
+
+    def leases_of(self, model_id: str, priority: Priority) -> Iterable[Lease]:
+        """Leases held now for one model by requests of one class."""
+        return self._by_class.get((model_id, priority), {}).values()
+
+    def _workers_of(self, model_id: str) -> list[WorkerRecord]:
+        """Workers that have the model (any state), from an index rebuilt on changes."""
+        if self._serving is None:
+            self._serving = {}
+            for worker in self._workers.values():
+                for m in worker.models:
+                    self._serving.setdefault(m, []).append(worker)
+        return self._serving.get(model_id, [])
 
     def active_leases(self) -> int:
         return len(self._leases)

@@ -7,6 +7,8 @@ one call at a time.
 
 from __future__ import annotations
 
+import heapq
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -59,7 +61,7 @@ class SchedulerCore:
     _rate: ServiceRate = field(init=False)
     _advertised: dict[str, ModelCatalogEntry] = field(init=False, default_factory=dict)
     _shed: list[PendingRequest] = field(init=False, default_factory=list)
-    _preempting: set[str] = field(init=False, default_factory=set)
+    _preempting: dict[str, str] = field(init=False, default_factory=dict)  # lease → model
     _loading: dict[tuple[str, str], float] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -159,7 +161,7 @@ class SchedulerCore:
     def release(self, lease_id: str, completed: bool = False) -> Lease | None:
         """Frees a lease exactly once; None if it was already freed or reclaimed.
         `completed`: the request finished on it (feeds the service-rate estimate)."""
-        self._preempting.discard(lease_id)
+        self._preempting.pop(lease_id, None)
         lease = self._leases.release(lease_id)
         if lease is not None and completed:
             self._rate.completed(lease.model_id)
@@ -206,24 +208,20 @@ class SchedulerCore:
         if not models:
             return []
         victims = []
-        leases = self._leases.leases()
+        freeing_by_model = Counter(self._preempting.values())
         for model_id in sorted(models):
-            freeing = sum(1 for lid in self._preempting if self._lease_model(lid) == model_id)
+            freeing = freeing_by_model[model_id]
             wanted = self._queue.ahead_of(model_id, Priority.HIGH) - freeing
-            low = sorted(
-                (
-                    lease
-                    for lease in leases
-                    if lease.model_id == model_id
-                    and lease.priority is Priority.LOW
-                    and lease.lease_id not in self._preempting
-                    and self._worker_accepts(lease.worker_id)
-                ),
-                key=lambda lease: lease.granted_at,
-                reverse=True,
+            if wanted <= 0:
+                continue
+            low = (
+                lease
+                for lease in self._leases.leases_of(model_id, Priority.LOW)
+                if lease.lease_id not in self._preempting
+                and self._worker_accepts(lease.worker_id)
             )
-            for lease in low[: max(0, wanted)]:
-                self._preempting.add(lease.lease_id)
+            for lease in heapq.nlargest(wanted, low, key=lambda lease: lease.granted_at):
+                self._preempting[lease.lease_id] = model_id
                 victims.append(lease)
         return victims
 
@@ -289,7 +287,7 @@ class SchedulerCore:
     def remove_worker(self, worker_id: str) -> WorkerRemoval:
         reclaimed = self._leases.remove_worker(worker_id)
         for lease in reclaimed:
-            self._preempting.discard(lease.lease_id)
+            self._preempting.pop(lease.lease_id, None)
         return WorkerRemoval(worker_id, reclaimed, self.take_orphans())
 
     def take_orphans(self) -> list[PendingRequest]:
@@ -373,10 +371,6 @@ class SchedulerCore:
 
     def _loading_model(self, model_id: str) -> bool:
         return any(m == model_id for _, m in self._loading)
-
-    def _lease_model(self, lease_id: str) -> str | None:
-        lease = self._leases.lease(lease_id)
-        return lease.model_id if lease else None
 
     def _worker_accepts(self, worker_id: str) -> bool:
         record = self._leases.worker(worker_id)

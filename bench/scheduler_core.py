@@ -1,0 +1,110 @@
+"""Cost of one scheduling decision in the pure core, by queue length.
+
+    python -m bench.scheduler_core [--workers 256] [--out bench/results/scheduler_core.json]
+
+256 workers with 4 slots each for 4 models, every slot held; the queue holds N requests over
+3 priorities and 8 tenants. One decision = a lease is released and `dispatch()` picks the
+next request and grants it a lease (fairness, aging, KV fit, worker choice and the
+preemption check included). The
+cost should not grow with N: only lane heads are looked at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+from services.scheduler.core.admission import AdmissionRules
+from services.scheduler.core.scheduler import SchedulerCore
+from services.scheduler.core.types import ModelCatalogEntry, ModelSlots, Priority
+
+MODELS = [f"model-{i}" for i in range(4)]
+TENANTS = [f"tenant-{i}" for i in range(8)]
+
+
+def build(queued: int, workers: int) -> SchedulerCore:
+    clock = time.monotonic
+    catalog = {m: ModelCatalogEntry(m, True, 8192, 2048, 64) for m in MODELS}
+    no_shedding = AdmissionRules(shed_at=dict.fromkeys(Priority, 1.0))
+    core = SchedulerCore(
+        catalog,
+        queued + workers * 4 + 10,
+        3.0,
+        clock,
+        starvation_bound_s=30.0,
+        rules=no_shedding,
+    )
+    for w in range(workers):
+        model = MODELS[w % len(MODELS)]
+        slots = ModelSlots(model, 4, True, kv_capacity=60_000)
+        core.register_worker(f"w{w}", f"w{w}:1", f"gpu-{w % 8}", [(catalog[model], slots)])
+    rng = random.Random(1)
+    for i in range(workers * 4 + queued):  # the first fill every slot, the rest wait
+        core.enqueue(
+            f"r{i}",
+            MODELS[i % len(MODELS)] if i < workers * 4 else rng.choice(MODELS),
+            rng.choice(list(Priority)),
+            rng.choice(TENANTS),
+            prompt_tokens=rng.randint(20, 500),
+            max_tokens=rng.randint(16, 512),
+        )
+        if i < workers * 4:
+            core.dispatch()
+    return core
+
+
+def measure(queued: int, workers: int, decisions: int) -> dict[str, float]:
+    core = build(queued, workers)
+    leases = core.leases()
+    rng = random.Random(2)
+    samples = []
+    for _ in range(decisions):
+        lease = leases.pop(rng.randrange(len(leases)))
+        started = time.perf_counter()
+        core.release(lease.lease_id)
+        granted = core.dispatch()
+        core.preemptions()  # the coordinator checks for preemption after each dispatch
+        samples.append((time.perf_counter() - started) * 1e6)
+        leases.extend(new for _, new in granted)
+        for i in range(len(granted)):  # keep the queue at its length
+            core.enqueue(
+                f"n{len(samples)}-{i}",
+                rng.choice(MODELS),
+                rng.choice(list(Priority)),
+                rng.choice(TENANTS),
+                prompt_tokens=100,
+                max_tokens=100,
+            )
+    samples.sort()
+    return {
+        "queued": queued,
+        "workers": workers,
+        "decisions": decisions,
+        "mean_us": statistics.fmean(samples),
+        "p50_us": samples[len(samples) // 2],
+        "p99_us": samples[int(len(samples) * 0.99)],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workers", type=int, default=256)
+    parser.add_argument("--decisions", type=int, default=2000)
+    parser.add_argument("--out", default="bench/results/scheduler_core.json")
+    args = parser.parse_args()
+    rows = [measure(n, args.workers, args.decisions) for n in (1_000, 10_000, 100_000)]
+    print(f"{'queued':>8} {'workers':>8} {'mean µs':>9} {'p50 µs':>8} {'p99 µs':>8}")
+    for r in rows:
+        print(
+            f"{r['queued']:>8} {r['workers']:>8} {r['mean_us']:>9.1f} "
+            f"{r['p50_us']:>8.1f} {r['p99_us']:>8.1f}"
+        )
+    Path(args.out).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
