@@ -9,6 +9,7 @@ config that holds only the simulated model, so they start in seconds.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from bench.local_system import LocalSystem
@@ -16,12 +17,36 @@ from bench.local_system import LocalSystem
 MODEL_ID = "sim-llama"
 
 
-def sim_config(slots: int, step_ms: float, flush_ms: float, scheduler: str = "") -> str:
+def tenant_key(i: int) -> str:
+    return f"bench-key-{i}"
+
+
+def _tenants(count: int) -> str:
+    return "".join(
+        f"""
+[[router.tenants]]
+id = "tenant-{i}"
+api_key_sha256 = "{hashlib.sha256(tenant_key(i).encode()).hexdigest()}"
+"""
+        for i in range(count)
+    )
+
+
+def sim_config(
+    slots: int,
+    step_ms: float,
+    flush_ms: float,
+    scheduler: str = "",
+    tenants: int = 0,
+    queue_capacity: int = 4096,
+) -> str:
     return f"""
 [router]
 max_deadline_s = 600.0
+allow_anonymous = true  # loopback only; lets wait_ready list the models
+{_tenants(tenants)}
 [scheduler]
-queue_capacity = 4096
+queue_capacity = {queue_capacity}
 heartbeat_interval_ms = 500
 {scheduler}
 [worker]
@@ -51,9 +76,12 @@ def sim_cluster(
     step_ms: float = 20.0,
     flush_ms: float = 0.0,
     scheduler: str = "",
+    tenants: int = 0,
+    queue_capacity: int = 4096,
 ) -> LocalSystem:
     """A LocalSystem (not started) whose config serves only the simulated model.
-    `scheduler`: extra TOML lines for the [scheduler] section."""
+    `scheduler`: extra TOML lines for the [scheduler] section; `tenants`: that many
+    tenants of equal weight, keys `tenant_key(i)`."""
     config = log_dir / "sim-config.toml"
-    config.write_text(sim_config(slots, step_ms, flush_ms, scheduler))
+    config.write_text(sim_config(slots, step_ms, flush_ms, scheduler, tenants, queue_capacity))
     return LocalSystem(log_dir, workers=workers, env={"INFERENCE_CONFIG": str(config)})

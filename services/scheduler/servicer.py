@@ -145,6 +145,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         ):
             pending = grant.request
             if lost.reason == WORKER_LOST:
+                self._coord.core.worker_failed(lost.worker_id)
                 pending = replace(pending, avoid_worker=lost.worker_id)
             return await self._coord.requeue(pending, context.time_remaining())
 

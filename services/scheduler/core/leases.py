@@ -65,6 +65,13 @@ class LeaseTable:
             record.state, self._room = state, None
         return True
 
+    def suspect(self, worker_id: str) -> None:
+        """Takes no new leases on a worker that just failed a call, until its next
+        heartbeat says how it is."""
+        record = self._workers.get(worker_id)
+        if record is not None and record.state is WorkerState.READY:
+            record.state, self._room = WorkerState.UNHEALTHY, None
+
     def remove_worker(self, worker_id: str) -> list[Lease]:
         """Forgets a worker and returns the leases it held, now reclaimed."""
         record = self._workers.pop(worker_id, None)

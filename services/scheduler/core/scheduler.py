@@ -217,8 +217,7 @@ class SchedulerCore:
             low = (
                 lease
                 for lease in self._leases.leases_of(model_id, Priority.LOW)
-                if lease.lease_id not in self._preempting
-                and self._worker_accepts(lease.worker_id)
+                if lease.lease_id not in self._preempting and self._worker_accepts(lease.worker_id)
             )
             for lease in heapq.nlargest(wanted, low, key=lambda lease: lease.granted_at):
                 self._preempting[lease.lease_id] = model_id
@@ -280,6 +279,11 @@ class SchedulerCore:
                 worker_id, record.address, record.gpu_id, models, self.clock()
             )
         return True
+
+    def worker_failed(self, worker_id: str) -> None:
+        """A call to the worker failed (connection lost, model fault): no new leases there
+        until its next heartbeat (a dead worker sends none and is soon removed)."""
+        self._leases.suspect(worker_id)
 
     def observe_latency(self, worker_id: str, first_token_ms: float) -> None:
         self._leases.observe_latency(worker_id, first_token_ms)
