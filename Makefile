@@ -35,6 +35,9 @@ bench: protos     ## first-token latency and throughput through the stack (needs
 	$(PY) -m bench.throughput
 	$(PY) -m bench.tracing_overhead
 	$(PY) -m bench.ratelimit_overhead
+	$(PY) -m bench.scheduler_core
+	$(PY) -m bench.scheduler_system
+	$(PY) -m bench.failover
 
 clean:
 	rm -rf gen .run .pytest_cache .ruff_cache
