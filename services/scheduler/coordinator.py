@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from services.common.errors import (
     DeadlineExceeded,
     InvalidArgument,
-    ServiceError,
     Unavailable,
 )
 from services.scheduler.core.admission import Shed
@@ -305,9 +304,6 @@ async def sweep_forever(
     """Runs the coordinator's periodic work, then `on_tick`, every `interval_s`."""
     while True:
         await asyncio.sleep(interval_s)
-        try:
-            coordinator.tick()
-        except ServiceError:  # pragma: no cover - tick raises none; keep the sweeper alive
-            log.exception("scheduler tick failed")
+        coordinator.tick()
         if on_tick is not None:
             on_tick()

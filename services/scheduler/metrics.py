@@ -32,7 +32,7 @@ class SchedulerMetrics:
         )
         self.shed = Counter(
             "inference_scheduler_shed",
-            "Requests refused at admission",
+            "Requests refused at admission, evicted, or ended by their deadline in the queue",
             ["tenant", "priority", "reason"],
             registry=r,
         )

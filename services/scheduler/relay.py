@@ -8,7 +8,7 @@ the final summary cover every attempt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from inference.v1 import types_pb2, worker_pb2
 
@@ -24,19 +24,21 @@ class LeaseLost(Exception):
 
 @dataclass
 class Progress:
-    text: str = ""
+    texts: list[str] = field(default_factory=list)  # deltas sent, joined only on a resume
     tokens: int = 0
     attempts: int = 0  # leases the request has had
 
     def resume_state(self) -> worker_pb2.ResumeState | None:
-        if not self.tokens and not self.text:
+        if not self.tokens and not self.texts:
             return None
-        return worker_pb2.ResumeState(generated_text=self.text, generated_tokens=self.tokens)
+        return worker_pb2.ResumeState(
+            generated_text="".join(self.texts), generated_tokens=self.tokens
+        )
 
     def record(self, message: types_pb2.GenerateResponse, tokens_before: int) -> None:
         """Takes note of a message on its way to the client; completes a summary's counts."""
         if message.HasField("delta"):
-            self.text += message.delta.text
+            self.texts.append(message.delta.text)
             self.tokens += message.delta.token_count
         else:
             message.summary.completion_tokens += tokens_before

@@ -103,10 +103,7 @@ class LeaseTable:
     # -- slots and leases ------------------------------------------------------------------
     def serves(self, model_id: str) -> bool:
         """True if some live worker has the model (ready or loading)."""
-        return any(
-            model_id in w.models and w.state is not WorkerState.UNHEALTHY
-            for w in self._workers.values()
-        )
+        return any(w.state is not WorkerState.UNHEALTHY for w in self._workers_of(model_id))
 
     def room(self) -> dict[str, float]:
         """Per model, the most KV tokens one more lease may reserve on any worker (absent
@@ -135,9 +132,6 @@ class LeaseTable:
                 if room >= 0 and room > best.get(model_id, -1):
                     best[model_id] = room
         return best
-
-    def has_free_slot(self, model_id: str) -> bool:
-        return model_id in self.room()
 
     def grant(self, request: PendingRequest, now: float) -> Lease | None:
         """Leases a slot for the request on the worker the placement policy picks."""
