@@ -38,6 +38,7 @@ bench: protos     ## first-token latency and throughput through the stack (needs
 	$(PY) -m bench.scheduler_core
 	$(PY) -m bench.scheduler_system
 	$(PY) -m bench.failover
+	$(PY) -m bench.autoscaling
 
 clean:
 	rm -rf gen .run .pytest_cache .ruff_cache

@@ -22,7 +22,16 @@ def free_port() -> int:
 
 
 class LocalSystem:
-    def __init__(self, log_dir: Path, workers: int = 1, env: dict[str, str] | None = None):
+    """`workers` worker processes started directly; or, with `actuator`, none: the local
+    actuator starts and drains them as the scheduler's autoscaling policy wants."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        actuator: bool = False,
+    ):
         self.log_dir = log_dir
         self.ports = {"router": free_port(), "scheduler": free_port()}
         self.worker_ports = [free_port() for _ in range(workers)]
@@ -34,6 +43,7 @@ class LocalSystem:
         }
         self.procs: dict[str, subprocess.Popen] = {}
         self._extra_env = env or {}
+        self.actuator = actuator
 
     @property
     def router_address(self) -> str:
@@ -43,7 +53,9 @@ class LocalSystem:
     def worker_addresses(self) -> list[str]:
         return [f"127.0.0.1:{p}" for p in self.worker_ports]
 
-    def start(self, ready_timeout_s: float = 300) -> None:
+    def start(self, ready_timeout_s: float = 300, models: str | None = None) -> None:
+        """Starts every process and waits until the router serves and `models` (comma-
+        separated; default every model, "" none) are ready."""
         scheduler = f"127.0.0.1:{self.ports['scheduler']}"
         env = {
             **os.environ,
@@ -55,9 +67,16 @@ class LocalSystem:
             "SCHEDULER_METRICS_LISTEN": f"127.0.0.1:{self.metrics_ports['scheduler']}",
             "WORKER_SCHEDULER_ADDRESS": scheduler,
             "WORKER_CACHE_DIR": str(ROOT / ".cache" / "models"),
+            "ACTUATOR_SCHEDULER_ADDRESS": scheduler,
+            "ACTUATOR_WORKER_BASE_PORT": "0",  # any free port
+            "ACTUATOR_METRICS_BASE_PORT": "0",
+            "ACTUATOR_LOG_DIR": str(self.log_dir),
             **self._extra_env,
         }
+        env.setdefault("SCHEDULER_AUTOSCALING", "true" if self.actuator else "false")
         self._spawn("scheduler", ["services.scheduler"], env)
+        if self.actuator:
+            self._spawn("actuator", ["services.actuator"], env)
         for i, address in enumerate(self.worker_addresses):
             metrics = f"127.0.0.1:{self.metrics_ports[f'worker-{i}']}"
             args = ["services.gpu_worker", "--listen", address, "--metrics-listen", metrics]
@@ -71,6 +90,7 @@ class LocalSystem:
                 self.router_address,
                 "--timeout",
                 str(ready_timeout_s),
+                *([] if models is None else ["--models", models]),
             ],
             cwd=ROOT,
             capture_output=True,

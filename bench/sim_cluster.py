@@ -39,6 +39,7 @@ def sim_config(
     scheduler: str = "",
     tenants: int = 0,
     queue_capacity: int = 4096,
+    model: str = "",
 ) -> str:
     return f"""
 [router]
@@ -51,6 +52,9 @@ heartbeat_interval_ms = 500
 {scheduler}
 [worker]
 flush_interval_ms = {flush_ms}
+[actuator]
+cpu_slots = 8  # simulated workers are light
+poll_interval_s = 0.5
 [[models]]
 id = "{MODEL_ID}"
 engine = "simulated"
@@ -58,6 +62,7 @@ max_context_tokens = 4096
 max_output_tokens = 1024
 default_max_tokens = 32
 max_slots = {slots}
+{model}
 [models.simulation]
 gpu_type = "sim"
 memory_bytes = 1073741824
@@ -78,10 +83,17 @@ def sim_cluster(
     scheduler: str = "",
     tenants: int = 0,
     queue_capacity: int = 4096,
+    model: str = "",
+    actuator: bool = False,
 ) -> LocalSystem:
     """A LocalSystem (not started) whose config serves only the simulated model.
     `scheduler`: extra TOML lines for the [scheduler] section; `tenants`: that many
-    tenants of equal weight, keys `tenant_key(i)`."""
+    tenants of equal weight, keys `tenant_key(i)`; `model`: extra lines for the model's
+    entry (e.g. min_workers); `actuator`: workers come from the local actuator."""
     config = log_dir / "sim-config.toml"
-    config.write_text(sim_config(slots, step_ms, flush_ms, scheduler, tenants, queue_capacity))
-    return LocalSystem(log_dir, workers=workers, env={"INFERENCE_CONFIG": str(config)})
+    config.write_text(
+        sim_config(slots, step_ms, flush_ms, scheduler, tenants, queue_capacity, model)
+    )
+    return LocalSystem(
+        log_dir, workers=workers, env={"INFERENCE_CONFIG": str(config)}, actuator=actuator
+    )

@@ -1,5 +1,6 @@
 """GetStatus as a readable table: queue per priority, workers and their devices, models and
-where they are loaded, leases and recent throughput."""
+where they are loaded, leases and recent throughput, and each model's worker count against
+what the autoscaling policy wants."""
 
 from __future__ import annotations
 
@@ -41,5 +42,17 @@ def render(status: types_pb2.GetStatusResponse) -> str:
             lines.append(
                 f"{m.info.model_id:<16} {w.worker_id:<22} {state:<8} {m.active_sequences:>7} "
                 f"{m.max_slots:>5} {kv:>16} {m.tokens_per_second:>7.1f}"
+            )
+    if status.scaling:
+        lines += [
+            "",
+            f"{'model':<16} {'workers':>7} {'desired':>7} {'bounds':>7} {'util':>5} "
+            f"{'req/s':>6}  why",
+        ]
+        for s in status.scaling:
+            bounds = f"{s.min_workers}-{s.max_workers}"
+            lines.append(
+                f"{s.model_id:<16} {s.current_workers:>7} {s.desired_workers:>7} {bounds:>7} "
+                f"{s.slot_utilization * 100:>4.0f}% {s.arrival_rate_per_second:>6.1f}  {s.reason}"
             )
     return "\n".join(lines)

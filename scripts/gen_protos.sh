@@ -3,7 +3,7 @@
 # virtual environment's path (a .pth file), so code imports `inference.v1.*_pb2` by name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=.venv
+VENV="${VENV:-.venv}"  # the image builds set VENV=/opt/venv
 rm -rf gen
 mkdir -p gen
 "$VENV/bin/python" -m grpc_tools.protoc -Iprotos \

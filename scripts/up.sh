@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# make up: sets up (venv, packages, stubs), starts scheduler, WORKERS workers and the router on
-# localhost, waits until every model is ready, prints how to call it, and stops everything
-# cleanly on Ctrl-C. Logs go to the terminal (prefixed) and to .run/<service>.log.
+# make up: sets up (venv, packages, stubs), starts the scheduler, the router and the local
+# actuator (which starts and drains worker processes as the scheduler's autoscaling policy
+# wants: one per GPU, or CPU slots), waits until the models kept warm are ready, prints how to
+# call it, and stops everything cleanly on Ctrl-C (workers drain first). WORKERS=N instead
+# starts N fixed workers serving every model, with autoscaling off. Logs go to the terminal
+# (prefixed) and to .run/<service>.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WORKERS="${WORKERS:-1}"
+WORKERS="${WORKERS:-}"
 CONFIG="${CONFIG:-deploy/local/config.toml}"
 PY=.venv/bin/python
 started=$(date +%s)
@@ -36,18 +39,28 @@ start() {  # start <name> <args...>
   pids+=($!)
 }
 
-start scheduler services.scheduler
-for ((i=0; i<WORKERS; i++)); do
-  args=(services.gpu_worker --listen "127.0.0.1:$((50061 + i))" --metrics-listen "127.0.0.1:$((9093 + i))")
-  if (( gpus > 0 )); then args+=(--gpu-index $((i % gpus))); fi
-  start "worker-$i" "${args[@]}"
-done
+if [[ -n "$WORKERS" ]]; then
+  export SCHEDULER_AUTOSCALING=false
+  start scheduler services.scheduler
+  for ((i=0; i<WORKERS; i++)); do
+    args=(services.gpu_worker --listen "127.0.0.1:$((50061 + i))" --metrics-listen "127.0.0.1:$((9093 + i))")
+    if (( gpus > 0 )); then args+=(--gpu-index $((i % gpus))); fi
+    start "worker-$i" "${args[@]}"
+  done
+  warm=()
+else
+  start scheduler services.scheduler
+  start actuator services.actuator   # its workers log to .run/<worker-id>.log, prefixed here
+  # models with min_workers >= 1 are started at once; the others scale from zero on demand
+  warm=(--models "$("$PY" -c 'import sys, tomllib; print(",".join(m["id"] for m in tomllib.load(open(sys.argv[1], "rb"))["models"] if m.get("min_workers", 1) >= 1))' "$CONFIG")")
+fi
 start router services.router
 
-"$PY" scripts/wait_ready.py --address localhost:50051 --timeout 600
+"$PY" scripts/wait_ready.py --address localhost:50051 --timeout 600 "${warm[@]}"
 cat <<MSG
 
 ==> services ready in $(( $(date +%s) - started ))s: router on localhost:50051 (scheduler :50052, workers from :50061)
+    workers follow the autoscaling policy: .venv/bin/grpcurl -plaintext localhost:50051 inference.v1.Router/GetStatus
     metrics: http://localhost:9091/metrics (router), :9092 (scheduler), :9093... (workers)
     .venv/bin/grpcurl -plaintext localhost:50051 list
     .venv/bin/grpcurl -plaintext -d '{"model_id": "llama-3-70b", "prompt": "Hello", "priority": "PRIORITY_HIGH"}' localhost:50051 inference.v1.Router/Generate

@@ -68,6 +68,16 @@ PANELS = [
         "percentunit",
     ),
     ("Model load time", "inference_worker_model_load_seconds", "s"),
+    (
+        "Workers per model: desired (autoscaling) / current",
+        ["inference_scheduler_desired_workers", "inference_scheduler_model_workers"],
+        "short",
+    ),
+    (
+        "Slot utilization per model",
+        "inference_scheduler_model_slot_utilization_ratio",
+        "percentunit",
+    ),
 ]
 
 

@@ -67,6 +67,8 @@ class ModelSpec:
     max_slots: int = 4  # concurrent sequences per worker (rows of the running batch)
     max_batch_tokens: int = 32768  # KV-cache budget: sum of prompt + max_tokens over rows
     memory_bytes: int = 0  # device memory the weights need, for placement; 0: unknown
+    min_workers: int = 1  # autoscaling bounds on the workers serving it; 0: scale to zero
+    max_workers: int = 1
     # transformers engine
     source: str = ""  # "package:<python package>" or a local model directory
     gguf_file: str = ""
@@ -106,6 +108,8 @@ class ModelSpec:
             )
         if self.max_slots < 1:
             raise ConfigError(f"{where}: max_slots must be at least 1")
+        if not 0 <= self.min_workers <= self.max_workers:
+            raise ConfigError(f"{where}: need 0 <= min_workers <= max_workers")
         if self.max_batch_tokens < self.max_context_tokens:
             raise ConfigError(f"{where}: max_batch_tokens must be >= max_context_tokens")
         if self.simulation.gpu_type not in self.simulation.profiles:

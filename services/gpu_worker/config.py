@@ -27,6 +27,7 @@ class WorkerConfig(SecuritySettings):
     flush_interval_ms: float = 5.0  # tokens produced within this window go out as one message
     torch_threads: int = 0  # 0: torch's default
     memory_budget_bytes: int = 0  # device memory models may take (placement); 0: device total
+    load_on_command: bool = True  # offer the catalog to the scheduler's load/unload commands
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
     log_format: str = "json"  # json (one object per line) or text

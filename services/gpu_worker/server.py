@@ -132,7 +132,11 @@ class WorkerServer:
                 address=self.config.advertise_for(self.port),
                 device=convert.device(sample),
                 models=[convert.worker_model(e) for e in self.host.engines.values()],
-                loadable=[convert.loadable_model(s) for s in self.config.catalog.values()],
+                loadable=[
+                    convert.loadable_model(s)
+                    for s in self.config.catalog.values()
+                    if self.config.load_on_command
+                ],
                 memory_budget_bytes=self.config.memory_budget_bytes or sample.memory_total_bytes,
             )
         )

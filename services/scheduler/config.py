@@ -10,6 +10,7 @@ from services.common.catalog import ModelSpec, parse_catalog
 from services.common.config import load_section, require
 from services.common.tls import SecuritySettings
 from services.scheduler.core.admission import AdmissionRules
+from services.scheduler.core.autoscaling import ScalingBounds, ScalingPolicy
 from services.scheduler.core.placement import POLICIES
 from services.scheduler.core.types import Priority
 
@@ -34,6 +35,18 @@ class SchedulerConfig(SecuritySettings):
     fallbacks: dict[str, str] = field(default_factory=dict)  # model → smaller model, opt-in
     rate_window_s: float = 30.0  # service rates behind wait estimates cover this long
     load_timeout_s: float = 300.0  # a model load not seen by then may be placed again
+    # autoscaling: desired workers per model (metric and GetStatus) are always computed;
+    # `autoscaling = true` says an actuator follows them, so a model with max_workers > 0
+    # and no worker is queued (a worker is coming) rather than refused
+    autoscaling: bool = False
+    target_utilization: float = 0.7  # busy slots ÷ slots the fleet should run at
+    max_wait_high_s: float = 1.0  # a class whose wait passes its bound adds a worker
+    max_wait_medium_s: float = 5.0
+    max_wait_low_s: float = 30.0
+    scale_up_cooldown_s: float = 15.0  # between steps up for a passed wait bound
+    scale_down_cooldown_s: float = 60.0  # load must stay low this long before a step down
+    cold_start_timeout_s: float = 120.0  # longest wait for a model's first worker
+    arrival_window_s: float = 10.0  # arrival rates behind scaling decisions cover this long
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
     log_format: str = "json"  # json (one object per line) or text
@@ -45,6 +58,8 @@ class SchedulerConfig(SecuritySettings):
         require(self.queue_capacity >= 1, "scheduler.queue_capacity must be >= 1")
         require(self.placement in POLICIES, f"scheduler.placement: one of {sorted(POLICIES)}")
         require(self.max_resumes >= 0, "scheduler.max_resumes must be >= 0")
+        require(0 < self.target_utilization <= 1, "scheduler.target_utilization: in (0, 1]")
+        require(self.scale_down_cooldown_s >= 0, "scheduler.scale_down_cooldown_s must be >= 0")
         for name in ("shed_low_at", "shed_medium_at", "degrade_at"):
             require(0 < getattr(self, name) <= 1, f"scheduler.{name} must be in (0, 1]")
         for model_id, fallback in self.fallbacks.items():
@@ -65,6 +80,28 @@ class SchedulerConfig(SecuritySettings):
             low_max_tokens_cap=self.low_max_tokens_cap,
             fallbacks=dict(self.fallbacks),
         )
+
+    def scaling_policy(self) -> ScalingPolicy:
+        return ScalingPolicy(
+            target_utilization=self.target_utilization,
+            max_wait_s={
+                Priority.HIGH: self.max_wait_high_s,
+                Priority.MEDIUM: self.max_wait_medium_s,
+                Priority.LOW: self.max_wait_low_s,
+            },
+            scale_up_cooldown_s=self.scale_up_cooldown_s,
+            scale_down_cooldown_s=self.scale_down_cooldown_s,
+            bounds={
+                m: ScalingBounds(spec.min_workers, spec.max_workers)
+                for m, spec in self.catalog.items()
+            },
+        )
+
+    def autoscaled_models(self) -> frozenset[str]:
+        """Models an actuator starts workers for (none unless `autoscaling` is on)."""
+        if not self.autoscaling:
+            return frozenset()
+        return frozenset(m for m, spec in self.catalog.items() if spec.max_workers > 0)
 
     @property
     def heartbeat_timeout_s(self) -> float:

@@ -7,6 +7,7 @@ from typing import Any
 from inference.v1 import scheduler_pb2, types_pb2
 
 from services.common.catalog import ModelSpec
+from services.scheduler.core.autoscaling import ScalingBounds, ScalingDecision
 from services.scheduler.core.model_placement import LoadModel, UnloadModel
 from services.scheduler.core.scheduler import ModelView
 from services.scheduler.core.types import (
@@ -44,6 +45,7 @@ def entry_from_spec(spec: ModelSpec) -> ModelCatalogEntry:
         kind=spec.kind,
         description=spec.description,
         memory_bytes=spec.weights_bytes,
+        max_slots=spec.max_slots,
     )
 
 
@@ -127,3 +129,17 @@ def worker_status(record: WorkerRecord, session: Any, now: float) -> types_pb2.W
 
 def queue_depths(depths: dict[Priority, int]) -> list[types_pb2.QueueDepth]:
     return [types_pb2.QueueDepth(priority=int(p), depth=d) for p, d in sorted(depths.items())]
+
+
+def model_scaling(decision: ScalingDecision, bounds: ScalingBounds) -> types_pb2.ModelScaling:
+    rec = decision.recommendation
+    return types_pb2.ModelScaling(
+        model_id=decision.model_id,
+        current_workers=decision.current,
+        desired_workers=decision.desired,
+        min_workers=bounds.min_workers,
+        max_workers=bounds.max_workers,
+        slot_utilization=rec.utilization,
+        arrival_rate_per_second=decision.load.arrival_rate,
+        reason=rec.reason,
+    )

@@ -64,6 +64,7 @@ class Events:
     preempted: int = 0
     dropped_late: int = 0
     evicted: int = 0
+    cold_expired: int = 0
     commands: list[str] = field(default_factory=list)
 
 
@@ -191,9 +192,18 @@ class Coordinator:
 
     # -- periodic work ---------------------------------------------------------------------
     def tick(self) -> None:
-        """Declares silent workers dead, drops requests that cannot meet their deadline,
-        places models that demand waits for, and serves the queue."""
+        """Declares silent workers dead, drops requests that cannot meet their deadline
+        (or whose model got no worker in time), places models that demand waits for, serves
+        the queue, and updates the desired worker counts."""
         self.expire_silent_workers()
+        cold = self.core.drop_cold()
+        self.events.cold_expired += len(cold)
+        self._fail(
+            cold,
+            lambda r: Unavailable(
+                f"no worker for model {r.model_id!r} started in time; retry later"
+            ),
+        )
         late = self.core.drop_late()
         self.events.dropped_late += len(late)
         self._fail(
@@ -204,6 +214,7 @@ class Coordinator:
         )
         self.plan_placement()
         self._dispatch()
+        self.core.autoscale()
 
     def plan_placement(self) -> None:
         for command in self.core.plan_placement():

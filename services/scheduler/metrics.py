@@ -81,6 +81,24 @@ class SchedulerMetrics:
             ["worker", "gpu_id"],
             registry=r,
         )
+        self.desired_workers = Gauge(
+            "inference_scheduler_desired_workers",
+            "Workers each model should have, by the autoscaling policy (drives KEDA)",
+            ["model"],
+            registry=r,
+        )
+        self.model_workers = Gauge(
+            "inference_scheduler_model_workers",
+            "Workers serving or loading each model, draining ones excluded",
+            ["model"],
+            registry=r,
+        )
+        self.model_utilization = Gauge(
+            "inference_scheduler_model_slot_utilization_ratio",
+            "Leases held ÷ slots, per model",
+            ["model"],
+            registry=r,
+        )
         self.fairness = Gauge(
             "inference_scheduler_tenant_fairness_jain",
             "Jain's index of tokens served to the active tenants over the window (1 = equal)",
@@ -99,12 +117,13 @@ class SchedulerMetrics:
             ("preempted", events.preempted),
             ("dropped_late", events.dropped_late),
             ("evicted", events.evicted),
+            ("cold_expired", events.cold_expired),
         ):
             if count:
                 self.scheduler_actions.labels(action).inc(count)
         for command in events.commands:
             self.scheduler_actions.labels(command).inc()
-        events.preempted = events.dropped_late = events.evicted = 0
+        events.preempted = events.dropped_late = events.evicted = events.cold_expired = 0
         events.commands.clear()
         for priority, depth in core.queue_depths().items():
             self.queue_depth.labels(priority_label(priority)).set(depth)
@@ -130,6 +149,10 @@ class SchedulerMetrics:
                 self.gpu_utilization.labels(*labels).set(device.utilization_percent / 100.0)
                 self.gpu_memory_used.labels(*labels).set(device.memory_used_bytes)
                 self.gpu_memory_total.labels(*labels).set(device.memory_total_bytes)
+        for model_id, decision in core.decisions.items():
+            self.desired_workers.labels(model_id).set(decision.desired)
+            self.model_workers.labels(model_id).set(decision.current)
+            self.model_utilization.labels(model_id).set(decision.recommendation.utilization)
         index = self.served.jain_index()
         self.fairness.set(index if index is not None else 1.0)
 

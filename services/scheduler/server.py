@@ -38,6 +38,12 @@ class SchedulerServer:
             preemption=config.preemption,
             rate_window_s=config.rate_window_s,
             load_timeout_s=config.load_timeout_s,
+            scaling=config.scaling_policy(),
+            autoscaled=config.autoscaled_models(),
+            cold_start_timeout_s=config.cold_start_timeout_s,
+            arrival_window_s=config.arrival_window_s,
+            # UNAVAILABLE must reach the client before its deadline: two sweeps ahead, or more
+            cold_start_margin_s=max(0.5, config.heartbeat_interval_ms / 1000.0),
         )
         self.coordinator = Coordinator(core, convert.placement_command)
         tls = config.tls()

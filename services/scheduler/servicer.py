@@ -312,6 +312,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             workers=workers,
             active_leases=core.active_leases(),
             total_slots=core.total_slots(),
+            scaling=[
+                convert.model_scaling(d, core.scaling.bounds_of(m))
+                for m, d in sorted(core.decisions.items())
+            ],
         )
 
 

@@ -59,15 +59,32 @@ class AdmissionRules:
 
 
 class ServiceRate:
-    """Requests completed per second for each model, over a sliding window."""
+    """Events per second for each model over a sliding window: requests completed (or,
+    for the autoscaler, admitted), with the durations of those that report one."""
 
     def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
         self.window_s = window_s
         self._clock = clock
         self._done: dict[str, deque[float]] = {}
+        self._durations: dict[str, deque[tuple[float, float]]] = {}  # (time, seconds)
 
-    def completed(self, model_id: str) -> None:
-        self._done.setdefault(model_id, deque()).append(self._clock())
+    def completed(self, model_id: str, duration_s: float | None = None) -> None:
+        now = self._clock()
+        self._done.setdefault(model_id, deque()).append(now)
+        if duration_s is not None:
+            self._durations.setdefault(model_id, deque()).append((now, duration_s))
+
+    def mean_duration_s(self, model_id: str) -> float | None:
+        """Mean duration of the events of the window that reported one; None if none did."""
+        durations = self._durations.get(model_id)
+        if not durations:
+            return None
+        now = self._clock()
+        while durations and now - durations[0][0] > self.window_s:
+            durations.popleft()
+        if not durations:
+            return None
+        return sum(d for _, d in durations) / len(durations)
 
     def rate(self, model_id: str) -> float | None:
         """Completions per second, or None until enough were seen."""

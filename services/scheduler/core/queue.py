@@ -144,6 +144,16 @@ class RequestQueue:
         """Requests for the model waiting in `priority` or a higher class."""
         return sum(self._per_model.get((p, model_id), 0) for p in Priority if p <= priority)
 
+    def backlog(self) -> dict[tuple[Priority, str], tuple[int, float]]:
+        """Per (class, model) with requests waiting: how many, and the arrival time of the
+        oldest (a lane head: lanes are FIFO). O(lanes), not O(requests)."""
+        oldest: dict[tuple[Priority, str], float] = {}
+        for priority in Priority:
+            for head in self._heads(priority):
+                key = (priority, head.model_id)
+                oldest[key] = min(oldest.get(key, head.enqueued_at), head.enqueued_at)
+        return {key: (n, oldest[key]) for key, n in self._per_model.items() if n and key in oldest}
+
     def requests(self) -> Iterator[PendingRequest]:
         """Every waiting request, in no particular order."""
         return iter(list(self._by_id.values()))

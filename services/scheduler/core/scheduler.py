@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from services.common.errors import DeadlineExceeded, NotFound, Unavailable
-from services.scheduler.core import model_placement
+from services.scheduler.core import deadlines, model_placement
 from services.scheduler.core.admission import AdmissionRules, ServiceRate, Shed
+from services.scheduler.core.autoscaling import Autoscaler, ScalingDecision, ScalingPolicy
 from services.scheduler.core.leases import LeaseTable
+from services.scheduler.core.load_signals import model_loads
 from services.scheduler.core.placement import PlacementPolicy
 from services.scheduler.core.queue import RequestQueue
 from services.scheduler.core.types import (
@@ -55,10 +57,19 @@ class SchedulerCore:
     rules: AdmissionRules = field(default_factory=AdmissionRules)
     preemption: bool = True  # a waiting high request may stop a running low one
     rate_window_s: float = 30.0  # service rates behind wait estimates cover this long
+    arrival_window_s: float = 10.0  # arrival rates behind scaling decisions cover this long
     load_timeout_s: float = 300.0  # a load command not seen in a heartbeat by then is retried
+    scaling: ScalingPolicy = field(default_factory=ScalingPolicy)
+    # models an actuator starts workers for: with no worker they are queued, not refused
+    autoscaled: frozenset[str] = frozenset()
+    cold_start_timeout_s: float = 120.0  # longest wait for a model's first worker
+    cold_start_margin_s: float = 1.0  # UNAVAILABLE goes out this long before the deadline
     _queue: RequestQueue = field(init=False)
     _leases: LeaseTable = field(init=False)
     _rate: ServiceRate = field(init=False)
+    _arrivals: ServiceRate = field(init=False)
+    _autoscaler: Autoscaler = field(init=False)
+    decisions: dict[str, ScalingDecision] = field(init=False, default_factory=dict)
     _advertised: dict[str, ModelCatalogEntry] = field(init=False, default_factory=dict)
     _shed: list[PendingRequest] = field(init=False, default_factory=list)
     _preempting: dict[str, str] = field(init=False, default_factory=dict)  # lease → model
@@ -68,6 +79,8 @@ class SchedulerCore:
         self._queue = RequestQueue(self.queue_capacity)
         self._leases = LeaseTable(self.placement)
         self._rate = ServiceRate(self.rate_window_s, self.clock)
+        self._arrivals = ServiceRate(self.arrival_window_s, self.clock)
+        self._autoscaler = Autoscaler(self.scaling, self.clock)
 
     # -- requests --------------------------------------------------------------------------
     def model(self, model_id: str) -> ModelCatalogEntry:
@@ -97,6 +110,7 @@ class SchedulerCore:
         A lower-class request evicted to make room is left for `take_shed`."""
         self.model(model_id)
         now = self.clock()
+        self._arrivals.completed(model_id)  # offered load, shed or not, for the autoscaler
         if allow_fallback and self._lacks_capacity(model_id, priority, deadline, now):
             fallback = self.rules.fallbacks.get(model_id)
             if fallback and self._available(fallback):
@@ -111,7 +125,7 @@ class SchedulerCore:
             self._shed.append(evicted)
         elif self.rules.sheds(priority, queued, capacity):
             raise self._shed_error(model_id, priority, "pressure")
-        if deadline is not None and model_id not in self._leases.room():
+        if deadline is not None and model_id not in self._leases.room() and self._warm(model_id):
             wait = self._rate.wait_s(model_id, self._queue.ahead_of(model_id, priority))
             if wait is not None and now + wait > deadline:
                 raise DeadlineExceeded(
@@ -164,7 +178,7 @@ class SchedulerCore:
         self._preempting.pop(lease_id, None)
         lease = self._leases.release(lease_id)
         if lease is not None and completed:
-            self._rate.completed(lease.model_id)
+            self._rate.completed(lease.model_id, self.clock() - lease.granted_at)
         return lease
 
     def take_shed(self) -> list[PendingRequest]:
@@ -179,23 +193,20 @@ class SchedulerCore:
     def drop_late(self) -> list[PendingRequest]:
         """Removes and returns waiting requests that cannot start before their deadline at
         the measured service rate (or whose deadline has passed)."""
-        now, room = self.clock(), self._leases.room()
-        by_model: dict[str, list[PendingRequest]] = {}
-        for request in self._queue.requests():
-            by_model.setdefault(request.model_id, []).append(request)
-        late = []
-        for model_id, waiting in by_model.items():
-            if model_id in room:
-                continue  # it will be dispatched at once
-            waiting.sort(key=lambda r: (r.priority, r.sequence))
-            for ahead, request in enumerate(waiting):
-                if request.deadline is None:
-                    continue
-                wait = self._rate.wait_s(model_id, ahead) or 0.0
-                if now + wait > request.deadline:
-                    self._queue.remove(request.request_id)
-                    late.append(request)
-        return late
+        room = self._leases.room()
+        return deadlines.take_late(self._queue, room, self._warm, self._rate, self.clock())
+
+    def drop_cold(self) -> list[PendingRequest]:
+        """Removes and returns requests waiting for a model no worker serves or is loading
+        (scaled to zero, or its workers left) past `cold_start_timeout_s`, or so close to
+        their deadline that they must be told now: they get UNAVAILABLE, not a late answer."""
+        return deadlines.take_cold(
+            self._queue,
+            self._warm,
+            self.clock(),
+            self.cold_start_timeout_s,
+            self.cold_start_margin_s,
+        )
 
     def preemptions(self) -> list[Lease]:
         """Low leases to stop so that high requests waiting for their model get slots: per
@@ -309,6 +320,21 @@ class SchedulerCore:
         silent = self._leases.silent_workers(self.clock(), self.heartbeat_timeout_s)
         return [self.remove_worker(worker_id) for worker_id in silent]
 
+    # -- autoscaling -----------------------------------------------------------------------
+    def autoscale(self) -> list[ScalingDecision]:
+        """Desired worker counts per catalog model (see core.autoscaling), kept in
+        `decisions` for status views."""
+        loads = model_loads(
+            {**self._advertised, **self.catalog}.values(),
+            self._leases.workers(),
+            self._queue.backlog(),
+            self.clock(),
+            self._arrivals,
+            self._rate,
+        )
+        self.decisions = {load.model_id: self._autoscaler.decide(load) for load in loads}
+        return list(self.decisions.values())
+
     # -- views -----------------------------------------------------------------------------
     def models(self) -> list[ModelView]:
         entries = {**self._advertised, **self.catalog}
@@ -342,8 +368,9 @@ class SchedulerCore:
 
     # -- internals -------------------------------------------------------------------------
     def _available(self, model_id: str) -> bool:
-        """Some live worker has the model, is loading it, or could load it."""
-        if self._leases.serves(model_id) or self._loading_model(model_id):
+        """Some live worker has the model, is loading it, or could load it; or an actuator
+        starts workers for it."""
+        if self._warm(model_id) or model_id in self.autoscaled:
             return True
         catalog_bytes = self._catalog_bytes()
         return any(
@@ -372,6 +399,10 @@ class SchedulerCore:
             self.shed_retry_after_ms(model_id),
             reason,
         )
+
+    def _warm(self, model_id: str) -> bool:
+        """Some live worker has the model (ready or loading) or was told to load it."""
+        return self._leases.serves(model_id) or self._loading_model(model_id)
 
     def _loading_model(self, model_id: str) -> bool:
         return any(m == model_id for _, m in self._loading)

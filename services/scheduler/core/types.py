@@ -32,6 +32,7 @@ class ModelCatalogEntry:
     kind: str = "generative"
     description: str = ""
     memory_bytes: int = 0  # device memory its weights need; 0: unknown (assumed to fit)
+    max_slots: int = 4  # concurrent sequences per worker, until a worker reports its own
 
 
 @dataclass(frozen=True)

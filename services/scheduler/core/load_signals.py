@@ -1,0 +1,59 @@
+"""Builds each model's `ModelLoad` (the autoscaler's input) from the scheduler's state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from services.scheduler.core.admission import ServiceRate
+from services.scheduler.core.autoscaling import ModelLoad
+from services.scheduler.core.types import (
+    ModelCatalogEntry,
+    Priority,
+    WorkerRecord,
+    WorkerState,
+)
+
+
+def model_loads(
+    entries: Iterable[ModelCatalogEntry],
+    workers: Iterable[WorkerRecord],
+    backlog: Mapping[tuple[Priority, str], tuple[int, float]],
+    now: float,
+    arrivals: ServiceRate,
+    completions: ServiceRate,
+) -> list[ModelLoad]:
+    """One ModelLoad per catalog model. A worker counts for a model it has, ready or
+    loading, unless it is draining (it is leaving); the leases of draining workers still
+    count as busy."""
+    entries = {e.model_id: e for e in entries}
+    counted = dict.fromkeys(entries, 0)
+    busy = dict.fromkeys(entries, 0)
+    slots = {m: e.max_slots for m, e in entries.items()}
+    for worker in workers:
+        for model_id, model in worker.models.items():
+            if model_id not in entries:
+                continue
+            busy[model_id] += model.active
+            if worker.state is not WorkerState.DRAINING:
+                counted[model_id] += 1
+                slots[model_id] = max(1, model.max_slots)
+    queued = {m: dict.fromkeys(Priority, 0) for m in entries}
+    oldest = {m: dict.fromkeys(Priority, 0.0) for m in entries}
+    for (priority, model_id), (count, oldest_at) in backlog.items():
+        if model_id in entries:
+            queued[model_id][priority] = count
+            oldest[model_id][priority] = now - oldest_at
+    return [
+        ModelLoad(
+            model_id=m,
+            workers=counted[m],
+            slots_per_worker=slots[m],
+            busy=busy[m],
+            queued=queued[m],
+            oldest_wait_s=oldest[m],
+            arrival_rate=arrivals.rate(m) or 0.0,
+            service_rate=completions.rate(m),
+            mean_service_s=completions.mean_duration_s(m),
+        )
+        for m in sorted(entries)
+    ]

@@ -1,0 +1,140 @@
+"""Deployment files: the Kubernetes manifests render and validate against the schemas, and
+agree with the cluster config; the compose file and Dockerfiles point at files that exist."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from services.actuator import config as actuator_config
+from services.common.config import read_toml
+from services.gpu_worker import config as worker_config
+from services.router import config as router_config
+from services.scheduler import config as scheduler_config
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+CLUSTER_CONFIG = K8S / "config.toml"
+KUBERNETES_VERSION = "1.32.0"  # the oldest release these manifests are meant for
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, check=True
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def test_manifests_validate_against_the_kubernetes_schemas(rendered):
+    core = [d for d in rendered if d["kind"] != "ScaledObject"]
+    assert {d["kind"] for d in core} >= {"Deployment", "Service", "ConfigMap", "Secret"}
+    for doc in core:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    assert all(d["metadata"].get("namespace") == "inference" for d in rendered[1:])
+
+
+def test_every_container_has_grpc_or_http_probes(rendered):
+    for name, deployment in by_kind(rendered, "Deployment").items():
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            for probe in ("readinessProbe", "livenessProbe"):
+                assert probe in container, f"{name}: no {probe}"
+            if name != "prometheus":
+                port = container["readinessProbe"]["grpc"]["port"]
+                assert port in {p["containerPort"] for p in container["ports"]}
+
+
+def worker_model(deployment: dict) -> str:
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return next(e["value"] for e in container["env"] if e["name"] == "WORKER_MODELS")
+
+
+def test_each_model_has_a_worker_deployment_scaled_by_keda_within_its_bounds(rendered):
+    catalog = scheduler_config.load(read_toml(CLUSTER_CONFIG), {}, {}).catalog
+    workers = {
+        name: d
+        for name, d in by_kind(rendered, "Deployment").items()
+        if d["metadata"]["labels"].get("app.kubernetes.io/name") == "worker"
+    }
+    assert {worker_model(d) for d in workers.values()} == set(catalog)
+    scaled = by_kind(rendered, "ScaledObject")
+    assert set(scaled) == set(workers)
+    for name, obj in scaled.items():
+        assert obj["apiVersion"] == "keda.sh/v1alpha1"
+        spec = obj["spec"]
+        assert spec["scaleTargetRef"]["name"] == name
+        model = catalog[worker_model(workers[name])]
+        assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (
+            model.min_workers,
+            model.max_workers,
+        )
+        [trigger] = spec["triggers"]
+        query = trigger["metadata"]["query"]
+        assert f'inference_scheduler_desired_workers{{model="{model.model_id}"}}' in query
+        assert trigger["metadata"]["threshold"] == "1"
+
+
+def test_gpu_workers_request_one_gpu_each_and_drain_within_their_grace(rendered):
+    catalog = scheduler_config.load(read_toml(CLUSTER_CONFIG), {}, {}).catalog
+    grace = worker_config.load(read_toml(CLUSTER_CONFIG), {}, {}).shutdown_grace_s
+    for deployment in by_kind(rendered, "Deployment").values():
+        pod = deployment["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        if deployment["metadata"]["labels"].get("app.kubernetes.io/name") != "worker":
+            continue
+        limits = container["resources"]["limits"]
+        if catalog[worker_model(deployment)].simulated:
+            assert "nvidia.com/gpu" not in limits
+        else:
+            assert limits["nvidia.com/gpu"] == 1
+            assert container["image"].endswith("inference-serving-cuda:0.1.0")
+        assert pod["terminationGracePeriodSeconds"] > grace
+
+
+def test_the_cluster_config_loads_for_every_service():
+    data = read_toml(CLUSTER_CONFIG)
+    router = router_config.load(data, {}, {})
+    assert not router.allow_anonymous and router.tenants
+    scheduler = scheduler_config.load(data, {}, {})
+    assert scheduler.autoscaling
+    worker = worker_config.load(data, {"WORKER_MODELS": "smollm2-135m"}, {})
+    assert worker.model_ids == ["smollm2-135m"] and not worker.load_on_command
+    actuator_config.load(data, {}, {})
+
+
+def test_compose_runs_the_system_with_gpu_reservations_and_existing_files():
+    compose_file = ROOT / "deploy" / "compose" / "docker-compose.yml"
+    compose = yaml.safe_load(compose_file.read_text())
+    services = compose["services"]
+    assert set(services) >= {"router", "scheduler", "workers", "jaeger", "prometheus", "grafana"}
+    [gpus] = services["workers"]["deploy"]["resources"]["reservations"]["devices"]
+    assert gpus["capabilities"] == ["gpu"] and gpus["driver"] == "nvidia"
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (compose_file.parent / source).exists(), source
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])
+def test_dockerfiles_copy_files_that_exist(dockerfile):
+    text = (ROOT / "deploy" / "docker" / dockerfile).read_text()
+    sources = [
+        part
+        for line in re.findall(r"^COPY (.+)$", text, re.MULTILINE)
+        for part in line.split()[:-1]
+    ]
+    assert sources
+    for source in sources:
+        assert (ROOT / source).exists(), source
