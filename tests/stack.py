@@ -113,6 +113,7 @@ async def start_stack(
         metrics_listen=LOOPBACK,
         heartbeat_interval_ms=100,
         heartbeat_misses=5,
+        scaling_warmup_s=0.0,
         internal_secret=secret,
         catalog={m.model_id: m for m in models},
     )

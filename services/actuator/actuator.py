@@ -2,9 +2,12 @@
 draining worker processes on this machine (what KEDA does on Kubernetes).
 
 Every `poll_interval_s` it reads `GetStatus`, reaps exited workers, asks `plan.reconcile`
-what to start and stop, and does it. Stopping is a drain: SIGTERM makes the worker report
-`draining` (the scheduler grants it no new leases), finish its streams and exit; a worker
-still running `stop_timeout_s` later is killed (its streams resume on other workers).
+what to start and stop, and does it. Until the scheduler has settled a model's count (its
+warm-up after a start) the model keeps its workers, and gets at least `min_workers`.
+
+Stopping is a drain: SIGTERM makes the worker report `draining` (the scheduler grants it no
+new leases), finish its streams and exit; a worker still running `stop_timeout_s` later is
+killed (its streams resume on other workers).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from inference.v1 import types_pb2
 
 from services.actuator.config import ActuatorConfig
 from services.actuator.plan import Devices, Start, Stop, reconcile
-from services.actuator.processes import Launcher, LaunchSpec, ManagedWorker
+from services.actuator.processes import LaunchSpec, ManagedWorker
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,15 @@ KILL_MARGIN_S = 10.0  # beyond the worker's own grace period
 
 
 class StatusSource(Protocol):
+    """Where desired counts come from: the scheduler's GetStatus."""
+
     async def status(self) -> types_pb2.GetStatusResponse: ...
+
+
+class WorkerLauncher(Protocol):
+    """What starts a worker process (processes.Launcher)."""
+
+    async def start(self, spec: LaunchSpec) -> ManagedWorker: ...
 
 
 class Actuator:
@@ -39,7 +50,7 @@ class Actuator:
         config: ActuatorConfig,
         devices: Devices,
         source: StatusSource,
-        launcher: Launcher,
+        launcher: WorkerLauncher,
     ) -> None:
         self.config = config
         self.devices = devices
@@ -70,7 +81,7 @@ class Actuator:
                 "no status from the scheduler (%s); keeping %d workers", exc, len(self.workers)
             )
             return
-        desired = {s.model_id: s.desired_workers for s in status.scaling}
+        desired = self._desired(status)
         leases = {w.worker_id: w.active_leases for w in status.workers}
         views = [w.view(leases.get(wid, 0)) for wid, w in self.workers.items()]
         now = time.monotonic()
@@ -92,6 +103,16 @@ class Actuator:
         for worker in self.workers.values():
             worker.kill()
         await asyncio.gather(*(w.process.wait() for w in self.workers.values()))
+
+    def _desired(self, status: types_pb2.GetStatusResponse) -> dict[str, int]:
+        """The scheduler's desired counts; a catalog model it has not settled yet (it is
+        warming up after a start) keeps its running workers, and at least its minimum."""
+        running = self.counts()
+        desired = {
+            m: max(spec.min_workers, running.get(m, 0)) for m, spec in self.config.catalog.items()
+        }
+        desired.update({s.model_id: s.desired_workers for s in status.scaling})
+        return desired
 
     def counts(self) -> dict[str, int]:
         """Running (not stopping) workers per model."""

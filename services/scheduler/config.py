@@ -47,6 +47,9 @@ class SchedulerConfig(SecuritySettings):
     scale_down_cooldown_s: float = 60.0  # load must stay low this long before a step down
     cold_start_timeout_s: float = 120.0  # longest wait for a model's first worker
     arrival_window_s: float = 10.0  # arrival rates behind scaling decisions cover this long
+    # after a start, desired counts are withheld this long while workers re-register (their
+    # sessions retry every 5 s at most), so a restart does not scale the fleet down
+    scaling_warmup_s: float = 10.0
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
     log_format: str = "json"  # json (one object per line) or text
@@ -91,6 +94,7 @@ class SchedulerConfig(SecuritySettings):
             },
             scale_up_cooldown_s=self.scale_up_cooldown_s,
             scale_down_cooldown_s=self.scale_down_cooldown_s,
+            warmup_s=self.scaling_warmup_s,
             bounds={
                 m: ScalingBounds(spec.min_workers, spec.max_workers)
                 for m, spec in self.catalog.items()

@@ -10,6 +10,7 @@ pytestmark = pytest.mark.slow
 
 SCHEDULER = """
 autoscaling = true
+scaling_warmup_s = 2.0
 target_utilization = 1.0
 scale_up_cooldown_s = 3.0
 scale_down_cooldown_s = 4.0

@@ -18,5 +18,5 @@ async def test_status_table_shows_queue_workers_and_models(stack, capsys):
     worker = stack.workers[0].worker_id
     assert worker in out and "cpu-0" in out and "ready" in out
     assert "sim-fast" in out
-    # the autoscaling view: 1 worker, 1 desired (its minimum), bounds 1-1
-    assert re.search(r"sim-fast\s+1\s+1\s+1-1\s+\d+%\s+[\d.]+\s+min", out), out
+    # the autoscaling view: 1 worker, 1 desired, bounds 1-1, then utilization, rate, reason
+    assert re.search(r"sim-fast\s+1\s+1\s+1-1\s+\d+%\s+[\d.]+\s+[a-z_]+\n", out), out

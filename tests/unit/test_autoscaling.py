@@ -171,3 +171,27 @@ def test_core_counts_loading_workers_and_not_draining_ones():
     core.heartbeat("c", WorkerState.DRAINING)
     [decision] = core.autoscale()
     assert decision.current == 2
+
+
+def test_after_a_restart_the_fleet_that_comes_back_is_kept_through_a_cool_down():
+    clock = Clock()
+    scaler = Autoscaler(policy(warmup_s=10.0), clock)
+    seen = []
+    for second in range(80):
+        back = min(4, second // 2)  # four idle workers re-register over 8 s
+        decision = scaler.decide(load(back, 0))
+        seen.append((decision.settled, decision.desired))
+        clock.now += 1.0
+    assert not any(settled for settled, _ in seen[:10]), "nothing to act on while warming up"
+    assert seen[10] == (True, 4), "the fleet found at restart is kept ..."
+    assert seen[69][1] == 4 and seen[71][1] == 0, "... until a cool-down after the warm-up"
+
+
+def test_a_small_remainder_is_not_worth_another_worker():
+    # 8.2 requests on 4-slot workers at 100 %: 2.05 workers → 2 (tolerance 0.1)
+    full = policy(default_bounds=ScalingBounds(0, 10))
+    full = ScalingPolicy(target_utilization=1.0, default_bounds=full.default_bounds)
+    rec = recommend(load(2, 8, arrival_rate=4.1, mean_service_s=2.0), full)
+    assert rec.desired == 2
+    rec = recommend(load(2, 8, arrival_rate=4.6, mean_service_s=2.0), full)
+    assert rec.desired == 3

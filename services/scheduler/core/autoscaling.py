@@ -12,6 +12,11 @@ that keep the count from flapping, with an injected clock:
   `scale_down_cooldown_s`, so it falls only after the load has stayed low that long (the
   stabilization window of Kubernetes' HPA). Idle models with `min_workers = 0` reach zero
   the same way; a request that then arrives recommends one worker at once.
+
+After a scheduler (re)start, workers come back one heartbeat session at a time, so for
+`warmup_s` the counts it sees are too low: its decisions are not `settled` (not to be acted
+on), and it records at least the workers it sees, so that a fleet found at restart is kept
+through one scale-down cool-down rather than cut to what had re-registered.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class ScalingPolicy:
     max_wait_s: Mapping[Priority, float] = field(default_factory=_default_wait_bounds)
     scale_up_cooldown_s: float = 15.0  # between steps up made for a passed wait bound
     scale_down_cooldown_s: float = 60.0  # load must stay low this long before a step down
+    warmup_s: float = 0.0  # after a start, decisions are not settled for this long
     default_bounds: ScalingBounds = field(default_factory=ScalingBounds)
     bounds: Mapping[str, ScalingBounds] = field(default_factory=dict)  # per model
 
@@ -135,6 +141,7 @@ class ScalingDecision:
     desired: int  # after the cool-down rules
     recommendation: Recommendation  # before them
     load: ModelLoad  # what it was decided from
+    settled: bool = True  # False during the warm-up after a start: not to be acted on
 
 
 @dataclass
@@ -151,6 +158,7 @@ class Autoscaler:
         self.policy = policy
         self._clock = clock
         self._history: dict[str, _ModelHistory] = {}
+        self._started = clock()
 
     def decide(self, load: ModelLoad) -> ScalingDecision:
         now = self._clock()
@@ -159,6 +167,9 @@ class Autoscaler:
             history = self._history[load.model_id] = _ModelHistory(desired=load.workers)
         rec = recommend(load, self.policy)
         wanted = rec.desired
+        warming = now - self._started < self.policy.warmup_s
+        if warming:  # workers are still re-registering: keep at least those seen
+            wanted = max(wanted, load.workers)
         if rec.reason == "wait_bound":
             # one step per cool-down: until then hold the last count (a worker may be starting)
             if now - history.last_step_up < self.policy.scale_up_cooldown_s:
@@ -173,7 +184,7 @@ class Autoscaler:
         if desired > history.desired:
             history.last_step_up = now
         history.desired = desired
-        return ScalingDecision(load.model_id, load.workers, desired, rec, load)
+        return ScalingDecision(load.model_id, load.workers, desired, rec, load, not warming)
 
     def forget(self, model_id: str) -> None:
         self._history.pop(model_id, None)

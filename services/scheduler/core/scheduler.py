@@ -322,8 +322,8 @@ class SchedulerCore:
 
     # -- autoscaling -----------------------------------------------------------------------
     def autoscale(self) -> list[ScalingDecision]:
-        """Desired worker counts per catalog model (see core.autoscaling), kept in
-        `decisions` for status views."""
+        """Desired worker counts per catalog model (see core.autoscaling); the settled ones
+        are kept in `decisions`, what status views, metrics and actuators see."""
         loads = model_loads(
             {**self._advertised, **self.catalog}.values(),
             self._leases.workers(),
@@ -332,8 +332,9 @@ class SchedulerCore:
             self._arrivals,
             self._rate,
         )
-        self.decisions = {load.model_id: self._autoscaler.decide(load) for load in loads}
-        return list(self.decisions.values())
+        decided = [self._autoscaler.decide(load) for load in loads]
+        self.decisions = {d.model_id: d for d in decided if d.settled}
+        return decided
 
     # -- views -----------------------------------------------------------------------------
     def models(self) -> list[ModelView]:
