@@ -100,3 +100,25 @@ async def test_a_draining_worker_finishes_its_streams_and_takes_no_new_lease():
         assert not lost
     finally:
         await stack.close()
+
+
+async def test_a_stream_longer_than_the_drain_grace_is_handed_over_not_failed():
+    stack = await start_stack([SCALABLE], workers=0, autoscaling=True)
+    try:
+        leaving = await stack.add_worker([SCALABLE], shutdown_grace_s=0.3)
+        stub = stack.router_stub()
+        core = stack.scheduler.coordinator.core
+        prompt = "a long answer"
+        reference = await stub.Infer(request("sim-zero", prompt, max_tokens=60), timeout=10)
+        running = asyncio.ensure_future(
+            stub.Infer(request("sim-zero", prompt, max_tokens=60), timeout=20)
+        )
+        await wait_until(lambda: core.active_leases() == 1)
+        await stack.add_worker([SCALABLE])  # where the stream can go
+        stack.workers.remove(leaving)
+        await leaving.stop()  # 60 tokens × 20 ms outlast the 0.3 s grace
+        finished = await running
+        assert finished.generated_text == reference.generated_text  # resumed, nothing repeated
+        assert finished.completion_tokens == 60
+    finally:
+        await stack.close()
