@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections import deque
 from typing import Protocol
 
 import grpc
@@ -60,7 +61,8 @@ class Actuator:
         self._ids = itertools.count(1)
         self._backoff: dict[str, tuple[float, float]] = {}  # model → (until, next delay)
         self._simulated = frozenset(m for m, s in config.catalog.items() if s.simulated)
-        self.events: list[tuple[float, str, str]] = []  # (time, "start"|"stop"|"exit", id)
+        # recent (time, "start" | "stop" | "exit", worker id), for tests and debugging
+        self.events: deque[tuple[float, str, str]] = deque(maxlen=1024)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

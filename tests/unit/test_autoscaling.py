@@ -70,6 +70,12 @@ def test_recommends_enough_workers_for_the_target_utilization():
     assert recommend(load(2, 0), policy()).desired == 0
 
 
+def test_one_request_for_a_model_scaled_to_zero_asks_for_a_worker_at_once():
+    wide = ModelLoad("m", 0, 32, 0, {Priority.LOW: 1}, {Priority.LOW: 0.0})
+    rec = recommend(wide, policy())  # 1 ÷ (32 × 0.75) is a small fraction of a worker
+    assert (rec.desired, rec.reason) == (1, "utilization")
+
+
 def test_recommendation_stays_within_the_model_bounds():
     bounded = policy(bounds={"m": ScalingBounds(2, 3)})
     assert recommend(load(2, 0), bounded).desired == 2

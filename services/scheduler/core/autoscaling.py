@@ -111,8 +111,9 @@ def recommend(load: ModelLoad, policy: ScalingPolicy) -> Recommendation:
 
 
 def _workers_for(workers: float, tolerance: float) -> int:
-    """Whole workers for a fractional need, ignoring a remainder under `tolerance`."""
-    return max(0, math.ceil(workers - tolerance)) if workers > 0 else 0
+    """Whole workers for a fractional need, ignoring a remainder under `tolerance` (but any
+    need at all takes one worker)."""
+    return max(1, math.ceil(workers - tolerance)) if workers > 0 else 0
 
 
 def _wait_exceeded(load: ModelLoad, policy: ScalingPolicy) -> bool:
