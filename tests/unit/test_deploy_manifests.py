@@ -83,6 +83,9 @@ def test_each_model_has_a_worker_deployment_scaled_by_keda_within_its_bounds(ren
         query = trigger["metadata"]["query"]
         assert f'inference_scheduler_desired_workers{{model="{model.model_id}"}}' in query
         assert trigger["metadata"]["threshold"] == "1"
+        # KEDA's CRD types trigger metadata as a map of strings
+        assert all(isinstance(v, str) for v in trigger["metadata"].values())
+        assert trigger["metadata"]["ignoreNullValues"] == "false"  # no value: keep replicas
 
 
 def test_gpu_workers_request_one_gpu_each_and_drain_within_their_grace(rendered):
