@@ -2,13 +2,13 @@
 metric, and a graceful drain that fails no request."""
 
 import asyncio
-import time
 from dataclasses import replace
 
 import grpc
 from inference.v1 import types_pb2
 
 from services.scheduler.core.types import WorkerState
+from tests.service.test_failover import lost
 from tests.service.test_scheduling import wait_until
 from tests.stack import request, sim_model, start_stack
 
@@ -19,14 +19,12 @@ async def test_scaled_to_zero_a_request_waits_for_a_worker_or_gets_unavailable_i
     stack = await start_stack([SCALABLE], workers=0, autoscaling=True)
     try:
         stub = stack.router_stub()
-        started = time.monotonic()
         try:
             await stub.Infer(request("sim-zero", max_tokens=3), timeout=2.0)
             raise AssertionError("no worker was started: the request cannot succeed")
         except grpc.aio.AioRpcError as exc:
             assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
-            assert "started in time" in exc.details()
-        assert time.monotonic() - started < 2.0
+            assert "started in time" in exc.details()  # told before its 2 s deadline
         waiting = asyncio.ensure_future(stub.Infer(request("sim-zero", max_tokens=3), timeout=20))
         status = stack.scheduler_stub()
         await wait_until(lambda: stack.scheduler.coordinator.core.queued() == 1)
@@ -47,6 +45,17 @@ async def test_scaled_to_zero_a_request_waits_for_a_worker_or_gets_unavailable_i
         assert metric == 1.0
     finally:
         await stack.close()
+
+
+async def reference_then_running(stack, prompt: str, tokens: int):
+    """An uninterrupted answer to `prompt`, then the same request again, running (leased)."""
+    stub = stack.router_stub()
+    reference = await stub.Infer(request("sim-zero", prompt, max_tokens=tokens), timeout=10)
+    running = asyncio.ensure_future(
+        stub.Infer(request("sim-zero", prompt, max_tokens=tokens), timeout=20)
+    )
+    await wait_until(lambda: stack.scheduler.coordinator.core.active_leases() == 1)
+    return reference, running
 
 
 def _state(core, worker_id: str) -> WorkerState | None:
@@ -76,12 +85,7 @@ async def test_a_draining_worker_finishes_its_streams_and_takes_no_new_lease():
     try:
         stub = stack.router_stub()
         core = stack.scheduler.coordinator.core
-        prompt = "drain me gently"
-        reference = await stub.Infer(request("sim-zero", prompt, max_tokens=40), timeout=10)
-        running = asyncio.ensure_future(
-            stub.Infer(request("sim-zero", prompt, max_tokens=40), timeout=10)
-        )
-        await wait_until(lambda: core.active_leases() == 1)
+        reference, running = await reference_then_running(stack, "drain me gently", 40)
         [lease] = core.leases()
         leaving = next(w for w in stack.workers if w.worker_id == lease.worker_id)
         stack.workers.remove(leaving)
@@ -94,10 +98,7 @@ async def test_a_draining_worker_finishes_its_streams_and_takes_no_new_lease():
         assert finished.generated_text == reference.generated_text  # not resumed: finished
         await stopping
         await wait_until(lambda: len(core.workers()) == 1)
-        lost = stack.scheduler.metrics.registry.get_sample_value(
-            "inference_scheduler_leases_lost_total", {"reason": "worker_lost"}
-        )
-        assert not lost
+        assert lost(stack, "worker_lost") == 0
     finally:
         await stack.close()
 
@@ -106,14 +107,7 @@ async def test_a_stream_longer_than_the_drain_grace_is_handed_over_not_failed():
     stack = await start_stack([SCALABLE], workers=0, autoscaling=True)
     try:
         leaving = await stack.add_worker([SCALABLE], shutdown_grace_s=0.3)
-        stub = stack.router_stub()
-        core = stack.scheduler.coordinator.core
-        prompt = "a long answer"
-        reference = await stub.Infer(request("sim-zero", prompt, max_tokens=60), timeout=10)
-        running = asyncio.ensure_future(
-            stub.Infer(request("sim-zero", prompt, max_tokens=60), timeout=20)
-        )
-        await wait_until(lambda: core.active_leases() == 1)
+        reference, running = await reference_then_running(stack, "a long answer", 60)
         await stack.add_worker([SCALABLE])  # where the stream can go
         stack.workers.remove(leaving)
         await leaving.stop()  # 60 tokens × 20 ms outlast the 0.3 s grace

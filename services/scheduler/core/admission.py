@@ -68,7 +68,7 @@ class ServiceRate:
         self._done: dict[str, deque[float]] = {}
         self._durations: dict[str, deque[tuple[float, float]]] = {}  # (time, seconds)
 
-    def completed(self, model_id: str, duration_s: float | None = None) -> None:
+    def record(self, model_id: str, duration_s: float | None = None) -> None:
         now = self._clock()
         self._done.setdefault(model_id, deque()).append(now)
         if duration_s is not None:

@@ -137,12 +137,19 @@ def _wait_exceeded(load: ModelLoad, policy: ScalingPolicy) -> bool:
 
 @dataclass(frozen=True)
 class ScalingDecision:
-    model_id: str
-    current: int  # workers now (ModelLoad.workers)
     desired: int  # after the cool-down rules
     recommendation: Recommendation  # before them
     load: ModelLoad  # what it was decided from
     settled: bool = True  # False during the warm-up after a start: not to be acted on
+
+    @property
+    def model_id(self) -> str:
+        return self.load.model_id
+
+    @property
+    def current(self) -> int:
+        """Workers now."""
+        return self.load.workers
 
 
 @dataclass
@@ -185,7 +192,4 @@ class Autoscaler:
         if desired > history.desired:
             history.last_step_up = now
         history.desired = desired
-        return ScalingDecision(load.model_id, load.workers, desired, rec, load, not warming)
-
-    def forget(self, model_id: str) -> None:
-        self._history.pop(model_id, None)
+        return ScalingDecision(desired, rec, load, not warming)

@@ -48,13 +48,9 @@ def take_cold(
 ) -> list[PendingRequest]:
     """Removes and returns requests waiting for a model no worker serves or is loading past
     `timeout_s`, or within `margin_s` of their deadline: they must be told now."""
-    cold = []
-    for model_id in queue.models():
-        if warm(model_id):
-            continue
-        for request in list(queue.waiting_for(model_id)):
-            near_deadline = request.deadline is not None and request.deadline - now <= margin_s
-            if near_deadline or now - request.enqueued_at >= timeout_s:
-                queue.remove(request.request_id)
-                cold.append(request)
-    return cold
+
+    def overdue(request: PendingRequest) -> bool:
+        near_deadline = request.deadline is not None and request.deadline - now <= margin_s
+        return near_deadline or now - request.enqueued_at >= timeout_s
+
+    return [r for m in queue.models() if not warm(m) for r in queue.take_waiting(m, overdue)]

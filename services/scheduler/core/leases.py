@@ -9,7 +9,7 @@ was removed, returns None); removing a worker reclaims all of its leases.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from services.scheduler.core.placement import LeastLoaded, PlacementPolicy
 from services.scheduler.core.types import (
@@ -22,6 +22,11 @@ from services.scheduler.core.types import (
 )
 
 LATENCY_SMOOTHING = 0.2  # weight of the newest sample in a worker's latency average
+
+
+def fits(room: dict[str, float]) -> Callable[[PendingRequest], bool]:
+    """Whether a request fits some worker, given the lease table's `room()`."""
+    return lambda request: request.kv_tokens <= room.get(request.model_id, -1)
 
 
 class LeaseTable:

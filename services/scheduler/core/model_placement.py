@@ -11,8 +11,8 @@ the demand (models with requests waiting that no worker has room for):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from services.scheduler.core.types import WorkerRecord
 
@@ -30,6 +30,33 @@ class UnloadModel:
 
 
 Command = LoadModel | UnloadModel
+
+
+@dataclass
+class PendingLoads:
+    """Load commands sent and not yet seen in a heartbeat. A load stays pending until the
+    worker reports the model, leaves, or `timeout_s` passes (then it may be placed again)."""
+
+    timeout_s: float
+    _sent: dict[tuple[str, str], float] = field(default_factory=dict)  # (worker, model) → when
+
+    def __contains__(self, model_id: str) -> bool:
+        return any(m == model_id for _, m in self._sent)
+
+    def models(self) -> set[str]:
+        return {m for _, m in self._sent}
+
+    def sent(self, commands: Iterable[Command], now: float) -> None:
+        for command in commands:
+            if isinstance(command, LoadModel):
+                self._sent[(command.worker_id, command.model_id)] = now
+
+    def expire(self, worker: Callable[[str], WorkerRecord | None], now: float) -> None:
+        """Forgets loads that are done (the worker reports the model), lost or too old."""
+        for (worker_id, model_id), since in list(self._sent.items()):
+            record = worker(worker_id)
+            if record is None or model_id in record.models or now - since > self.timeout_s:
+                del self._sent[(worker_id, model_id)]
 
 
 def memory_needed(worker: WorkerRecord, model_id: str, catalog_bytes: Mapping[str, int]) -> int:

@@ -162,6 +162,15 @@ class RequestQueue:
         """Every queued request for `model_id`, in no particular order."""
         return (r for r in self.requests() if r.model_id == model_id)
 
+    def take_waiting(
+        self, model_id: str, condition: Callable[[PendingRequest], bool] | None = None
+    ) -> list[PendingRequest]:
+        """Removes and returns the requests for `model_id` (those meeting `condition`)."""
+        taken = [r for r in self.waiting_for(model_id) if condition is None or condition(r)]
+        for request in taken:
+            self.remove(request.request_id)
+        return taken
+
     def models(self) -> set[str]:
         """Models with at least one waiting request."""
         return {m for (_, m), n in self._per_model.items() if n}

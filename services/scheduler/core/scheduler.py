@@ -7,16 +7,14 @@ one call at a time.
 
 from __future__ import annotations
 
-import heapq
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from services.common.errors import DeadlineExceeded, NotFound, Unavailable
-from services.scheduler.core import deadlines, model_placement
+from services.scheduler.core import deadlines, model_placement, preemption
 from services.scheduler.core.admission import AdmissionRules, ServiceRate, Shed
 from services.scheduler.core.autoscaling import Autoscaler, ScalingDecision, ScalingPolicy
-from services.scheduler.core.leases import LeaseTable
+from services.scheduler.core.leases import LeaseTable, fits
 from services.scheduler.core.load_signals import model_loads
 from services.scheduler.core.placement import PlacementPolicy
 from services.scheduler.core.queue import RequestQueue
@@ -73,7 +71,7 @@ class SchedulerCore:
     _advertised: dict[str, ModelCatalogEntry] = field(init=False, default_factory=dict)
     _shed: list[PendingRequest] = field(init=False, default_factory=list)
     _preempting: dict[str, str] = field(init=False, default_factory=dict)  # lease → model
-    _loading: dict[tuple[str, str], float] = field(init=False, default_factory=dict)
+    _loading: model_placement.PendingLoads = field(init=False)
 
     def __post_init__(self) -> None:
         self._queue = RequestQueue(self.queue_capacity)
@@ -81,6 +79,7 @@ class SchedulerCore:
         self._rate = ServiceRate(self.rate_window_s, self.clock)
         self._arrivals = ServiceRate(self.arrival_window_s, self.clock)
         self._autoscaler = Autoscaler(self.scaling, self.clock)
+        self._loading = model_placement.PendingLoads(self.load_timeout_s)
 
     # -- requests --------------------------------------------------------------------------
     def model(self, model_id: str) -> ModelCatalogEntry:
@@ -110,7 +109,7 @@ class SchedulerCore:
         A lower-class request evicted to make room is left for `take_shed`."""
         self.model(model_id)
         now = self.clock()
-        self._arrivals.completed(model_id)  # offered load, shed or not, for the autoscaler
+        self._arrivals.record(model_id)  # offered load, shed or not, for the autoscaler
         if allow_fallback and self._lacks_capacity(model_id, priority, deadline, now):
             fallback = self.rules.fallbacks.get(model_id)
             if fallback and self._available(fallback):
@@ -162,7 +161,7 @@ class SchedulerCore:
         granted = []
         while True:
             request = self._queue.pop_next(
-                _fits(self._leases.room()),
+                fits(self._leases.room()),
                 self.clock(),
                 self.starvation_bound_s,
             )
@@ -178,7 +177,7 @@ class SchedulerCore:
         self._preempting.pop(lease_id, None)
         lease = self._leases.release(lease_id)
         if lease is not None and completed:
-            self._rate.completed(lease.model_id, self.clock() - lease.granted_at)
+            self._rate.record(lease.model_id, self.clock() - lease.granted_at)
         return lease
 
     def take_shed(self) -> list[PendingRequest]:
@@ -209,30 +208,12 @@ class SchedulerCore:
         )
 
     def preemptions(self) -> list[Lease]:
-        """Low leases to stop so that high requests waiting for their model get slots: per
-        model, at most one per high request waiting beyond those already being freed;
-        youngest lease first (it has the least to resume)."""
+        """Low leases to stop so that high requests waiting for their model get slots (see
+        core.preemption); each is chosen once, until it is released."""
         if not self.preemption:
             return []
-        blocked = self._queue.blocked_heads(_fits(self._leases.room()))
-        models = {h.model_id for h in blocked if h.priority is Priority.HIGH}
-        if not models:
-            return []
-        victims = []
-        freeing_by_model = Counter(self._preempting.values())
-        for model_id in sorted(models):
-            freeing = freeing_by_model[model_id]
-            wanted = self._queue.ahead_of(model_id, Priority.HIGH) - freeing
-            if wanted <= 0:
-                continue
-            low = (
-                lease
-                for lease in self._leases.leases_of(model_id, Priority.LOW)
-                if lease.lease_id not in self._preempting and self._worker_accepts(lease.worker_id)
-            )
-            for lease in heapq.nlargest(wanted, low, key=lambda lease: lease.granted_at):
-                self._preempting[lease.lease_id] = model_id
-                victims.append(lease)
+        victims = preemption.choose_victims(self._queue, self._leases, self._preempting)
+        self._preempting.update((lease.lease_id, lease.model_id) for lease in victims)
         return victims
 
     # -- placement of models ---------------------------------------------------------------
@@ -240,22 +221,20 @@ class SchedulerCore:
         """Load (and unload) commands that give starved models a worker. A load stays
         pending until a heartbeat shows the model on the worker, or `load_timeout_s`."""
         now = self.clock()
-        workers = self._leases.workers()
-        for (worker_id, model_id), since in list(self._loading.items()):
-            record = self._leases.worker(worker_id)
-            if record is None or model_id in record.models or now - since > self.load_timeout_s:
-                del self._loading[(worker_id, model_id)]
+        self._loading.expire(self._leases.worker, now)
         waiting = self._queue.models()
         room = self._leases.room()
-        starved = {m for m in waiting if m not in room and not self._loading_model(m)}
+        starved = {m for m in waiting if m not in room and m not in self._loading}
         if not starved:
             return []
         commands = model_placement.plan(
-            workers, starved, waiting, {m for _, m in self._loading}, self._catalog_bytes()
+            self._leases.workers(),
+            starved,
+            waiting,
+            self._loading.models(),
+            self._catalog_bytes(),
         )
-        for command in commands:
-            if isinstance(command, model_placement.LoadModel):
-                self._loading[(command.worker_id, command.model_id)] = now
+        self._loading.sent(commands, now)
         return commands
 
     # -- workers ---------------------------------------------------------------------------
@@ -307,13 +286,12 @@ class SchedulerCore:
 
     def take_orphans(self) -> list[PendingRequest]:
         """Removes and returns queued requests whose model no worker serves or can load."""
-        orphaned = []
-        for model_id in self._queue.models():
-            if not self._available(model_id):
-                for request in list(self._queue.waiting_for(model_id)):
-                    self._queue.remove(request.request_id)
-                    orphaned.append(request)
-        return orphaned
+        return [
+            r
+            for m in self._queue.models()
+            if not self._available(m)
+            for r in self._queue.take_waiting(m)
+        ]
 
     def expire_silent_workers(self) -> list[WorkerRemoval]:
         """Removes workers whose last heartbeat is older than the timeout."""
@@ -325,7 +303,7 @@ class SchedulerCore:
         """Desired worker counts per catalog model (see core.autoscaling); the settled ones
         are kept in `decisions`, what status views, metrics and actuators see."""
         loads = model_loads(
-            {**self._advertised, **self.catalog}.values(),
+            self._entries().values(),
             self._leases.workers(),
             self._queue.backlog(),
             self.clock(),
@@ -338,7 +316,7 @@ class SchedulerCore:
 
     # -- views -----------------------------------------------------------------------------
     def models(self) -> list[ModelView]:
-        entries = {**self._advertised, **self.catalog}
+        entries = self._entries()
         ready = {model_id: 0 for model_id in entries}
         for worker in self._leases.workers():
             for slots in worker.models.values():
@@ -403,20 +381,11 @@ class SchedulerCore:
 
     def _warm(self, model_id: str) -> bool:
         """Some live worker has the model (ready or loading) or was told to load it."""
-        return self._leases.serves(model_id) or self._loading_model(model_id)
+        return self._leases.serves(model_id) or model_id in self._loading
 
-    def _loading_model(self, model_id: str) -> bool:
-        return any(m == model_id for _, m in self._loading)
-
-    def _worker_accepts(self, worker_id: str) -> bool:
-        record = self._leases.worker(worker_id)
-        return record is not None and record.accepts_leases
+    def _entries(self) -> dict[str, ModelCatalogEntry]:
+        """Every known model: the catalog, and models workers advertised beyond it."""
+        return {**self._advertised, **self.catalog}
 
     def _catalog_bytes(self) -> dict[str, int]:
-        entries = {**self._advertised, **self.catalog}
-        return {m: e.memory_bytes for m, e in entries.items() if e.memory_bytes}
-
-
-def _fits(room: dict[str, float]) -> Callable[[PendingRequest], bool]:
-    """Whether a request fits some worker, given the lease table's `room()`."""
-    return lambda request: request.kv_tokens <= room.get(request.model_id, -1)
+        return {m: e.memory_bytes for m, e in self._entries().items() if e.memory_bytes}
