@@ -114,6 +114,7 @@ async def start_stack(
         heartbeat_interval_ms=100,
         heartbeat_misses=5,
         scaling_warmup_s=0.0,
+        recovery_s=0.0,
         internal_secret=secret,
         catalog={m.model_id: m for m in models},
     )

@@ -40,7 +40,12 @@ class ResourceExhausted(ServiceError):
 
 
 class Unavailable(ServiceError):
-    """No worker can serve the request now, or a neighbour service is down."""
+    """No worker can serve the request now, or a neighbour service is down. `retry_after_ms`:
+    when to try again, if known (sent as retry-after-ms)."""
+
+    def __init__(self, message: str, retry_after_ms: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after_ms = max(0, int(retry_after_ms))
 
 
 class DeadlineExceeded(ServiceError):
@@ -49,3 +54,12 @@ class DeadlineExceeded(ServiceError):
 
 class Cancelled(ServiceError):
     """The client cancelled the request."""
+
+
+class LeaseEnded(ServiceError):
+    """The request's lease ended before its stream did (revoked to preempt it): the holder
+    resumes it on a new lease. Never reaches a client. `outcome`: why, e.g. "preempted"."""
+
+    def __init__(self, message: str, outcome: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome

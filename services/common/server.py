@@ -25,7 +25,13 @@ log = logging.getLogger(__name__)
 
 # Messages carry token deltas and status; 16 MiB leaves room for long prompts.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# A peer that restarts is reached again within about a second (gRPC's default backoff grows
+# to 120 s): workers re-register and routers resubmit soon after a scheduler comes back.
+RECONNECT_BACKOFF_MS = 1000
 CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 20_000),

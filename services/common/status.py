@@ -3,6 +3,10 @@
 `ErrorMappingInterceptor` wraps every handler of a server: domain errors become their status
 code, errors relayed from a downstream service keep their code (INTERNAL/UNKNOWN excepted),
 anything else becomes INTERNAL with a generic message and the details go to the log only.
+
+Every status one of our services answers carries the trailer `inference-status`, so a caller
+tells "the service said UNAVAILABLE" (no worker for the model) from "the service could not be
+reached" (`answered`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from services.common import errors
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_KEY = "retry-after-ms"
+LEASE_END_KEY = "lease-end"  # on ABORTED: how the lease ended ("preempted")
+ORIGIN_KEY = "inference-status"  # on every status a service of ours answers
+_PASSED_ON = (RETRY_AFTER_KEY, LEASE_END_KEY)
 
 _CODES: dict[type[errors.ServiceError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -29,6 +36,7 @@ _CODES: dict[type[errors.ServiceError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
+    errors.LeaseEnded: grpc.StatusCode.ABORTED,
 }
 
 # Codes a downstream service may hand us that we pass on unchanged.
@@ -39,14 +47,28 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[st
     """Returns (code, client-safe details, trailing metadata) for an exception."""
     if isinstance(exc, errors.ServiceError):
         trailers: tuple[tuple[str, str], ...] = ()
-        if isinstance(exc, errors.ResourceExhausted):
-            trailers = ((RETRY_AFTER_KEY, str(exc.retry_after_ms)),)
+        retry_after_ms = getattr(exc, "retry_after_ms", 0)
+        if isinstance(exc, errors.ResourceExhausted) or retry_after_ms:
+            trailers = ((RETRY_AFTER_KEY, str(retry_after_ms)),)
+        elif isinstance(exc, errors.LeaseEnded):
+            trailers = ((LEASE_END_KEY, exc.outcome),)
         return _code(exc), exc.message, trailers
     if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _RELAYED_CODES:
-        retry = [(k, v) for k, v in (exc.trailing_metadata() or ()) if k == RETRY_AFTER_KEY]
-        return exc.code(), exc.details() or exc.code().name, tuple(retry)
+        kept = [(k, v) for k, v in (exc.trailing_metadata() or ()) if k in _PASSED_ON]
+        return exc.code(), exc.details() or exc.code().name, tuple(kept)
     log.error("unexpected error", exc_info=exc)
     return grpc.StatusCode.INTERNAL, "internal error", ()
+
+
+def answered(exc: grpc.aio.AioRpcError) -> bool:
+    """True when a service of ours answered with this status; False when the call failed on
+    the way (peer unreachable, connection cut, process killed)."""
+    return any(k == ORIGIN_KEY for k, _ in (exc.trailing_metadata() or ()))
+
+
+def trailer(exc: grpc.aio.AioRpcError, key: str) -> str:
+    """A trailing metadata value of a failed call; "" when absent."""
+    return next((str(v) for k, v in (exc.trailing_metadata() or ()) if k == key), "")
 
 
 def _code(exc: errors.ServiceError) -> grpc.StatusCode:
@@ -77,8 +99,7 @@ def final_code(exc: BaseException) -> str:
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     """Ends the call with the status for `exc`. Always raises."""
     code, details, trailers = status_for(exc)
-    if trailers:
-        context.set_trailing_metadata(trailers)
+    context.set_trailing_metadata((*trailers, (ORIGIN_KEY, code.name)))
     await context.abort(code, details)
 
 

@@ -56,10 +56,10 @@ def incoming_context(metadata: Iterable[tuple[str, Any]] | None) -> otel_context
     return _PROPAGATOR.extract(carrier)
 
 
-def outgoing_metadata() -> tuple[tuple[str, str], ...]:
-    """Metadata carrying the current span's context to the next hop."""
+def outgoing_metadata(span: Span | None = None) -> tuple[tuple[str, str], ...]:
+    """Metadata carrying the current span's context (or `span`'s) to the next hop."""
     carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier)
+    _PROPAGATOR.inject(carrier, None if span is None else trace.set_span_in_context(span))
     return tuple(carrier.items())
 
 

@@ -31,10 +31,14 @@ def generation_input(
     request: types_pb2.GenerateRequest,
     spec: ModelSpec,
     resume: worker_pb2.ResumeState | None = None,
+    leased_max_tokens: int = 0,
 ) -> GenerationInput:
     """Applies the model's defaults; rejects what the router should already have rejected.
-    `resume`: what the request streamed before it moved here."""
+    `resume`: what the request streamed before it moved here; `leased_max_tokens`: the most
+    its lease allows (0: no bound beyond the model's)."""
     max_tokens = request.max_tokens or spec.default_max_tokens
+    if leased_max_tokens:
+        max_tokens = min(max_tokens, leased_max_tokens)
     if max_tokens > spec.max_output_tokens:
         raise InvalidArgument(
             f"max_tokens {max_tokens} exceeds the limit of {spec.model_id} "
@@ -128,7 +132,12 @@ def summary(
 
 
 def heartbeat(
-    sequence: int, sample: DeviceSample, engines: list[Engine], healthy: bool, draining: bool
+    sequence: int,
+    sample: DeviceSample,
+    engines: list[Engine],
+    healthy: bool,
+    draining: bool,
+    lease_ids: list[str],
 ) -> scheduler_pb2.WorkerSessionRequest:
     return scheduler_pb2.WorkerSessionRequest(
         heartbeat=scheduler_pb2.WorkerHeartbeat(
@@ -137,5 +146,6 @@ def heartbeat(
             models=[worker_model(e) for e in engines],
             healthy=healthy,
             draining=draining,
+            lease_ids=lease_ids,
         )
     )

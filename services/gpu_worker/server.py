@@ -13,6 +13,7 @@ from services.common.server import GrpcService
 from services.gpu_worker import convert
 from services.gpu_worker.config import WorkerConfig
 from services.gpu_worker.host import ModelHost
+from services.gpu_worker.leases import LeaseBook
 from services.gpu_worker.metrics import WorkerMetrics
 from services.gpu_worker.servicer import WorkerServicer
 from services.gpu_worker.session import SchedulerSession
@@ -53,6 +54,7 @@ class WorkerServer:
         )
         self.worker_id = ""
         self.session: SchedulerSession | None = None
+        self.leases = LeaseBook(lambda: self.worker_id, self._report)
 
     @property
     def port(self) -> int:
@@ -68,6 +70,7 @@ class WorkerServer:
                 self.gpu_id,
                 self.config.flush_interval_ms / 1000.0,
                 self.metrics,
+                self.leases,
             ),
             self.grpc.server,
         )
@@ -80,6 +83,7 @@ class WorkerServer:
             self._command,
             self.config.internal_secret,
             self.tls,
+            on_accepted=self.leases.add_key,
         )
         self.session.start()
         if load_models:
@@ -99,8 +103,15 @@ class WorkerServer:
         self.host.close()
         self.metrics_endpoint.stop()
 
+    def _report(self, message: scheduler_pb2.WorkerSessionRequest) -> None:
+        if self.session is not None:
+            self.session.report(message)
+
     def _command(self, kind: str, argument: str) -> None:
-        """Obeys a scheduler command: load_model, unload_model or drain."""
+        """Obeys a scheduler command: load_model, unload_model, drain or revoke_lease."""
+        if kind == "revoke_lease":
+            self.leases.revoke(argument)
+            return
         if kind == "drain":
             self._drain(argument)
         elif kind == "unload_model":
@@ -138,6 +149,7 @@ class WorkerServer:
                     if self.config.load_on_command
                 ],
                 memory_budget_bytes=self.config.memory_budget_bytes or sample.memory_total_bytes,
+                leases=self.leases.running_claims(),
             )
         )
 
@@ -150,4 +162,5 @@ class WorkerServer:
             list(self.host.engines.values()),
             self.host.healthy,
             self.host.draining,
+            self.leases.running_ids(),
         )

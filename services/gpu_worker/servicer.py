@@ -1,7 +1,9 @@
 """inference.v1.Worker: runs leased requests on the model engines and streams tokens.
 
-The first token goes out at once; after it, what the engine produces within
-`flush_interval_s` is coalesced into one message (each relay hop costs CPU per message).
+Nothing runs without a valid lease (`leases.LeaseBook`); each lease's end is reported to the
+scheduler with its outcome and tokens. The first token goes out at once; after it, what the
+engine produces within `flush_interval_s` is coalesced into one message (each gRPC message
+costs CPU on both ends).
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ import grpc
 from inference.v1 import types_pb2, worker_pb2, worker_pb2_grpc
 
 from services.common import logs, tracing
-from services.common.errors import ServiceError, Unavailable
+from services.common.errors import LeaseEnded, ServiceError, Unavailable
 from services.gpu_worker import convert
 from services.gpu_worker.engines.base import Event, Finished, FinishReason, TextDelta
 from services.gpu_worker.host import ModelHost
+from services.gpu_worker.leases import PREEMPTED, LeaseBook, RunningLease
 from services.gpu_worker.metrics import WorkerMetrics
+
+REVOKED = object()  # put in a sequence's event queue when its lease is revoked
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
@@ -30,8 +35,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         gpu_id: str,
         flush_interval_s: float,
         metrics: WorkerMetrics,
+        leases: LeaseBook,
     ) -> None:
         self._host = host
+        self._leases = leases
         self._worker_id = worker_id
         self._gpu_id = gpu_id
         self._flush_s = flush_interval_s
@@ -43,10 +50,28 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         attributes = self._attributes(request)
         logs.request_id.set(request.request.request_id)
         with tracing.server_span("worker.Execute", context.invocation_metadata(), **attributes):
-            resume = request.resume if request.HasField("resume") else None
-            async with contextlib.aclosing(self._generate(request.request, resume)) as stream:
-                async for message in stream:
-                    yield message
+            lease = await self._admit(request)
+            outcome = types_pb2.LEASE_OUTCOME_CANCELLED
+            try:
+                resume = request.resume if request.HasField("resume") else None
+                stream = self._generate(request.request, resume, lease)
+                async with contextlib.aclosing(stream) as messages:
+                    async for message in messages:
+                        yield message
+                outcome = types_pb2.LEASE_OUTCOME_COMPLETED
+            except BaseException as exc:
+                outcome = _outcome(exc, context)
+                raise
+            finally:
+                self._leases.end(lease, outcome)
+
+    async def _admit(self, request) -> RunningLease:
+        return await self._leases.admit(
+            request.lease,
+            request.lease_id,
+            request.request.request_id,
+            request.request.model_id,
+        )
 
     def _attributes(self, request) -> dict[str, object]:
         return {
@@ -59,10 +84,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         }
 
     async def _generate(
-        self, req: types_pb2.GenerateRequest, resume: worker_pb2.ResumeState | None
+        self,
+        req: types_pb2.GenerateRequest,
+        resume: worker_pb2.ResumeState | None,
+        lease: RunningLease,
     ) -> AsyncIterator[types_pb2.GenerateResponse]:
         engine = self._host.engine_for(req.model_id)
-        generation = convert.generation_input(req, engine.spec, resume)
+        generation = convert.generation_input(req, engine.spec, resume, lease.claims.max_tokens)
         started, started_ns = time.monotonic(), time.time_ns()
         if generation.remaining_tokens <= 0:  # it had generated all it may before it moved
             done = Finished(FinishReason.LENGTH, 0, 0)
@@ -76,6 +104,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         handle = engine.submit(
             generation, lambda e: loop.call_soon_threadsafe(events.put_nowait, e)
         )
+        lease.watch(lambda: events.put_nowait(REVOKED))
         first_token_ms, first_token_ns = 0.0, 0
         try:
             while True:
@@ -85,15 +114,18 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 while not events.empty():
                     batch.append(events.get_nowait())
                 text, tokens, finished = _merge(batch)
+                lease.tally.completion_tokens += tokens
                 if tokens or text:
                     if not first_token_ms:
                         first_token_ms = (time.monotonic() - started) * 1000.0
                         first_token_ns = time.time_ns()
+                        lease.tally.first_token_ms = first_token_ms
                     yield types_pb2.GenerateResponse(
                         request_id=req.request_id,
                         delta=types_pb2.TokenDelta(text=text, token_count=tokens),
                     )
                 if finished is not None:
+                    lease.tally.prompt_tokens = finished.prompt_tokens
                     self._metrics.tokens_generated(req.model_id, finished.completion_tokens)
                     tracing.record_phases(started_ns, first_token_ns, time.time_ns(), finished)
                     yield types_pb2.GenerateResponse(
@@ -116,7 +148,18 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     ) -> types_pb2.EmbedResponse:
         attributes = self._attributes(request)
         with tracing.server_span("worker.Embed", context.invocation_metadata(), **attributes):
-            return await embed(self._host, request, self._worker_id, self._gpu_id)
+            lease = await self._admit(request)
+            outcome = types_pb2.LEASE_OUTCOME_CANCELLED
+            try:
+                response = await embed(self._host, request, self._worker_id, self._gpu_id)
+                lease.tally.prompt_tokens = response.prompt_tokens
+                outcome = types_pb2.LEASE_OUTCOME_COMPLETED
+                return response
+            except BaseException as exc:
+                outcome = _outcome(exc, context)
+                raise
+            finally:
+                self._leases.end(lease, outcome)
 
 
 async def embed(
@@ -151,11 +194,28 @@ async def embed(
     )
 
 
+def _outcome(exc: BaseException, context: grpc.aio.ServicerContext) -> int:
+    """How a lease's work ended, from what ended it."""
+    if isinstance(exc, LeaseEnded):
+        return types_pb2.LEASE_OUTCOME_PREEMPTED
+    if isinstance(exc, ServiceError):
+        if isinstance(exc, Unavailable):
+            return types_pb2.LEASE_OUTCOME_FAILED
+        return types_pb2.LEASE_OUTCOME_REJECTED
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        return types_pb2.LEASE_OUTCOME_DEADLINE if expired else types_pb2.LEASE_OUTCOME_CANCELLED
+    return types_pb2.LEASE_OUTCOME_FAILED
+
+
 def _merge(batch: list[Event]) -> tuple[str, int, Finished | None]:
     """Joins deltas; returns (text, tokens, the Finished event if one came). Raises an error
     event: a ServiceError as is, anything else (an engine fault) as Unavailable."""
     texts, tokens, finished = [], 0, None
     for event in batch:
+        if event is REVOKED:
+            raise LeaseEnded("the scheduler revoked this lease to preempt it", PREEMPTED)
         if isinstance(event, TextDelta):
             texts.append(event.text)
             tokens += event.token_count

@@ -1,7 +1,10 @@
-"""The worker's side of Scheduler.WorkerSession: register, heartbeat, obey commands.
+"""The worker's side of Scheduler.WorkerSession: register, heartbeat, report lease ends,
+obey commands.
 
-Reconnects with backoff whenever the stream breaks (scheduler restart, network), registering
-again each time, so the scheduler may come and go.
+Reconnects whenever the stream breaks (scheduler restart, network), within a second or so
+(bounded backoff), registering again each time with the leases it runs, so the scheduler may
+come and go without losing them. Reports queued while no session is up are dropped: the next
+registration says what runs then.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from services.common.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
-MIN_BACKOFF_S = 0.2
-MAX_BACKOFF_S = 5.0
+MIN_BACKOFF_S = 0.1
+MAX_BACKOFF_S = 1.0  # a restarted scheduler hears from every worker within about a second
+HEARTBEAT = object()  # in the outbox: send a heartbeat now
 
 
 class SchedulerSession:
@@ -33,7 +37,9 @@ class SchedulerSession:
         on_command: Callable[[str, str], None],
         internal_secret: str = "",
         tls: TlsFiles | None = None,
+        on_accepted: Callable[[bytes], None] | None = None,
     ) -> None:
+        self._on_accepted = on_accepted
         self._secret = internal_secret
         self._tls = tls
         self._address = scheduler_address
@@ -41,7 +47,7 @@ class SchedulerSession:
         self._heartbeat = heartbeat
         self._on_command = on_command
         self._interval_s = 1.0
-        self._wake = asyncio.Event()
+        self._outbox: asyncio.Queue = asyncio.Queue()
         self.connected = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -49,7 +55,11 @@ class SchedulerSession:
         self._task = asyncio.create_task(self._run_forever())
 
     def send_heartbeat_now(self) -> None:
-        self._wake.set()
+        self._outbox.put_nowait(HEARTBEAT)
+
+    def report(self, message: scheduler_pb2.WorkerSessionRequest) -> None:
+        """Sends a message (a lease's end) on the current session, right away."""
+        self._outbox.put_nowait(message)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -69,6 +79,8 @@ class SchedulerSession:
                     log.warning(
                         "scheduler session failed (%s); retrying in %.1fs", exc.code().name, backoff
                     )
+                except Exception:
+                    log.exception("scheduler session broke; retrying in %.1fs", backoff)
                 finally:
                     self.connected.clear()
                 await asyncio.sleep(backoff)
@@ -80,22 +92,32 @@ class SchedulerSession:
             kind = command.WhichOneof("command")
             if kind == "accepted":
                 self._interval_s = max(0.05, command.accepted.heartbeat_interval_ms / 1000.0)
-                self._wake.set()  # first heartbeat now, then on the scheduler's interval
+                if self._on_accepted is not None:
+                    self._on_accepted(command.accepted.lease_key)
+                self.send_heartbeat_now()  # first heartbeat now, then on the scheduler's interval
                 self.connected.set()
                 log.info("registered with the scheduler at %s", self._address)
             elif kind == "drain":
                 self._on_command(kind, command.drain.reason)
             elif kind in ("load_model", "unload_model"):
                 self._on_command(kind, getattr(command, kind).model_id)
+            elif kind == "revoke_lease":
+                self._on_command(kind, command.revoke_lease.lease_id)
             else:
                 log.warning("scheduler command %s is not supported by this worker", kind)
 
     async def _outgoing(self) -> AsyncIterator[scheduler_pb2.WorkerSessionRequest]:
+        self._outbox = asyncio.Queue()  # what the last session did not send is stale
         yield self._registration()
-        sequence = 0
+        loop = asyncio.get_running_loop()
+        sequence, due = 0, loop.time() + self._interval_s
         while True:
+            item = HEARTBEAT
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval_s)
-            self._wake.clear()
+                item = await asyncio.wait_for(self._outbox.get(), max(0.0, due - loop.time()))
+            if item is not HEARTBEAT:
+                yield item
+                continue
             sequence += 1
+            due = loop.time() + self._interval_s
             yield self._heartbeat(sequence)

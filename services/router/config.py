@@ -44,6 +44,10 @@ class RouterConfig(SecuritySettings):
     max_deadline_s: float = 600.0  # longer client deadlines are cut to this
     model_refresh_s: float = 2.0  # how long the model list from the scheduler is reused
     max_prompt_chars: int = 32_768
+    max_resumes: int = 3  # times a request may move (worker lost, preempted) before UNAVAILABLE
+    # a request waits this long at most for an unreachable scheduler (restarting) before
+    # UNAVAILABLE, within its deadline; about a scheduler restart on Kubernetes
+    scheduler_wait_s: float = 30.0
     allow_anonymous: bool = True  # only while listening on loopback
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
@@ -59,6 +63,8 @@ class RouterConfig(SecuritySettings):
         )
         require(self.max_prompt_chars > 0, "router.max_prompt_chars must be > 0")
         require(self.replicas >= 1, "router.replicas must be >= 1")
+        require(self.max_resumes >= 0, "router.max_resumes must be >= 0")
+        require(self.scheduler_wait_s >= 0, "router.scheduler_wait_s must be >= 0")
         public = [a for a in (self.listen, self.http_listen) if a and not is_loopback(a)]
         if self.allow_anonymous and public:
             raise ConfigError(

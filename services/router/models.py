@@ -1,4 +1,6 @@
-"""The model list, fetched from the scheduler and reused for a short while."""
+"""The model list, fetched from the scheduler and reused for a short while; while the
+scheduler cannot be reached, the last list it gave is used (models rarely change, and a
+request for a known model waits for the scheduler rather than failing at the door)."""
 
 from __future__ import annotations
 
@@ -18,9 +20,14 @@ class ModelDirectory:
         self._fetched_at = float("-inf")
 
     async def get(self, model_id: str) -> types_pb2.ModelInfo:
-        """The model's info. Raises NotFound, or Unavailable when the scheduler is down."""
+        """The model's info. Raises NotFound, or Unavailable when the scheduler is down and
+        no list was ever fetched."""
         if model_id not in self._models or self._stale():
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Unavailable:
+                if not self._models:
+                    raise
         model = self._models.get(model_id)
         if model is None:
             raise NotFound(f"unknown model {model_id!r}; ListModels shows the served models")
@@ -31,7 +38,11 @@ class ModelDirectory:
         return model_id in self._models
 
     async def list(self) -> types_pb2.ListModelsResponse:
-        await self.refresh()
+        try:
+            await self.refresh()
+        except Unavailable:
+            if not self._models:
+                raise
         return types_pb2.ListModelsResponse(models=list(self._models.values()))
 
     async def refresh(self) -> None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 from inference.v1 import router_pb2, router_pb2_grpc, scheduler_pb2_grpc
 
 from services.common.internal_auth import internal_channel
+from services.common.leased_run import LeasedRun
 from services.common.metrics import MetricsEndpoint
 from services.common.server import CHANNEL_OPTIONS, GrpcService
+from services.common.worker_channels import WorkerChannels
 from services.router.admission import Admission
 from services.router.config import RouterConfig
 from services.router.http_gateway import HttpGateway
 from services.router.metrics import RouterMetrics
 from services.router.models import ModelDirectory
+from services.router.scheduler_client import SchedulerClient
 from services.router.servicer import RouterServicer
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
@@ -23,7 +26,11 @@ class RouterServer:
         self.channel = internal_channel(
             config.scheduler_address, config.internal_secret, CHANNEL_OPTIONS, config.tls()
         )
-        scheduler = scheduler_pb2_grpc.SchedulerStub(self.channel)
+        scheduler = SchedulerClient(
+            scheduler_pb2_grpc.SchedulerStub(self.channel), config.scheduler_wait_s
+        )
+        self.workers = WorkerChannels(config.internal_secret, config.tls())
+        runner = LeasedRun(scheduler.acquire, self.workers, config.max_resumes)
         self.grpc = GrpcService(config.listen, [SERVICE_NAME], grace_s=config.shutdown_grace_s)
         self.http: HttpGateway | None = None
         self.metrics = RouterMetrics()
@@ -32,7 +39,8 @@ class RouterServer:
             RouterServicer(
                 config,
                 scheduler,
-                ModelDirectory(scheduler, config.model_refresh_s),
+                runner,
+                ModelDirectory(scheduler.stub, config.model_refresh_s),
                 Admission(config, self.metrics),
                 self.metrics,
             ),
@@ -56,4 +64,5 @@ class RouterServer:
             await self.http.stop()
         await self.grpc.stop(grace_s)
         await self.channel.close()
+        await self.workers.close()
         self.metrics_endpoint.stop()

@@ -1,4 +1,5 @@
-"""inference.v1.Router: authenticate, validate, set the deadline, forward to the scheduler."""
+"""inference.v1.Router: authenticate, validate, set the deadline, then run the request under a
+lease: the scheduler grants it, the worker streams the tokens here (`LeasedRun`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from inference.v1 import router_pb2, router_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, types_pb2
+from inference.v1 import router_pb2, router_pb2_grpc, types_pb2
 
-from services.common import logs, tracing
+from services.common import leased_run, logs, tracing
 from services.common.errors import DeadlineExceeded, Unavailable
+from services.common.leased_run import LeasedRun
 from services.common.metrics import UNKNOWN
 from services.common.status import final_code
 from services.common.tokens import estimate_tokens
@@ -22,19 +24,19 @@ from services.router.cache import ResponseCache
 from services.router.config import RouterConfig
 from services.router.metrics import RouterMetrics, StreamObserver
 from services.router.models import ModelDirectory
+from services.router.scheduler_client import SchedulerClient
 
 REQUEST_ID_HEADER = "x-request-id"
 TRACER = tracing.tracer("services.router")
 log = logging.getLogger(__name__)
-# Details gRPC gives when the scheduler could not be reached at all.
-_CONNECTION_FAILURES = ("failed to connect", "socket closed", "connection reset", "broken pipe")
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
     def __init__(
         self,
         config: RouterConfig,
-        scheduler: scheduler_pb2_grpc.SchedulerStub,
+        scheduler: SchedulerClient,
+        runner: LeasedRun,
         models: ModelDirectory,
         admission: Admission,
         metrics: RouterMetrics,
@@ -42,6 +44,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self._metrics = metrics
         self._config = config
         self._scheduler = scheduler
+        self._runner = runner
         self._models = models
         self._admission = admission
         self._cache = ResponseCache(config.cache_max_entries, config.cache_ttl_s, time.monotonic)
@@ -86,15 +89,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 await context.send_initial_metadata(
                     ((REQUEST_ID_HEADER, admitted.request_id), *tracing.outgoing_metadata())
                 )
-                response = await self._scheduler.Embed(
-                    scheduler_pb2.ScheduleEmbedRequest(request=admitted, tenant_id=tenant),
-                    timeout=self._deadline_s(context),
-                    metadata=tracing.outgoing_metadata(),
+                response = await self._runner.embed(
+                    leased_run.embed_ticket(admitted, tenant), admitted, self._deadline(context)
                 )
                 used = response.prompt_tokens
                 return response
-            except grpc.aio.AioRpcError as exc:
-                raise _upstream_error(exc) from None
             finally:
                 reservation.finish(used)
 
@@ -109,9 +108,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     ) -> types_pb2.GetStatusResponse:
         self._admission.tenant(context.invocation_metadata() or ())
         try:
-            return await self._scheduler.GetStatus(types_pb2.GetStatusRequest(), timeout=5)
+            return await self._scheduler.stub.GetStatus(types_pb2.GetStatusRequest(), timeout=5)
         except grpc.aio.AioRpcError as exc:
-            raise _upstream_error(exc) from None
+            raise Unavailable(f"scheduler unavailable ({exc.code().name})") from None
 
     async def _forward(
         self, rpc: str, request: types_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -193,20 +192,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         span: Any,
         cache_key: bytes | None,
     ) -> AsyncIterator[types_pb2.GenerateResponse]:
-        """The scheduler's stream for the request, timed, traced and cached as it passes."""
-        call = self._scheduler.Schedule(
-            scheduler_pb2.ScheduleRequest(
-                request=admitted,
-                tenant_id=tenant,
-                tenant_weight=self._admission.policies.spec(tenant).weight,
-            ),
-            timeout=self._deadline_s(context),
-            metadata=tracing.outgoing_metadata(),
-        )
+        """The request's stream from its leased worker, timed, traced and cached."""
+        weight = self._admission.policies.spec(tenant).weight
+        ticket = leased_run.generate_ticket(admitted, tenant, weight)
+        stream = self._runner.generate(ticket, admitted, self._deadline(context))
         observer = StreamObserver(self._metrics, admitted.model_id)
         collected: list[types_pb2.GenerateResponse] = []
-        try:
-            async for message in call:
+        async with contextlib.aclosing(stream) as messages:
+            async for message in messages:
                 if message.HasField("delta"):
                     observer.delta(message.delta.token_count)
                 else:
@@ -216,28 +209,15 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     if message.HasField("summary"):
                         self._cache.put(cache_key, collected)
                 yield message
-        except grpc.aio.AioRpcError as exc:
-            raise _upstream_error(exc) from None
-        finally:
-            call.cancel()
 
-    def _deadline_s(self, context: grpc.aio.ServicerContext) -> float:
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+        """The request's deadline, in monotonic seconds: the client's, within our bounds."""
         remaining = context.time_remaining()
         if remaining is None:
-            return self._config.default_deadline_s
+            remaining = self._config.default_deadline_s
         if remaining <= 0:
             raise DeadlineExceeded("deadline passed before the request was forwarded")
-        return min(remaining, self._config.max_deadline_s)
-
-
-def _upstream_error(exc: grpc.aio.AioRpcError) -> Exception:
-    """The scheduler's status, passed on; a scheduler we cannot reach is UNAVAILABLE."""
-    details = (exc.details() or "").lower()
-    if exc.code() == grpc.StatusCode.UNAVAILABLE and any(
-        s in details for s in _CONNECTION_FAILURES
-    ):
-        return Unavailable("scheduler unavailable")
-    return exc
+        return time.monotonic() + min(remaining, self._config.max_deadline_s)
 
 
 def _infer_response(

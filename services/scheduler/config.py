@@ -27,7 +27,12 @@ class SchedulerConfig(SecuritySettings):
     starvation_bound_s: float = 30.0  # a request waiting this long goes before younger ones
     placement: str = "least_loaded"  # or round_robin, random, least_latency, prefix_affinity
     preemption: bool = True  # a waiting high request may stop (and later resume) a low one
-    max_resumes: int = 3  # times a request may move (worker lost, preempted) before UNAVAILABLE
+    max_resumes: int = 3  # for Schedule (deprecated); routers have their own max_resumes
+    lease_start_timeout_s: float = 10.0  # a granted lease must reach its worker within this
+    # after a start, no lease is granted this long: workers re-register the leases they run
+    # (reconnecting within about a second) and routers resubmit the requests they hold, which
+    # take their places by arrival time
+    recovery_s: float = 2.0
     shed_low_at: float = 0.7  # queue fill from which new low requests are refused
     shed_medium_at: float = 0.9  # ... and medium ones; high ones fill it, then evict lower
     degrade_at: float = 0.5  # queue fill from which the degradation rules apply
@@ -61,6 +66,8 @@ class SchedulerConfig(SecuritySettings):
         require(self.queue_capacity >= 1, "scheduler.queue_capacity must be >= 1")
         require(self.placement in POLICIES, f"scheduler.placement: one of {sorted(POLICIES)}")
         require(self.max_resumes >= 0, "scheduler.max_resumes must be >= 0")
+        require(self.lease_start_timeout_s > 0, "scheduler.lease_start_timeout_s must be > 0")
+        require(self.recovery_s >= 0, "scheduler.recovery_s must be >= 0")
         require(0 < self.target_utilization <= 1, "scheduler.target_utilization: in (0, 1]")
         require(self.scale_down_cooldown_s >= 0, "scheduler.scale_down_cooldown_s must be >= 0")
         for name in ("shed_low_at", "shed_medium_at", "degrade_at"):

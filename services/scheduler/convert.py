@@ -6,14 +6,20 @@ from typing import Any
 
 from inference.v1 import scheduler_pb2, types_pb2
 
+from services.common import lease_token
 from services.common.catalog import ModelSpec
+from services.scheduler.coordinator import Grant, Resubmission
 from services.scheduler.core.autoscaling import ScalingBounds, ScalingDecision
 from services.scheduler.core.model_placement import LoadModel, UnloadModel
-from services.scheduler.core.scheduler import ModelView
 from services.scheduler.core.types import (
+    Lease,
     ModelCatalogEntry,
     ModelSlots,
+    ModelView,
+    Outcome,
     Priority,
+    RevokeLease,
+    Usage,
     WorkerRecord,
     WorkerState,
 )
@@ -71,14 +77,98 @@ def slots_from_proto(model: types_pb2.WorkerModel) -> ModelSlots:
     )
 
 
-def placement_command(command: LoadModel | UnloadModel) -> scheduler_pb2.WorkerSessionResponse:
-    """A placement decision as the WorkerSession message that carries it."""
+def worker_command(
+    command: LoadModel | UnloadModel | RevokeLease,
+) -> scheduler_pb2.WorkerSessionResponse:
+    """A command for a worker as the WorkerSession message that carries it."""
     if isinstance(command, LoadModel):
         return scheduler_pb2.WorkerSessionResponse(
             load_model=scheduler_pb2.LoadModelCommand(model_id=command.model_id)
         )
+    if isinstance(command, RevokeLease):
+        return scheduler_pb2.WorkerSessionResponse(
+            revoke_lease=scheduler_pb2.RevokeLeaseCommand(
+                lease_id=command.lease_id, reason=command.reason
+            )
+        )
     return scheduler_pb2.WorkerSessionResponse(
         unload_model=scheduler_pb2.UnloadModelCommand(model_id=command.model_id)
+    )
+
+
+def outcome(value: int) -> Outcome:
+    """A LeaseOutcome; unspecified (or unknown) counts as a failure."""
+    name = types_pb2.LeaseOutcome.Name(value) if value in types_pb2.LeaseOutcome.values() else ""
+    return _OUTCOMES.get(name.removeprefix("LEASE_OUTCOME_").lower(), Outcome.FAILED)
+
+
+_OUTCOMES = {o.value: o for o in Outcome}
+
+
+def resubmission(request: scheduler_pb2.AcquireRequest) -> Resubmission | None:
+    if not request.HasField("resubmission"):
+        return None
+    r = request.resubmission
+    return Resubmission(
+        waited_s=max(0.0, r.waited_ms / 1000.0),
+        generated_tokens=r.generated_tokens,
+        previous_lease_id=r.previous_lease_id,
+        previous_worker_id=r.previous_worker_id,
+        previous_outcome=outcome(r.previous_outcome),
+        previous_lease_tokens=r.previous_lease_tokens,
+    )
+
+
+def usage(ended: scheduler_pb2.LeaseEnded) -> Usage:
+    return Usage(ended.prompt_tokens, ended.completion_tokens, ended.time_to_first_token_ms)
+
+
+def lease_grant(grant: Grant, key: bytes, start_by_unix_ms: int) -> scheduler_pb2.LeaseGrant:
+    """The grant as the router receives it, with the lease signed for its worker."""
+    lease, admitted = grant.lease, grant.request
+    claims = types_pb2.LeaseClaims(
+        lease_id=lease.lease_id,
+        worker_id=lease.worker_id,
+        request_id=lease.request_id,
+        model_id=lease.model_id,
+        tenant_id=lease.tenant_id,
+        priority=int(lease.priority),
+        max_tokens=admitted.max_tokens,
+        kv_tokens=lease.kv_tokens,
+        start_by_unix_ms=start_by_unix_ms,
+        charged_tokens=lease.charged,
+        resumed=lease.resumed,
+        tenant_weight=lease.tenant_weight,
+    )
+    return scheduler_pb2.LeaseGrant(
+        lease_id=lease.lease_id,
+        worker_id=lease.worker_id,
+        worker_address=lease.worker_address,
+        gpu_id=lease.gpu_id,
+        model_id=lease.model_id,
+        max_tokens=admitted.max_tokens,
+        queue_time_ms=grant.queue_time_ms,
+        token=lease_token.sign(claims, key),
+    )
+
+
+def running_lease(claims: types_pb2.LeaseClaims, address: str, gpu_id: str, now: float) -> Lease:
+    """A lease a worker reports running, as a scheduler (maybe a new one) holds it. Its
+    fairness charge is not carried over: the ledger charges what it really costs at its end."""
+    return Lease(
+        lease_id=claims.lease_id,
+        request_id=claims.request_id,
+        worker_id=claims.worker_id,
+        worker_address=address,
+        gpu_id=gpu_id,
+        model_id=claims.model_id,
+        granted_at=now,
+        priority=priority(claims.priority),
+        tenant_id=claims.tenant_id,
+        kv_tokens=claims.kv_tokens,
+        tenant_weight=claims.tenant_weight or 1.0,
+        resumed=claims.resumed,
+        max_tokens=claims.max_tokens,
     )
 
 

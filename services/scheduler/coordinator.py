@@ -2,18 +2,22 @@
 
 Handlers call the coordinator from the scheduler's one event loop; each method changes the
 core with synchronous calls only (no await in between), so the state changes one call at a
-time without locks. Waiting requests hold a future that `_dispatch` resolves with a lease.
+time without locks. A waiting request holds a future that `_dispatch` resolves with a lease.
 
-A lease can end early in two ways, both reported to the request's relay through the callback
-it registered with `on_revoke`: its worker died (`WORKER_LOST`) or a waiting high request
-preempted it (`PREEMPTED`). The relay then puts the request back with `requeue`.
+The scheduler grants and decides; it never carries tokens. A lease ends exactly once, whoever
+notices first (docs/architecture.md, "The life of a lease"): its worker reports the end over
+its session (`lease_ended`), the router resubmits the request naming it (`acquire` with a
+`Resubmission`), the worker leaves (`close_session`, silence), or it expires unstarted
+(`tick`). Every end reaches `on_lease_end` once. A lease preempted for a waiting high request
+is revoked through its worker (a `RevokeLease` command); the worker ends the stream, and the
+router resumes the request on a new lease.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from services.common.errors import (
@@ -22,13 +26,17 @@ from services.common.errors import (
     Unavailable,
 )
 from services.scheduler.core.admission import Shed
-from services.scheduler.core.scheduler import SchedulerCore, WorkerRemoval
+from services.scheduler.core.scheduler import SchedulerCore
 from services.scheduler.core.types import (
     Lease,
     ModelCatalogEntry,
     ModelSlots,
+    Outcome,
     PendingRequest,
     Priority,
+    RevokeLease,
+    Usage,
+    WorkerRemoval,
     WorkerState,
 )
 
@@ -36,8 +44,7 @@ log = logging.getLogger(__name__)
 
 # Sentinel put in a session outbox to end the session.
 END_SESSION = None
-WORKER_LOST = "worker_lost"
-PREEMPTED = "preempted"
+LeaseEndHook = Callable[[Lease, Outcome, Usage | None], None]
 
 
 @dataclass
@@ -54,7 +61,19 @@ class Session:
 class Grant:
     lease: Lease
     request: PendingRequest  # as admitted: its model and max_tokens may have been degraded
-    queue_time_ms: float
+    queue_time_ms: float  # time this request waited in this scheduler's queue
+
+
+@dataclass(frozen=True)
+class Resubmission:
+    """A request a router submits again (see inference.v1.Resubmission)."""
+
+    waited_s: float = 0.0  # since the router admitted it: keeps its place in arrival order
+    generated_tokens: int = 0  # streamed already; they count against max_tokens
+    previous_lease_id: str = ""  # empty: it never held a lease (its scheduler went away)
+    previous_worker_id: str = ""
+    previous_outcome: Outcome = Outcome.LOST
+    previous_lease_tokens: int = 0  # streamed under the previous lease
 
 
 @dataclass
@@ -73,13 +92,13 @@ class Coordinator:
         self,
         core: SchedulerCore,
         command_factory: Callable[[object], object] | None = None,
+        on_lease_end: LeaseEndHook | None = None,
     ) -> None:
         self.core = core
         self._waiters: dict[str, asyncio.Future[Lease]] = {}
         self._sessions: dict[str, Session] = {}
-        self._revokers: dict[str, Callable[[str], object]] = {}
-        self._command_factory = command_factory  # placement command → session message
-        self.revoked: dict[str, str] = {}  # lease → why it ended early
+        self._command_factory = command_factory  # domain command → session message
+        self._on_lease_end = on_lease_end
         self.events = Events()
         self._closing = False  # shutting down: sessions end, leases stay until streams finish
 
@@ -91,35 +110,66 @@ class Coordinator:
         priority: Priority,
         tenant_id: str,
         timeout_s: float | None,
+        resubmission: Resubmission | None = None,
         **details: object,
     ) -> Grant:
         """Queues the request and waits for a lease. Raises the core's admission errors,
         DeadlineExceeded when `timeout_s` passes first (or the scheduler sees it cannot be
         met), Unavailable when its model's last worker leaves, ResourceExhausted when it is
-        shed for a higher class; on cancellation the request leaves the queue."""
+        shed for a higher class; on cancellation the request leaves the queue. A request
+        resubmitted after its lease ended early is not shed again; the lease it names ends."""
         if request_id in self._waiters:
             raise InvalidArgument(
                 f"request_id {request_id!r} is already queued; ids must be unique"
             )
         if timeout_s is not None:
             details.setdefault("deadline", self.core.clock() + timeout_s)
-        pending = self.core.enqueue(request_id, model_id, priority, tenant_id, **details)
+        again = resubmission or Resubmission()
+        if again.previous_lease_id:
+            pending = self._resume(request_id, model_id, priority, tenant_id, again, details)
+        else:
+            pending = self.core.enqueue(
+                request_id, model_id, priority, tenant_id, waited_s=again.waited_s, **details
+            )
         self._fail_shed()
         self.plan_placement()
         return await self._wait(pending, timeout_s)
 
-    async def requeue(self, pending: PendingRequest, timeout_s: float | None) -> Grant:
-        """Waits for a new lease for a request whose lease ended early (preempted, or its
-        worker died); it goes back at the head of its lane."""
-        if pending.request_id in self._waiters:
-            raise InvalidArgument(f"request_id {pending.request_id!r} is already queued")
-        self.core.requeue(pending)
-        return await self._wait(pending, timeout_s)
+    def _resume(
+        self,
+        request_id: str,
+        model_id: str,
+        priority: Priority,
+        tenant_id: str,
+        again: Resubmission,
+        details: dict,
+    ) -> PendingRequest:
+        details.pop("allow_fallback", None)  # it stays on the model it was admitted with
+        failed = again.previous_outcome is Outcome.FAILED
+        pending = PendingRequest(
+            request_id,
+            model_id,
+            priority,
+            tenant_id,
+            self.core.clock() - again.waited_s,
+            avoid_worker=again.previous_worker_id if failed else "",
+            resumed=True,
+            resumed_tokens=again.generated_tokens,
+            **details,
+        )
+        self.core.model(model_id)  # NotFound for a model nobody knows
+        ended = self.core.resubmitted(
+            pending, again.previous_lease_id, again.previous_outcome, again.previous_lease_tokens
+        )
+        if ended is not None:
+            self._lease_ended(ended, again.previous_outcome, None)
+        return self.core.resume(pending)
 
     async def _wait(self, pending: PendingRequest, timeout_s: float | None) -> Grant:
         request_id = pending.request_id
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         self._waiters[request_id] = future
+        asked_at = self.core.clock()
         self._dispatch()
         try:
             lease = await asyncio.wait_for(asyncio.shield(future), timeout_s)
@@ -131,26 +181,30 @@ class Coordinator:
             raise
         finally:
             self._waiters.pop(request_id, None)
-        return Grant(lease, pending, (self.core.clock() - pending.enqueued_at) * 1000.0)
+        return Grant(lease, pending, (self.core.clock() - asked_at) * 1000.0)
 
-    def release(self, lease_id: str, completed: bool = False) -> None:
-        """Frees a lease (a second call does nothing) and serves the queue."""
-        self._revokers.pop(lease_id, None)
-        self.revoked.pop(lease_id, None)
-        if self.core.release(lease_id, completed) is not None:
+    def lease_ended(
+        self, worker_id: str, lease_id: str, outcome: Outcome, usage: Usage | None
+    ) -> None:
+        """A worker reports a lease's end (a second end of the same lease does nothing)."""
+        lease = self.core.end_lease(lease_id, outcome, usage)
+        if lease is not None:
+            self._lease_ended(lease, outcome, usage)
             self._dispatch()
 
-    def on_revoke(self, lease_id: str, revoke: Callable[[str], object]) -> None:
-        """Registers what to call, with the reason, if the lease ends early."""
-        self._revokers[lease_id] = revoke
+    def _lease_ended(self, lease: Lease, outcome: Outcome, usage: Usage | None) -> None:
+        if self._on_lease_end is not None:
+            self._on_lease_end(lease, outcome, usage)
 
-    def observe_latency(self, worker_id: str, first_token_ms: float) -> None:
-        self.core.observe_latency(worker_id, first_token_ms)
+    def _leases_ended(self, leases: Iterable[Lease], outcome: Outcome) -> None:
+        for lease in leases:
+            self._lease_ended(lease, outcome, None)
 
     def _abandon(self, request_id: str, future: asyncio.Future[Lease]) -> None:
         self.core.cancel(request_id)
         if future.done() and not future.cancelled() and future.exception() is None:
-            self.release(future.result().lease_id)  # granted just as we gave up
+            lease = future.result()  # granted just as we gave up: nobody will present it
+            self.lease_ended(lease.worker_id, lease.lease_id, Outcome.CANCELLED, None)
         elif not future.done():
             future.cancel()
 
@@ -158,19 +212,13 @@ class Coordinator:
         for request, lease in self.core.dispatch():
             future = self._waiters.get(request.request_id)
             if future is None or future.done():
-                self.release(lease.lease_id)
+                self.lease_ended(lease.worker_id, lease.lease_id, Outcome.CANCELLED, None)
                 continue
             future.set_result(lease)
         for lease in self.core.preemptions():
             log.info("preempting %s (low) for a waiting high request", lease.request_id)
             self.events.preempted += 1
-            self._revoke(lease, PREEMPTED)
-
-    def _revoke(self, lease: Lease, reason: str) -> None:
-        self.revoked[lease.lease_id] = reason
-        revoke = self._revokers.pop(lease.lease_id, None)
-        if revoke is not None:
-            revoke(reason)
+            self.send_command(lease.worker_id, RevokeLease(lease.worker_id, lease.lease_id))
 
     def _fail(self, requests: list[PendingRequest], error: Callable[[PendingRequest], Exception]):
         for request in requests:
@@ -192,10 +240,11 @@ class Coordinator:
 
     # -- periodic work ---------------------------------------------------------------------
     def tick(self) -> None:
-        """Declares silent workers dead, drops requests that cannot meet their deadline
-        (or whose model got no worker in time), places models that demand waits for, serves
-        the queue, and updates the desired worker counts."""
+        """Declares silent workers dead, ends leases never presented in time, drops requests
+        that cannot meet their deadline (or whose model got no worker in time), places models
+        that demand waits for, serves the queue, and updates the desired worker counts."""
         self.expire_silent_workers()
+        self._leases_ended(self.core.expire_unstarted(), Outcome.EXPIRED)
         cold = self.core.drop_cold()
         self.events.cold_expired += len(cold)
         self._fail(
@@ -220,8 +269,7 @@ class Coordinator:
         for command in self.core.plan_placement():
             log.info("placement: %s", command)
             self.events.commands.append(type(command).__name__)
-            if self._command_factory is not None:
-                self.send_command(command.worker_id, self._command_factory(command))
+            self.send_command(command.worker_id, command)
 
     # -- workers ---------------------------------------------------------------------------
     def open_session(
@@ -233,13 +281,19 @@ class Coordinator:
         device: object,
         loadable: dict[str, int] | None = None,
         memory_budget: int = 0,
+        running: Iterable[Lease] = (),
     ) -> Session:
+        """Registers a worker with the leases it runs (the lease table is rebuilt from them
+        after a scheduler restart)."""
         old = self._sessions.get(worker_id)
         if old is not None:  # a worker that reconnects replaces its old session
             old.outbox.put_nowait(END_SESSION)
         session = Session(worker_id, device=device)
         self._sessions[worker_id] = session
-        self.core.register_worker(worker_id, address, gpu_id, models, loadable, memory_budget)
+        gone = self.core.register_worker(
+            worker_id, address, gpu_id, models, loadable, memory_budget, running
+        )
+        self._leases_ended(gone, Outcome.LOST)
         log.info("worker %s registered at %s (%s)", worker_id, address, gpu_id)
         self.plan_placement()
         self._dispatch()
@@ -252,13 +306,14 @@ class Coordinator:
         models: list[ModelSlots],
         device: object,
         reported: list | None = None,
+        running: Iterable[str] = (),
     ) -> bool:
         """False when the worker was declared dead meanwhile: the session must end."""
         if self._sessions.get(session.worker_id) is not session:
             return False
         session.device = device
         session.models = list(reported or [])
-        alive = self.core.heartbeat(session.worker_id, state, models)
+        alive = self.core.heartbeat(session.worker_id, state, models, running)
         self._fail_orphans(self.core.take_orphans())
         self._dispatch()
         return alive
@@ -281,11 +336,12 @@ class Coordinator:
             self._handle_removal(removal)
 
     def send_command(self, worker_id: str, command: object) -> bool:
-        """Queues a WorkerSessionResponse command for a worker. False if it has no session."""
+        """Queues a command (domain object) for a worker. False if it has no session."""
         session = self._sessions.get(worker_id)
         if session is None:
             return False
-        session.outbox.put_nowait(command)
+        factory = self._command_factory
+        session.outbox.put_nowait(factory(command) if factory is not None else command)
         return True
 
     def end_all_sessions(self) -> None:
@@ -304,17 +360,20 @@ class Coordinator:
 
     def _handle_removal(self, removal: WorkerRemoval) -> None:
         self._fail_orphans(removal.orphaned)
-        for lease in removal.reclaimed:
-            self._revoke(lease, WORKER_LOST)
+        self._leases_ended(removal.reclaimed, Outcome.LOST)
         self._dispatch()
 
 
 async def sweep_forever(
     coordinator: Coordinator, interval_s: float, on_tick: Callable[[], object] | None = None
 ) -> None:
-    """Runs the coordinator's periodic work, then `on_tick`, every `interval_s`."""
+    """Runs the coordinator's periodic work, then `on_tick`, every `interval_s`. One failing
+    round is logged and the next one runs: the sweep never dies silently."""
     while True:
         await asyncio.sleep(interval_s)
-        coordinator.tick()
-        if on_tick is not None:
-            on_tick()
+        try:
+            coordinator.tick()
+            if on_tick is not None:
+                on_tick()
+        except Exception:
+            log.exception("scheduler sweep failed; continuing")

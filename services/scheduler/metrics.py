@@ -10,7 +10,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common.metrics import LATENCY_BUCKETS
 from services.scheduler.core.fairness import ServedTokens
-from services.scheduler.core.types import Priority
+from services.scheduler.core.types import Lease, Outcome, Priority, Usage
+
+# How a lease ended early, as `inference_scheduler_leases_lost_total` names it.
+_LOST_REASONS = {
+    Outcome.LOST: "worker_lost",
+    Outcome.FAILED: "worker_lost",
+    Outcome.PREEMPTED: "preempted",
+    Outcome.EXPIRED: "expired",
+}
 
 
 class SchedulerMetrics:
@@ -38,8 +46,14 @@ class SchedulerMetrics:
         )
         self.lease_lost = Counter(
             "inference_scheduler_leases_lost",
-            "Leases that ended before their stream (the request was resumed elsewhere)",
+            "Leases that ended before their stream: requests resubmitted to resume elsewhere",
             ["reason"],
+            registry=r,
+        )
+        self.lease_ends = Counter(
+            "inference_scheduler_lease_ends",
+            "Leases ended, by how they ended",
+            ["outcome"],
             registry=r,
         )
         self.scheduler_actions = Counter(
@@ -105,9 +119,16 @@ class SchedulerMetrics:
             registry=r,
         )
 
-    def served_request(self, tenant: str, tokens: int) -> None:
-        self.served.add(tenant, tokens)
-        self.served_tokens.labels(tenant).inc(tokens)
+    def lease_ended(self, lease: Lease, outcome: Outcome, usage: Usage | None) -> None:
+        """Counts a lease's end, and the tokens its worker reports it generated."""
+        self.lease_ends.labels(outcome.value).inc()
+        if usage is not None and usage.completion_tokens:
+            self.served.add(lease.tenant_id, usage.completion_tokens)
+            self.served_tokens.labels(lease.tenant_id).inc(usage.completion_tokens)
+
+    def resumed(self, previous: Outcome) -> None:
+        """A router resubmits a request whose lease ended early (`previous`: as it saw it)."""
+        self.lease_lost.labels(_LOST_REASONS.get(previous, "worker_lost")).inc()
 
     def refresh(self, coordinator) -> None:
         """Copies queue, lease and device state into the gauges (event loop only)."""

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 from inference.v1 import scheduler_pb2, scheduler_pb2_grpc
 
+from services.common.lease_token import lease_key
+from services.common.leased_run import LeasedRun
 from services.common.metrics import MetricsEndpoint
 from services.common.server import GrpcService
+from services.common.worker_channels import WorkerChannels
 from services.scheduler import convert
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.coordinator import Coordinator, sweep_forever
@@ -17,7 +21,6 @@ from services.scheduler.core.placement import make_policy
 from services.scheduler.core.scheduler import SchedulerCore
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.servicer import SchedulerServicer
-from services.scheduler.worker_pool import WorkerChannels
 
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 
@@ -27,6 +30,7 @@ class SchedulerServer:
 
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
+        heartbeat_s = config.heartbeat_interval_ms / 1000.0
         core = SchedulerCore(
             catalog={k: convert.entry_from_spec(v) for k, v in config.catalog.items()},
             queue_capacity=config.queue_capacity,
@@ -43,12 +47,16 @@ class SchedulerServer:
             cold_start_timeout_s=config.cold_start_timeout_s,
             arrival_window_s=config.arrival_window_s,
             # UNAVAILABLE must reach the client before its deadline: two sweeps ahead, or more
-            cold_start_margin_s=max(0.5, config.heartbeat_interval_ms / 1000.0),
+            cold_start_margin_s=max(0.5, heartbeat_s),
+            # reclaimed once the worker's heartbeats would have shown it running
+            lease_start_timeout_s=config.lease_start_timeout_s + 2 * heartbeat_s,
+            recovery_s=config.recovery_s,
+            lease_prefix=f"lease-{os.urandom(4).hex()}",
         )
-        self.coordinator = Coordinator(core, convert.placement_command)
-        tls = config.tls()
-        self.workers = WorkerChannels(config.internal_secret, tls)
         self.metrics = SchedulerMetrics(ServedTokens(config.fairness_window_s, time.monotonic))
+        self.coordinator = Coordinator(core, convert.worker_command, self.metrics.lease_ended)
+        tls = config.tls()
+        self.workers = WorkerChannels(config.internal_secret, tls)  # for Schedule (deprecated)
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics_listen)
         self.grpc = GrpcService(
             config.listen, [SERVICE_NAME], config.shutdown_grace_s, config.internal_secret, tls
@@ -56,10 +64,11 @@ class SchedulerServer:
         scheduler_pb2_grpc.add_SchedulerServicer_to_server(
             SchedulerServicer(
                 self.coordinator,
-                self.workers,
                 config.heartbeat_interval_ms,
                 self.metrics,
-                config.max_resumes,
+                lease_key(config.internal_secret),
+                config.lease_start_timeout_s,
+                lambda acquire: LeasedRun(acquire, self.workers, config.max_resumes),
             ),
             self.grpc.server,
         )

@@ -1,242 +1,128 @@
-"""inference.v1.Scheduler: a thin layer over the coordinator and the worker relay."""
+"""inference.v1.Scheduler: converts protobuf and calls the coordinator. No tokens pass here.
+
+`Acquire` answers with a signed lease; the router runs it on the worker. `Schedule` and `Embed`
+serve routers of the previous release by running the same lease path here (`LeasedRun`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import replace
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Callable
 
 import grpc
-from inference.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2, worker_pb2, worker_pb2_grpc
+from inference.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
-from services.common import logs, tracing
-from services.common.errors import (
-    DeadlineExceeded,
-    InvalidArgument,
-    ResourceExhausted,
-    Unavailable,
-)
-from services.common.tokens import estimate_tokens
+from services.common import leased_run, logs, tracing
+from services.common.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from services.common.leased_run import LeasedRun
 from services.scheduler import convert
-from services.scheduler.coordinator import END_SESSION, WORKER_LOST, Coordinator, Grant, Session
+from services.scheduler.coordinator import END_SESSION, Coordinator, Grant, Session
 from services.scheduler.core.admission import Shed
-from services.scheduler.core.types import Lease
 from services.scheduler.metrics import SchedulerMetrics, priority_label
-from services.scheduler.relay import LeaseLost, Progress
-from services.scheduler.worker_pool import WorkerChannels
 
 log = logging.getLogger(__name__)
 TRACER = tracing.tracer("services.scheduler")
-
-# Codes a worker may answer with that belong to the request, not to the worker's health.
-_REQUEST_CODES = {
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
-AFFINITY_CHARS = 256  # prefix-affinity placement hashes about the first 64 tokens
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(
         self,
         coordinator: Coordinator,
-        workers: WorkerChannels,
         heartbeat_interval_ms: int,
         metrics: SchedulerMetrics,
-        max_resumes: int = 3,
+        lease_key: bytes,
+        lease_start_s: float,
+        compat: Callable[[Callable], LeasedRun],
     ) -> None:
         self._metrics = metrics
         self._coord = coordinator
-        self._workers = workers
         self._heartbeat_interval_ms = heartbeat_interval_ms
-        self._max_resumes = max_resumes
+        self._lease_key = lease_key
+        self._lease_start_ms = int(lease_start_s * 1000)
+        self._compat = compat(self._grant)
 
-    async def Schedule(
-        self, request: scheduler_pb2.ScheduleRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[types_pb2.GenerateResponse]:
-        req = request.request
+    async def Acquire(
+        self, request: scheduler_pb2.AcquireRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.LeaseGrant:
         with tracing.server_span(
-            "scheduler.Schedule", context.invocation_metadata(), **_attributes(request)
+            "scheduler.Acquire", context.invocation_metadata(), **_attributes(request)
         ):
-            entry = self._coord.core.model(req.model_id) if req.model_id else None
-            grant = await self._acquire(
-                req,
-                request.tenant_id,
-                context,
-                prompt_tokens=estimate_tokens(req.prompt),
-                max_tokens=req.max_tokens or (entry.default_max_tokens if entry else 0),
-                tenant_weight=request.tenant_weight or 1.0,
-                affinity_key=req.prompt[:AFFINITY_CHARS],
-                allow_fallback=req.allow_fallback,
-            )
-            progress = Progress()
-            while True:
-                try:
-                    attempt = self._stream(grant, progress, request, context)
-                    async with contextlib.aclosing(attempt) as stream:
-                        async for message in stream:
-                            yield message
-                    return
-                except LeaseLost as lost:
-                    grant = await self._resume(grant, progress, lost, context)
+            return await self._grant(request, context.time_remaining())
 
-    async def _stream(
-        self,
-        grant: Grant,
-        progress: Progress,
-        request: scheduler_pb2.ScheduleRequest,
-        context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[types_pb2.GenerateResponse]:
-        """One attempt: the leased worker's stream, continuing after what was already sent."""
-        lease, admitted = grant.lease, grant.request
-        req = types_pb2.GenerateRequest()
-        req.CopyFrom(request.request)
-        req.model_id, req.max_tokens = admitted.model_id, admitted.max_tokens
-        progress.attempts += 1
-        execute = worker_pb2.ExecuteRequest(
-            lease_id=lease.lease_id,
-            request=req,
-            tenant_id=request.tenant_id,
-            resume=progress.resume_state(),
-        )
-        tokens_before = progress.tokens
-        with self._dispatch(
-            lease,
-            lambda stub, metadata: stub.Execute(
-                execute, timeout=context.time_remaining(), metadata=metadata
-            ),
-        ) as (call, finished):
-            async for message in call:
-                if message.HasField("summary"):
-                    summary = message.summary
-                    self._coord.observe_latency(lease.worker_id, summary.time_to_first_token_ms)
-                    self._metrics.served_request(
-                        request.tenant_id, summary.completion_tokens + tokens_before
-                    )
-                    summary.queue_time_ms = grant.queue_time_ms
-                    summary.gpu_id = summary.gpu_id or lease.gpu_id
-                    finished.append(True)
-                progress.record(message, tokens_before)
-                yield message
-
-    async def _resume(self, grant: Grant, progress: Progress, lost: LeaseLost, context) -> Grant:
-        """Queues a request whose lease ended early again; UNAVAILABLE past max_resumes."""
-        self._metrics.lease_lost.labels(lost.reason).inc()
-        if progress.attempts > self._max_resumes:
-            raise Unavailable(
-                f"the request lost its worker {progress.attempts} times; giving up"
-            ) from None
-        log.info(
-            "request %s lost its lease (%s); resuming after %d tokens",
-            grant.request.request_id,
-            lost.reason,
-            progress.tokens,
-        )
-        with TRACER.start_as_current_span(
-            "scheduler.requeue",
-            attributes={
-                "inference.reason": lost.reason,
-                "inference.resume_tokens": progress.tokens,
-            },
-        ):
-            pending = grant.request
-            if lost.reason == WORKER_LOST:
-                self._coord.core.worker_failed(lost.worker_id)
-                pending = replace(pending, avoid_worker=lost.worker_id)
-            return await self._coord.requeue(pending, context.time_remaining())
-
-    async def Embed(
-        self, request: scheduler_pb2.ScheduleEmbedRequest, context: grpc.aio.ServicerContext
-    ) -> types_pb2.EmbedResponse:
-        req = request.request
-        with tracing.server_span(
-            "scheduler.Embed", context.invocation_metadata(), **_attributes(request)
-        ):
-            grant = await self._acquire(
-                req,
-                request.tenant_id,
-                context,
-                prompt_tokens=sum(estimate_tokens(text) for text in req.inputs),
-            )
-            progress = Progress()
-            while True:
-                embed = worker_pb2.ExecuteEmbedRequest(
-                    lease_id=grant.lease.lease_id, request=req, tenant_id=request.tenant_id
-                )
-                progress.attempts += 1
-                try:
-                    with self._dispatch(
-                        grant.lease,
-                        lambda stub, metadata, embed=embed: stub.Embed(
-                            embed, timeout=context.time_remaining(), metadata=metadata
-                        ),
-                    ) as (call, finished):
-                        response = await call
-                        finished.append(True)
-                except LeaseLost as lost:
-                    grant = await self._resume(grant, progress, lost, context)
-                    continue
-                response.queue_time_ms = grant.queue_time_ms
-                return response
-
-    @contextlib.contextmanager
-    def _dispatch(
-        self, lease: Lease, start: Callable[[worker_pb2_grpc.WorkerStub, tuple], Any]
-    ) -> Iterator[tuple[Any, list]]:
-        """Starts the leased call on its worker (inside a dispatch span) and owns the lease
-        until the call ends, releasing it exactly once. A lost worker or a revoked lease
-        raises LeaseLost (the caller may resume); a request error keeps its own code.
-        Yields the call and a list the caller appends to once the request has completed."""
-        with TRACER.start_as_current_span("scheduler.dispatch", attributes=_lease(lease)):
-            call = start(self._workers.stub(lease.worker_address), tracing.outgoing_metadata())
-            self._coord.on_revoke(lease.lease_id, lambda reason: call.cancel())
-            finished: list[bool] = []
-            try:
-                yield call, finished
-            except grpc.aio.AioRpcError as exc:
-                raise _worker_failure(exc, lease) from None
-            except asyncio.CancelledError:
-                reason = self._coord.revoked.get(lease.lease_id)
-                if reason is not None and not _task_cancelled():
-                    raise LeaseLost(reason, lease.worker_id) from None
-                raise
-            finally:
-                call.cancel()
-                self._coord.release(lease.lease_id, completed=bool(finished))
+    async def _grant(
+        self, request: scheduler_pb2.AcquireRequest, timeout_s: float | None
+    ) -> scheduler_pb2.LeaseGrant:
+        grant = await self._acquire(request, timeout_s)
+        start_by = int(time.time() * 1000) + self._lease_start_ms
+        return convert.lease_grant(grant, self._lease_key, start_by)
 
     async def _acquire(
-        self, req, tenant_id: str, context: grpc.aio.ServicerContext, **details: object
+        self, request: scheduler_pb2.AcquireRequest, timeout_s: float | None
     ) -> Grant:
         """Queues the request and waits for its lease, inside a queue_wait span."""
-        if not req.request_id or not req.model_id:
+        if not request.request_id or not request.model_id:
             raise InvalidArgument("request_id and model_id are required")
-        logs.request_id.set(req.request_id)
-        priority = convert.priority(req.priority)
+        logs.request_id.set(request.request_id)
+        priority = convert.priority(request.priority)
+        entry = self._coord.core.model(request.model_id)
+        default_tokens = entry.default_max_tokens if entry.kind == "generative" else 0
+        again = convert.resubmission(request)
+        if again is not None and again.previous_lease_id:
+            self._metrics.resumed(again.previous_outcome)
         with TRACER.start_as_current_span("scheduler.queue_wait") as span:
             try:
                 grant = await self._coord.acquire(
-                    req.request_id,
-                    req.model_id,
+                    request.request_id,
+                    request.model_id,
                     priority,
-                    tenant_id,
-                    context.time_remaining(),
-                    **details,
+                    request.tenant_id,
+                    timeout_s,
+                    again,
+                    prompt_tokens=request.prompt_tokens,
+                    max_tokens=request.max_tokens or default_tokens,
+                    tenant_weight=request.tenant_weight or 1.0,
+                    affinity_key=request.affinity_key,
+                    allow_fallback=request.allow_fallback,
                 )
             except (ResourceExhausted, DeadlineExceeded) as exc:
                 reason = exc.reason if isinstance(exc, Shed) else "deadline"
-                self._metrics.shed.labels(tenant_id, priority_label(priority), reason).inc()
+                self._metrics.shed.labels(request.tenant_id, priority_label(priority), reason).inc()
                 raise
             span.set_attribute("inference.queue_time_ms", grant.queue_time_ms)
-            if grant.request.model_id != req.model_id:
+            span.set_attribute("inference.lease", grant.lease.lease_id)
+            if grant.request.model_id != request.model_id:
                 span.set_attribute("inference.fallback_model", grant.request.model_id)
         self._metrics.queue_wait.labels(priority_label(priority)).observe(
             grant.queue_time_ms / 1000
         )
         return grant
+
+    async def Schedule(
+        self, request: scheduler_pb2.ScheduleRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[types_pb2.GenerateResponse]:
+        """Deprecated: the lease path run here, for routers of the previous release."""
+        req = request.request
+        ticket = leased_run.generate_ticket(req, request.tenant_id, request.tenant_weight or 1.0)
+        with tracing.server_span(
+            "scheduler.Schedule", context.invocation_metadata(), **_attributes(ticket)
+        ):
+            stream = self._compat.generate(ticket, req, _deadline(context))
+            async with contextlib.aclosing(stream) as messages:
+                async for message in messages:
+                    yield message
+
+    async def Embed(
+        self, request: scheduler_pb2.ScheduleEmbedRequest, context: grpc.aio.ServicerContext
+    ) -> types_pb2.EmbedResponse:
+        """Deprecated: the lease path run here, for routers of the previous release."""
+        ticket = leased_run.embed_ticket(request.request, request.tenant_id)
+        with tracing.server_span(
+            "scheduler.Embed", context.invocation_metadata(), **_attributes(ticket)
+        ):
+            return await self._compat.embed(ticket, request.request, _deadline(context))
 
     async def WorkerSession(
         self,
@@ -249,23 +135,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         reg = first.registration
         if not reg.worker_id or not reg.address:
             raise InvalidArgument("registration needs worker_id and address")
-        models = [
-            (convert.entry_from_proto(m.info), convert.slots_from_proto(m)) for m in reg.models
-        ]
-        session = self._coord.open_session(
-            reg.worker_id,
-            reg.address,
-            reg.device.gpu_id or "cpu-0",
-            models,
-            reg.device,
-            loadable={m.info.model_id: m.memory_bytes for m in reg.loadable},
-            memory_budget=reg.memory_budget_bytes,
-        )
-        reader = asyncio.create_task(self._read_heartbeats(session, request_iterator))
+        session = self._register(reg)
+        reader = asyncio.create_task(self._read_session(session, request_iterator))
         try:
             yield scheduler_pb2.WorkerSessionResponse(
                 accepted=scheduler_pb2.SessionAccepted(
-                    heartbeat_interval_ms=self._heartbeat_interval_ms
+                    heartbeat_interval_ms=self._heartbeat_interval_ms,
+                    lease_key=self._lease_key,
                 )
             )
             while (command := await session.outbox.get()) is not END_SESSION:
@@ -274,22 +150,52 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             reader.cancel()
             self._coord.close_session(session)
 
-    async def _read_heartbeats(
+    def _register(self, reg: scheduler_pb2.WorkerRegistration) -> Session:
+        gpu_id = reg.device.gpu_id or "cpu-0"
+        now = self._coord.core.clock()
+        return self._coord.open_session(
+            reg.worker_id,
+            reg.address,
+            gpu_id,
+            [(convert.entry_from_proto(m.info), convert.slots_from_proto(m)) for m in reg.models],
+            reg.device,
+            loadable={m.info.model_id: m.memory_bytes for m in reg.loadable},
+            memory_budget=reg.memory_budget_bytes,
+            running=[convert.running_lease(c, reg.address, gpu_id, now) for c in reg.leases],
+        )
+
+    async def _read_session(
         self, session: Session, request_iterator: AsyncIterator[scheduler_pb2.WorkerSessionRequest]
     ) -> None:
         try:
             async for message in request_iterator:
-                if not message.HasField("heartbeat"):
-                    continue
-                beat = message.heartbeat
-                models = [convert.slots_from_proto(m) for m in beat.models]
-                state = convert.worker_state(beat)
-                if not self._coord.heartbeat(session, state, models, beat.device, beat.models):
+                if message.HasField("lease_ended"):
+                    ended = message.lease_ended
+                    self._coord.lease_ended(
+                        session.worker_id,
+                        ended.lease_id,
+                        convert.outcome(ended.outcome),
+                        convert.usage(ended),
+                    )
+                elif message.HasField("heartbeat") and not self._heartbeat(session, message):
                     break
         except grpc.aio.AioRpcError:
             pass  # stream broke: the worker is gone
+        except Exception:
+            log.exception("worker %s: bad session message; ending its session", session.worker_id)
         finally:
             session.outbox.put_nowait(END_SESSION)
+
+    def _heartbeat(self, session: Session, message: scheduler_pb2.WorkerSessionRequest) -> bool:
+        beat = message.heartbeat
+        return self._coord.heartbeat(
+            session,
+            convert.worker_state(beat),
+            [convert.slots_from_proto(m) for m in beat.models],
+            beat.device,
+            beat.models,
+            beat.lease_ids,
+        )
 
     async def ListModels(
         self, request: types_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -319,35 +225,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         )
 
 
-def _worker_failure(exc: grpc.aio.AioRpcError, lease: Lease) -> Exception:
-    """A worker's error status: the request's own problem as is, a passed deadline as
-    DEADLINE_EXCEEDED, anything else (the worker or its model failed) as LeaseLost."""
-    if exc.code() in _REQUEST_CODES:
-        return exc  # relayed unchanged by the error interceptor
-    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded("deadline passed while generating")
-    log.warning("worker %s failed a request: %s %s", lease.worker_id, exc.code(), exc.details())
-    return LeaseLost(WORKER_LOST, lease.worker_id)
+def _deadline(context: grpc.aio.ServicerContext) -> float:
+    remaining = context.time_remaining()
+    return time.monotonic() + (remaining if remaining is not None else 3600.0)
 
 
-def _task_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-def _attributes(request) -> dict[str, object]:
-    req = request.request
+def _attributes(request: scheduler_pb2.AcquireRequest) -> dict[str, object]:
     return {
-        "inference.model": req.model_id,
-        "inference.priority": types_pb2.Priority.Name(convert.priority(req.priority)),
+        "inference.model": request.model_id,
+        "inference.priority": types_pb2.Priority.Name(convert.priority(request.priority)),
         "inference.tenant": request.tenant_id,
-        "inference.request_id": req.request_id,
-    }
-
-
-def _lease(lease: Lease) -> dict[str, str]:
-    return {
-        "inference.lease": lease.lease_id,
-        "inference.worker": lease.worker_id,
-        "inference.gpu_id": lease.gpu_id,
+        "inference.request_id": request.request_id,
     }

@@ -80,9 +80,9 @@ def test_a_request_is_one_trace_across_the_three_services(traced_system):
         "router.Generate",
         "router.authenticate",
         "router.validate",
-        "scheduler.Schedule",
+        "scheduler.Acquire",
         "scheduler.queue_wait",
-        "scheduler.dispatch",
+        "lease.execute",
         "worker.Execute",
         "worker.prefill",
         "worker.decode",
@@ -100,10 +100,12 @@ def test_a_request_is_one_trace_across_the_three_services(traced_system):
 
     assert parent_of("router.Generate") == CLIENT_SPAN_ID
     assert parent_of("router.validate") == id_of("router.Generate")
-    assert parent_of("scheduler.Schedule") == id_of("router.Generate")
-    assert parent_of("scheduler.queue_wait") == id_of("scheduler.Schedule")
-    assert parent_of("scheduler.dispatch") == id_of("scheduler.Schedule")
-    assert parent_of("worker.Execute") == id_of("scheduler.dispatch")
+    # the scheduler grants the lease; the router runs it on the worker (no token crosses the
+    # scheduler)
+    assert parent_of("scheduler.Acquire") == id_of("router.Generate")
+    assert parent_of("scheduler.queue_wait") == id_of("scheduler.Acquire")
+    assert parent_of("lease.execute") == id_of("router.Generate")
+    assert parent_of("worker.Execute") == id_of("lease.execute")
     assert parent_of("worker.prefill") == id_of("worker.Execute")
     assert parent_of("worker.decode") == id_of("worker.Execute")
     assert {spans[n][0] for n in wanted} == {"router", "scheduler", "gpu_worker"}

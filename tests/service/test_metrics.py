@@ -10,6 +10,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.service.test_scheduling import wait_until
 from tests.stack import request, sim_model, start_stack
 
+SERVED = "inference_scheduler_served_tokens_total"
+
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
@@ -64,6 +66,8 @@ async def test_series_move_when_requests_flow(small_stack):
             > 0
             and value(scrape(worker_port), "inference_worker_busy_seconds_total", model="sim-one")
             > 0
+            # each lease's end (with its tokens) reaches the scheduler just after its stream
+            and value(scrape(scheduler_port), SERVED, tenant="anonymous") == 67
         )
     )
 

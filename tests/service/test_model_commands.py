@@ -2,8 +2,8 @@
 
 import grpc
 import pytest
-from inference.v1 import scheduler_pb2
 
+from services.scheduler.core.model_placement import LoadModel, UnloadModel
 from tests.service.test_scheduling import wait_until
 from tests.stack import request, sim_model, start_stack
 
@@ -35,13 +35,11 @@ async def test_load_then_unload_on_command(stack_with_catalog):
         await stub.Infer(request("sim-b"))
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # known model, nobody serves it
 
-    load = scheduler_pb2.LoadModelCommand(model_id="sim-b")
-    assert coordinator.send_command(worker_id, scheduler_pb2.WorkerSessionResponse(load_model=load))
+    assert coordinator.send_command(worker_id, LoadModel(worker_id, "sim-b"))
     await wait_until(lambda: models_on_worker(stack).get("sim-b") is True)
     assert (await stub.Infer(request("sim-b", max_tokens=3))).completion_tokens == 3
 
-    unload = scheduler_pb2.UnloadModelCommand(model_id="sim-a")
-    coordinator.send_command(worker_id, scheduler_pb2.WorkerSessionResponse(unload_model=unload))
+    coordinator.send_command(worker_id, UnloadModel(worker_id, "sim-a"))
     await wait_until(lambda: "sim-a" not in models_on_worker(stack))
     assert "sim-a" not in stack.workers[0].host.engines
     with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -51,9 +49,7 @@ async def test_load_then_unload_on_command(stack_with_catalog):
 
 async def test_a_model_outside_the_catalog_is_not_loaded(stack_with_catalog):
     stack = stack_with_catalog
-    load = scheduler_pb2.LoadModelCommand(model_id="sim-z")
-    stack.scheduler.coordinator.send_command(
-        stack.workers[0].worker_id, scheduler_pb2.WorkerSessionResponse(load_model=load)
-    )
+    worker_id = stack.workers[0].worker_id
+    stack.scheduler.coordinator.send_command(worker_id, LoadModel(worker_id, "sim-z"))
     await stack.wait_workers(1)
     assert models_on_worker(stack) == {"sim-a": True}

@@ -2,7 +2,13 @@ import pytest
 
 from services.common.errors import NotFound, ResourceExhausted, Unavailable
 from services.scheduler.core.scheduler import SchedulerCore
-from services.scheduler.core.types import ModelCatalogEntry, ModelSlots, Priority, WorkerState
+from services.scheduler.core.types import (
+    ModelCatalogEntry,
+    ModelSlots,
+    Outcome,
+    Priority,
+    WorkerState,
+)
 
 
 class Clock:
@@ -46,7 +52,7 @@ def test_requests_wait_for_a_free_slot_and_go_in_priority_order():
     c.enqueue("low2", "m", Priority.LOW, "t")
     c.enqueue("high", "m", Priority.HIGH, "t")
     assert c.dispatch() == []  # the one slot is held
-    c.release(lease.lease_id)
+    c.end_lease(lease.lease_id, Outcome.CANCELLED)
     [(nxt, _)] = c.dispatch()
     assert nxt.request_id == "high"
 
@@ -72,7 +78,7 @@ def test_losing_the_last_worker_orphans_queued_requests_of_its_model():
     removal = c.remove_worker("w1")
     assert [lease.lease_id for lease in removal.reclaimed] == [lease.lease_id]
     assert [r.request_id for r in removal.orphaned] == ["r2"]
-    assert c.release(lease.lease_id) is None
+    assert c.end_lease(lease.lease_id, Outcome.CANCELLED) is None
 
 
 def test_silent_workers_expire_after_the_timeout():
@@ -105,7 +111,7 @@ def test_aging_bounds_how_long_a_low_request_starves_under_a_flood_of_high_ones(
         c.enqueue(f"high{i}", "m", Priority.HIGH, "t")
         [(request, lease)] = c.dispatch()
         served.append((clock.now, request.request_id))
-        c.release(lease.lease_id)
+        c.end_lease(lease.lease_id, Outcome.CANCELLED)
     low_at = next(t for t, rid in served if rid == "low")
     assert 10.0 < low_at <= 11.0  # served just after its wait passed the bound
     assert [rid for _, rid in served[:10]] == [f"high{i}" for i in range(10)]
@@ -121,4 +127,4 @@ def test_without_a_bound_priority_is_strict():
         c.enqueue(f"high{i}", "m", Priority.HIGH, "t")
         [(request, lease)] = c.dispatch()
         assert request.request_id != "low"
-        c.release(lease.lease_id)
+        c.end_lease(lease.lease_id, Outcome.CANCELLED)

@@ -1,5 +1,7 @@
 """Scheduling policies of the core, each driven with an injected clock."""
 
+from dataclasses import replace
+
 import pytest
 
 from services.common.errors import DeadlineExceeded, ResourceExhausted, Unavailable
@@ -8,7 +10,7 @@ from services.scheduler.core.fairness import jain_index
 from services.scheduler.core.model_placement import LoadModel, UnloadModel
 from services.scheduler.core.placement import make_policy
 from services.scheduler.core.scheduler import SchedulerCore
-from services.scheduler.core.types import ModelCatalogEntry, ModelSlots, Priority
+from services.scheduler.core.types import ModelCatalogEntry, ModelSlots, Outcome, Priority, Usage
 
 GIB = 1024**3
 
@@ -38,24 +40,29 @@ def worker(c: SchedulerCore, wid: str, slots: int = 1, model: str = "m", **kw) -
     c.register_worker(wid, f"{wid}:1", "gpu-0", models, loadable, budget)
 
 
+def generated_all(lease) -> Usage:
+    """What a worker reports of a request that generated all its max_tokens."""
+    return Usage(completion_tokens=lease.max_tokens)
+
+
 def serve_one_by_one(c: SchedulerCore, count: int) -> list[str]:
-    """With one slot: grants and releases `count` leases in turn; returns whom each went to."""
+    """With one slot: grants and completes `count` leases in turn; returns whom each went to."""
     served = []
     for _ in range(count):
         [(request, lease)] = c.dispatch()
         served.append(request.tenant_id)
-        c.release(lease.lease_id)
+        c.end_lease(lease.lease_id, Outcome.COMPLETED, generated_all(lease))
     return served
 
 
 def serve_all(c: SchedulerCore, clock: Clock, rounds: int) -> list[str]:
-    """Grants and releases one lease per round: returns whom each slot went to."""
+    """Grants and completes one lease per round: returns whom each slot went to."""
     served = []
     for _ in range(rounds):
         for request, lease in c.dispatch():
             served.append(request.tenant_id)
             clock.now += 1.0
-            c.release(lease.lease_id, completed=True)
+            c.end_lease(lease.lease_id, Outcome.COMPLETED, generated_all(lease))
     return served
 
 
@@ -131,7 +138,7 @@ def place(policy: str, n: int, prompts=None, workers=("w1", "w2", "w3")) -> list
         [(_, lease)] = c.dispatch()
         out.append(lease.worker_id)
         if policy != "least_loaded":
-            c.release(lease.lease_id)
+            c.end_lease(lease.lease_id, Outcome.CANCELLED)
     return out
 
 
@@ -148,9 +155,13 @@ def test_random_is_seeded_and_uses_every_worker():
 def test_least_latency_prefers_the_fastest_worker_once_measured():
     c, _ = make(placement=make_policy("least_latency"))
     for wid in ("w1", "w2"):
-        worker(c, wid, slots=10)
-    c.observe_latency("w1", 80.0)
-    c.observe_latency("w2", 20.0)
+        worker(c, wid, slots=1)
+    c.enqueue("probe1", "m", Priority.MEDIUM, "t")
+    c.enqueue("probe2", "m", Priority.MEDIUM, "t")
+    first_token_ms = {"w1": 80.0, "w2": 20.0}  # reported by each worker at the lease's end
+    for _, lease in c.dispatch():
+        usage = Usage(time_to_first_token_ms=first_token_ms[lease.worker_id])
+        c.end_lease(lease.lease_id, Outcome.COMPLETED, usage)
     c.enqueue("r", "m", Priority.MEDIUM, "t")
     [(_, lease)] = c.dispatch()
     assert lease.worker_id == "w2"
@@ -207,7 +218,7 @@ def test_retry_hint_follows_the_measured_service_rate():
         c.enqueue(f"r{i}", "m", Priority.HIGH, "t")
         [(_, lease)] = c.dispatch()
         clock.now += 0.5
-        c.release(lease.lease_id, completed=True)
+        c.end_lease(lease.lease_id, Outcome.COMPLETED)
     assert c.service_rate("m") == pytest.approx(2.0, rel=0.15)
     for i in range(7):
         c.enqueue(f"l{i}", "m", Priority.LOW, "t")
@@ -223,7 +234,7 @@ def test_a_request_whose_deadline_cannot_be_met_is_refused_or_dropped():
         c.enqueue(f"r{i}", "m", Priority.MEDIUM, "t")
         [(_, lease)] = c.dispatch()
         clock.now += 1.0
-        c.release(lease.lease_id, completed=True)
+        c.end_lease(lease.lease_id, Outcome.COMPLETED)
     c.enqueue("hold", "m", Priority.MEDIUM, "t")
     assert [r.request_id for r, _ in c.dispatch()] == ["hold"]  # the slot stays held
     for i in range(5):
@@ -268,7 +279,7 @@ def test_a_waiting_high_request_preempts_the_youngest_low_lease_once():
     [victim] = c.preemptions()
     assert victim.lease_id == young.lease_id
     assert c.preemptions() == []  # one is being freed already for the one high request
-    c.release(victim.lease_id)
+    c.end_lease(victim.lease_id, Outcome.CANCELLED)
     [(request, _)] = c.dispatch()
     assert request.request_id == "high"
 
@@ -295,10 +306,10 @@ def test_a_requeued_request_keeps_its_place_and_arrival_time():
     [(_, lease)] = c.dispatch()
     clock.now = 5.0
     c.enqueue("second", "m", Priority.LOW, "t")
-    c.release(lease.lease_id)  # preempted: "second" takes the slot
+    c.end_lease(lease.lease_id, Outcome.CANCELLED)  # preempted: "second" takes the slot
     [(request, lease2)] = c.dispatch()
-    c.requeue(first)
-    c.release(lease2.lease_id)
+    c.resume(replace(first, resumed=True))
+    c.end_lease(lease2.lease_id, Outcome.CANCELLED)
     [(again, _)] = c.dispatch()
     assert again.request_id == "first" and again.enqueued_at == 0.0
     assert request.request_id == "second"

@@ -12,15 +12,14 @@ model's measured service rate.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from services.common.errors import ResourceExhausted
-from services.scheduler.core.types import Priority
-
-MIN_RATE_SAMPLES = 5  # completions needed before a rate is trusted
-MIN_RETRY_MS, MAX_RETRY_MS = 100, 30_000
+from services.common.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from services.scheduler.core.leases import LeaseTable
+from services.scheduler.core.queue import RequestQueue
+from services.scheduler.core.rates import ServiceRate
+from services.scheduler.core.types import PendingRequest, Priority
 
 
 class Shed(ResourceExhausted):
@@ -58,54 +57,90 @@ class AdmissionRules:
         return max_tokens
 
 
-class ServiceRate:
-    """Events per second for each model over a sliding window: requests completed (or,
-    for the autoscaler, admitted), with the durations of those that report one."""
+@dataclass(frozen=True)
+class Admitted:
+    """How a request is admitted: its model (the fallback, when degraded) and max_tokens."""
 
-    def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
-        self.window_s = window_s
-        self._clock = clock
-        self._done: dict[str, deque[float]] = {}
-        self._durations: dict[str, deque[tuple[float, float]]] = {}  # (time, seconds)
+    model_id: str
+    max_tokens: int
+    evicted: PendingRequest | None = None  # a lower-class request shed to make room
 
-    def record(self, model_id: str, duration_s: float | None = None) -> None:
-        now = self._clock()
-        self._done.setdefault(model_id, deque()).append(now)
-        if duration_s is not None:
-            self._durations.setdefault(model_id, deque()).append((now, duration_s))
 
-    def mean_duration_s(self, model_id: str) -> float | None:
-        """Mean duration of the events of the window that reported one; None if none did."""
-        durations = self._durations.get(model_id)
-        if not durations:
-            return None
-        now = self._clock()
-        while durations and now - durations[0][0] > self.window_s:
-            durations.popleft()
-        if not durations:
-            return None
-        return sum(d for _, d in durations) / len(durations)
+class AdmissionControl:
+    """Applies the rules to a new request against the queue, the lease table's room and the
+    measured service rate. `available(model)`: some worker serves or can load it (or one is
+    coming); `warm(model)`: some worker has it or is loading it."""
 
-    def rate(self, model_id: str) -> float | None:
-        """Completions per second, or None until enough were seen."""
-        times = self._done.get(model_id)
-        if not times:
-            return None
-        now = self._clock()
-        while times and now - times[0] > self.window_s:
-            times.popleft()
-        if len(times) < MIN_RATE_SAMPLES:
-            return None
-        span = max(now - times[0], 1e-3)
-        return len(times) / span
+    def __init__(
+        self,
+        rules: AdmissionRules,
+        queue: RequestQueue,
+        leases: LeaseTable,
+        rate: ServiceRate,
+        available: Callable[[str], bool],
+        warm: Callable[[str], bool],
+    ) -> None:
+        self.rules = rules
+        self._queue, self._leases, self._rate = queue, leases, rate
+        self._available, self._warm = available, warm
 
-    def wait_s(self, model_id: str, ahead: int) -> float | None:
-        """Estimated wait behind `ahead` requests; None when no rate is known."""
-        rate = self.rate(model_id)
-        return None if rate is None else ahead / rate
+    def admit(
+        self,
+        model_id: str,
+        priority: Priority,
+        max_tokens: int,
+        deadline: float | None,
+        allow_fallback: bool,
+        now: float,
+    ) -> Admitted:
+        """Raises Unavailable (no worker has or can load the model), ResourceExhausted
+        (shed) or DeadlineExceeded (its deadline cannot be met at the measured rate)."""
+        if allow_fallback and self._lacks_capacity(model_id, priority, deadline, now):
+            fallback = self.rules.fallbacks.get(model_id)
+            if fallback and self._available(fallback):
+                model_id = fallback
+        if not self._available(model_id):
+            raise Unavailable(f"no worker is serving model {model_id!r} now")
+        queued, capacity = len(self._queue), self._queue.capacity
+        evicted = None
+        if queued >= capacity:
+            evicted = self._queue.evict_newest(below=priority)
+            if evicted is None:
+                raise self.shed_error(model_id, priority, "queue_full")
+        elif self.rules.sheds(priority, queued, capacity):
+            raise self.shed_error(model_id, priority, "pressure")
+        if deadline is not None and model_id not in self._leases.room() and self._warm(model_id):
+            wait = self._rate.wait_s(model_id, self._queue.ahead_of(model_id, priority))
+            if wait is not None and now + wait > deadline:
+                raise DeadlineExceeded(
+                    f"the deadline cannot be met: the estimated wait is {wait:.1f} s"
+                )
+        budget = self.rules.max_tokens(priority, max_tokens, queued, capacity)
+        return Admitted(model_id, budget, evicted)
 
-    def retry_after_ms(self, model_id: str, ahead: int, default_ms: int) -> int:
-        wait = self.wait_s(model_id, ahead)
-        if wait is None:
-            return default_ms
-        return int(min(MAX_RETRY_MS, max(MIN_RETRY_MS, wait * 1000.0)))
+    def retry_after_ms(self, model_id: str) -> int:
+        ahead = self._queue.ahead_of(model_id, Priority.LOW)
+        return self._rate.retry_after_ms(model_id, ahead, self.rules.full_retry_after_ms)
+
+    def shed_error(self, model_id: str, priority: Priority, reason: str) -> Shed:
+        why = "queue full" if reason == "queue_full" else f"shedding {priority.name.lower()} load"
+        return Shed(
+            f"{why}: {len(self._queue)} of {self._queue.capacity} queue places taken "
+            f"({priority.name.lower()} priority)",
+            self.retry_after_ms(model_id),
+            reason,
+        )
+
+    def _lacks_capacity(
+        self, model_id: str, priority: Priority, deadline: float | None, now: float
+    ) -> bool:
+        """No worker can take the model, or it has no room and a long queue (past the
+        degradation threshold, or longer than the deadline allows)."""
+        if not self._available(model_id):
+            return True
+        if model_id in self._leases.room():
+            return False
+        if len(self._queue) >= self.rules.degrade_at * self._queue.capacity:
+            return True
+        wait = self._rate.wait_s(model_id, self._queue.ahead_of(model_id, priority))
+        return deadline is not None and wait is not None and now + wait > deadline

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container
 
-from services.scheduler.core.admission import ServiceRate
 from services.scheduler.core.queue import RequestQueue
+from services.scheduler.core.rates import ServiceRate
 from services.scheduler.core.types import PendingRequest
 
 
@@ -28,7 +28,7 @@ def take_late(
     for model_id, waiting in by_model.items():
         if model_id in room or not warm(model_id):
             continue
-        waiting.sort(key=lambda r: (r.priority, r.sequence))
+        waiting.sort(key=lambda r: (r.priority, r.order))
         for ahead, request in enumerate(waiting):
             if request.deadline is None:
                 continue

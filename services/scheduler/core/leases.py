@@ -4,6 +4,10 @@ A lease holds one slot and `kv_tokens` (prompt + max_tokens) of one worker's KV-
 for the model. Invariants: a lease is held on exactly one worker and counted in that worker's
 `ModelSlots`; `release` frees a lease exactly once (a second release, or one after its worker
 was removed, returns None); removing a worker reclaims all of its leases.
+
+A lease is *unstarted* from its grant until its worker shows it running (a heartbeat lists it,
+or it ends); one still unstarted at its start-by time was never presented (its router went
+away) and is reclaimed (`expired`).
 """
 
 from __future__ import annotations
@@ -30,15 +34,17 @@ def fits(room: dict[str, float]) -> Callable[[PendingRequest], bool]:
 
 
 class LeaseTable:
-    def __init__(self, placement: PlacementPolicy | None = None) -> None:
+    def __init__(self, placement: PlacementPolicy | None = None, id_prefix: str = "lease") -> None:
         self._workers: dict[str, WorkerRecord] = {}
         self._leases: dict[str, Lease] = {}
         self._placement = placement or LeastLoaded()
         self._ids = itertools.count(1)
+        self._id_prefix = id_prefix  # unique per scheduler start: ids never repeat
         self._by_class: dict[tuple[str, Priority], dict[str, Lease]] = {}  # (model, class)
         self._serving: dict[str, list[WorkerRecord]] | None = None  # model → its workers
         self._room: dict[str, float] | None = None  # cache of room(); None: all stale
         self._stale: set[str] = set()  # models whose room changed since it was cached
+        self._unstarted: dict[str, float] = {}  # lease → start-by time, in grant order
 
     # -- workers ---------------------------------------------------------------------------
     def upsert_worker(
@@ -86,6 +92,7 @@ class LeaseTable:
         reclaimed = [self._leases.pop(lease_id) for lease_id in sorted(record.leases)]
         for lease in reclaimed:
             self._by_class[(lease.model_id, lease.priority)].pop(lease.lease_id, None)
+            self._unstarted.pop(lease.lease_id, None)
         return reclaimed
 
     def silent_workers(self, now: float, timeout_s: float) -> list[str]:
@@ -138,8 +145,11 @@ class LeaseTable:
                     best[model_id] = room
         return best
 
-    def grant(self, request: PendingRequest, now: float) -> Lease | None:
-        """Leases a slot for the request on the worker the placement policy picks."""
+    def grant(
+        self, request: PendingRequest, now: float, start_by: float | None = None
+    ) -> Lease | None:
+        """Leases a slot for the request on the worker the placement policy picks; the
+        lease must be seen running by `start_by` (None: no such bound)."""
         candidates, serving = [], []
         for worker in self._workers_of(request.model_id):
             slots = worker.models[request.model_id]
@@ -152,7 +162,7 @@ class LeaseTable:
         elsewhere = [w for w in candidates if w.worker_id != request.avoid_worker]
         worker = self._placement.choose(elsewhere or candidates, request, serving)
         lease = Lease(
-            lease_id=f"lease-{next(self._ids)}",
+            lease_id=f"{self._id_prefix}-{next(self._ids)}",
             request_id=request.request_id,
             worker_id=worker.worker_id,
             worker_address=worker.address,
@@ -162,21 +172,63 @@ class LeaseTable:
             priority=request.priority,
             tenant_id=request.tenant_id,
             kv_tokens=request.kv_tokens,
+            tenant_weight=request.tenant_weight,
+            charged=request.charge_estimate,
+            resumed=request.resumed,
+            max_tokens=request.max_tokens,
         )
-        slots = worker.models[request.model_id]
-        slots.active += 1
-        slots.kv_reserved += request.kv_tokens
+        self._hold(lease, worker)
+        if start_by is not None:
+            self._unstarted[lease.lease_id] = start_by
+        return lease
+
+    def adopt(self, lease: Lease) -> bool:
+        """Takes in a lease its worker reports running (a scheduler that restarted rebuilds
+        its table so). False if the worker is unknown or the lease is held already."""
+        worker = self._workers.get(lease.worker_id)
+        if worker is None or lease.lease_id in self._leases:
+            return False
+        self._hold(lease, worker)
+        return True
+
+    def _hold(self, lease: Lease, worker: WorkerRecord) -> None:
+        slots = worker.models.get(lease.model_id)
+        if slots is not None:
+            slots.active += 1
+            slots.kv_reserved += lease.kv_tokens
         worker.leases.add(lease.lease_id)
         self._leases[lease.lease_id] = lease
         self._by_class.setdefault((lease.model_id, lease.priority), {})[lease.lease_id] = lease
         self._stale.add(lease.model_id)
-        return lease
+
+    def confirm(self, lease_ids: Iterable[str]) -> None:
+        """Leases a worker shows running have started."""
+        if self._unstarted:
+            for lease_id in lease_ids:
+                self._unstarted.pop(lease_id, None)
+
+    def expired(self, now: float) -> list[str]:
+        """Unstarted leases past their start-by time (never presented to their worker)."""
+        late = []
+        for lease_id, start_by in self._unstarted.items():
+            if start_by > now:
+                break  # granted in order with one timeout: the rest start by later
+            late.append(lease_id)
+        return late
+
+    def started_on(self, worker_id: str) -> set[str]:
+        """Leases held on a worker that it has shown running."""
+        record = self._workers.get(worker_id)
+        if record is None:
+            return set()
+        return {lease_id for lease_id in record.leases if lease_id not in self._unstarted}
 
     def release(self, lease_id: str) -> Lease | None:
         """Frees a lease. Returns it the first time, None if it was already freed."""
         lease = self._leases.pop(lease_id, None)
         if lease is None:
             return None
+        self._unstarted.pop(lease_id, None)
         self._by_class[(lease.model_id, lease.priority)].pop(lease_id, None)
         self._stale.add(lease.model_id)
         worker = self._workers.get(lease.worker_id)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from services.scheduler.core.admission import ServiceRate
 from services.scheduler.core.autoscaling import ModelLoad
+from services.scheduler.core.rates import ServiceRate
 from services.scheduler.core.types import (
     ModelCatalogEntry,
     Priority,

@@ -44,10 +44,10 @@ class FairShare:
         if floor is not None:
             self._service[priority][tenant] = max(self.service(priority, tenant), floor)
 
-    def charge(self, request: PendingRequest) -> None:
-        cost = max(1, request.kv_tokens) / max(request.tenant_weight, 1e-6)
-        table = self._service[request.priority]
-        table[request.tenant_id] = table.get(request.tenant_id, 0.0) + cost
+    def charge(self, priority: Priority, tenant: str, weight: float, tokens: float) -> None:
+        """Adds `tokens` (negative: a correction) of service, divided by the weight."""
+        table = self._service[priority]
+        table[tenant] = table.get(tenant, 0.0) + tokens / max(weight, 1e-6)
 
 
 class RequestQueue:
@@ -66,17 +66,15 @@ class RequestQueue:
     def __contains__(self, request_id: str) -> bool:
         return request_id in self._by_id
 
-    def push(
-        self, request: PendingRequest, front: bool = False, force: bool = False
-    ) -> PendingRequest:
-        """Adds a request at the back of its lane (`front`: at the head, for a request that
-        already held a lease). Raises QueueFull at capacity, unless `force`."""
+    def push(self, request: PendingRequest, force: bool = False) -> PendingRequest:
+        """Adds a request to its lane in arrival order: at the back, unless it arrived before
+        requests waiting there (a resubmitted request keeps its place). Raises QueueFull at
+        capacity, unless `force`."""
         if len(self._by_id) >= self.capacity and not force:
             raise QueueFull()
         if request.request_id in self._by_id:
             raise ValueError(f"request {request.request_id} already queued")
-        # a request put back at the head keeps its place in the order of arrival
-        queued = request if front else replace(request, sequence=next(self._sequence))
+        queued = replace(request, sequence=next(self._sequence))
         p, tenant = queued.priority, queued.tenant_id
         backlog = self._backlog[p]
         if not backlog.get(tenant):
@@ -85,7 +83,7 @@ class RequestQueue:
         key = (p, queued.model_id)
         self._per_model[key] = self._per_model.get(key, 0) + 1
         lane = self._lanes[p].setdefault((queued.model_id, tenant), deque())
-        (lane.appendleft if front else lane.append)(queued)
+        _insert_in_order(lane, queued)
         self._by_id[queued.request_id] = queued
         return queued
 
@@ -110,13 +108,11 @@ class RequestQueue:
                 h for hs in heads.values() for h in hs if now - h.enqueued_at > starvation_bound_s
             ]
             if starved:
-                return self._take(min(starved, key=lambda r: r.sequence))
+                return self._take(min(starved, key=lambda r: r.order))
         for priority in Priority:
             if heads[priority]:
                 fair = self.fair.service
-                chosen = min(
-                    heads[priority], key=lambda r: (fair(priority, r.tenant_id), r.sequence)
-                )
+                chosen = min(heads[priority], key=lambda r: (fair(priority, r.tenant_id), r.order))
                 return self._take(chosen)
         return None
 
@@ -134,7 +130,7 @@ class RequestQueue:
                 if lane_tenant == tenant and (tail := self._live_tail(lane)) is not None
             ]
             if tails:
-                return self.remove(max(tails, key=lambda r: r.sequence).request_id)
+                return self.remove(max(tails, key=lambda r: r.order).request_id)
         return None
 
     def depth(self, priority: Priority) -> int:
@@ -179,15 +175,13 @@ class RequestQueue:
         """Lane heads that cannot be served now, highest class first."""
         return [h for p in Priority for h in self._heads(p) if not can_serve(h)]
 
-    def _fair_order(self, request: PendingRequest) -> tuple[float, int]:
-        """Least-served tenant first, then the oldest request."""
-        return (self.fair.service(request.priority, request.tenant_id), request.sequence)
-
     def _take(self, request: PendingRequest) -> PendingRequest:
         lane = self._lanes[request.priority][(request.model_id, request.tenant_id)]
         lane.popleft()
         self.remove(request.request_id)
-        self.fair.charge(request)
+        self.fair.charge(
+            request.priority, request.tenant_id, request.tenant_weight, request.charge_estimate
+        )
         return request
 
     def _heads(self, priority: Priority) -> list[PendingRequest]:
@@ -207,3 +201,15 @@ class RequestQueue:
         while lane and self._by_id.get(lane[-1].request_id) is not lane[-1]:
             lane.pop()
         return lane[-1] if lane else None
+
+
+def _insert_in_order(lane: Lane, request: PendingRequest) -> None:
+    """Appends, or walks back from the tail to the request's place in arrival order (only a
+    resubmitted request arrives out of order)."""
+    if not lane or lane[-1].order <= request.order:
+        lane.append(request)
+        return
+    index = len(lane)
+    while index > 0 and lane[index - 1].order > request.order:
+        index -= 1
+    lane.insert(index, request)

@@ -14,6 +14,19 @@ class Priority(enum.IntEnum):
     LOW = 3
 
 
+class Outcome(enum.Enum):
+    """How a lease ended. Values match inference.v1.LeaseOutcome's names."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"  # the worker or its model failed the request
+    CANCELLED = "cancelled"  # the caller went away
+    PREEMPTED = "preempted"  # revoked for a waiting higher class
+    DEADLINE = "deadline"
+    REJECTED = "rejected"  # the request itself was refused by the worker
+    LOST = "lost"  # its worker died or went silent before reporting
+    EXPIRED = "expired"  # granted, never presented to the worker in time
+
+
 class WorkerState(enum.Enum):
     READY = "ready"
     DRAINING = "draining"
@@ -50,12 +63,26 @@ class PendingRequest:
     deadline: float | None = None  # clock seconds by which it must be done; None: none
     affinity_key: str = ""  # the prompt's first characters, for prefix-affinity placement
     avoid_worker: str = ""  # a worker that just failed it: another is preferred
-    sequence: int = 0  # assigned by the queue: FIFO order across models and tenants
+    resumed: bool = False  # it held a lease before: admitted already, its prompt charged
+    resumed_tokens: int = 0  # tokens it generated before; they count against max_tokens
+    sequence: int = 0  # assigned by the queue: FIFO order among equal arrival times
 
     @property
     def kv_tokens(self) -> int:
         """The KV-cache budget its lease will hold: prompt plus max_tokens."""
         return self.prompt_tokens + self.max_tokens
+
+    @property
+    def order(self) -> tuple[float, int]:
+        """Arrival order: a resubmitted request keeps the place its arrival time gives it."""
+        return (self.enqueued_at, self.sequence)
+
+    @property
+    def charge_estimate(self) -> int:
+        """Tokens fairness charges when it is granted (corrected when its lease ends): the
+        prompt, unless an earlier lease paid for it, and the tokens it may still generate."""
+        prompt = 0 if self.resumed else self.prompt_tokens
+        return prompt + max(0, self.max_tokens - self.resumed_tokens)
 
 
 @dataclass
@@ -127,3 +154,40 @@ class Lease:
     priority: Priority = Priority.MEDIUM
     tenant_id: str = ""
     kv_tokens: int = 0
+    tenant_weight: float = 1.0
+    charged: float = 0.0  # tokens fairness charged at grant, before the tenant's weight
+    resumed: bool = False  # the request held a lease before (its prompt was charged then)
+    max_tokens: int = 0  # as admitted, resumed tokens included
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a worker reports of a lease that ended: the tokens it really took."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    time_to_first_token_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class RevokeLease:
+    """A command to a worker: end a running lease early (to preempt it)."""
+
+    worker_id: str
+    lease_id: str
+    reason: str = "preempted"
+
+
+@dataclass(frozen=True)
+class WorkerRemoval:
+    """What removing a worker left behind."""
+
+    worker_id: str
+    reclaimed: list[Lease]  # leases it held, now ended (LOST)
+    orphaned: list[PendingRequest]  # queued requests no remaining worker can serve
+
+
+@dataclass(frozen=True)
+class ModelView:
+    entry: ModelCatalogEntry
+    ready_workers: int

@@ -1,4 +1,5 @@
-"""Channels to workers, one per address, reused across requests."""
+"""Channels to workers, one per address, reused across requests (routers run leases on
+workers through them)."""
 
 from __future__ import annotations
 

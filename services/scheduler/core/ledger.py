@@ -1,0 +1,67 @@
+"""What each lease really cost: fairness charged at grant, corrected when the lease ends.
+
+At grant, fairness charges the request's estimate (`PendingRequest.charge_estimate`: its
+prompt unless an earlier lease paid for it, plus the tokens it may still generate), so that a
+tenant's backlog is weighed before its leases end. When the lease ends, the charge is corrected
+to what the worker reports: the prompt (first lease only) and the tokens generated under it.
+A lease that ends unreported (its worker died, or it expired unstarted) is corrected to its
+prompt alone; the tokens it streamed are charged when the router resubmits the request with
+their count. So a preempted or resumed request is charged once for its prompt and once for
+each token it was sent, never twice.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from services.scheduler.core.queue import FairShare
+from services.scheduler.core.types import Lease, PendingRequest, Usage
+
+REMEMBERED_ENDS = 16_384  # recent lease ends kept to settle resubmissions
+
+
+class Ledger:
+    def __init__(self, fair: FairShare) -> None:
+        self._fair = fair
+        self._ends: OrderedDict[str, bool] = OrderedDict()  # lease → reported by its worker
+
+    def settle(self, lease: Lease, usage: Usage | None) -> int:
+        """Corrects the grant-time charge of an ended lease; returns the tokens it generated
+        as far as is known (0 when unreported)."""
+        prompt = 0 if lease.resumed else _prompt_of(lease, usage)
+        generated = usage.completion_tokens if usage is not None else 0
+        self._charge(lease.priority, lease.tenant_id, lease.tenant_weight, prompt + generated)
+        self._fair_undo(lease)
+        self._remember(lease.lease_id, usage is not None)
+        return generated
+
+    def settle_resubmitted(self, request: PendingRequest, lease_id: str, tokens: int) -> int:
+        """Charges the tokens a request streamed under a lease whose end no worker reported
+        (or that this scheduler never knew: granted before a restart). Returns them, or 0
+        when the worker's report already paid for them."""
+        if self._ends.get(lease_id, False):
+            return 0
+        self._remember(lease_id, True)
+        self._charge(request.priority, request.tenant_id, request.tenant_weight, tokens)
+        return tokens
+
+    def _charge(self, priority, tenant: str, weight: float, tokens: float) -> None:
+        if tokens:
+            self._fair.charge(priority, tenant, weight, tokens)
+
+    def _fair_undo(self, lease: Lease) -> None:
+        if lease.charged:
+            self._fair.charge(lease.priority, lease.tenant_id, lease.tenant_weight, -lease.charged)
+
+    def _remember(self, lease_id: str, reported: bool) -> None:
+        self._ends[lease_id] = reported
+        self._ends.move_to_end(lease_id)
+        while len(self._ends) > REMEMBERED_ENDS:
+            self._ends.popitem(last=False)
+
+
+def _prompt_of(lease: Lease, usage: Usage | None) -> int:
+    """The prompt the worker ran, or the estimate the lease was granted with."""
+    if usage is not None and usage.prompt_tokens:
+        return usage.prompt_tokens
+    return max(0, lease.kv_tokens - lease.max_tokens)
