@@ -42,6 +42,7 @@ class LocalSystem:
             **{f"worker-{i}": free_port() for i in range(workers)},
         }
         self.procs: dict[str, subprocess.Popen] = {}
+        self._commands: dict[str, tuple[list[str], dict[str, str]]] = {}
         self._extra_env = env or {}
         self.actuator = actuator
 
@@ -124,8 +125,14 @@ class LocalSystem:
             f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.log_dir.glob("*.log"))
         )
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        out = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - lives as long as the process
+    def restart(self, name: str) -> None:
+        """Starts a process that exited (or was killed) again, as it was started."""
+        args, env = self._commands[name]
+        self._spawn(name, args, env, mode="a")
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str], mode: str = "w") -> None:
+        self._commands[name] = (args, env)
+        out = open(self.log_dir / f"{name}.log", mode)  # noqa: SIM115 - lives as long as the process
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", *args],
             cwd=ROOT,

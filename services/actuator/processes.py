@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.actuator.plan import WorkerProcess
+from services.common.cli import PARENT_PID_ENV
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class Launcher:
         ]
         env = {
             **os.environ,
+            PARENT_PID_ENV: str(os.getpid()),  # an actuator that dies takes its workers along
             "WORKER_LOAD_ON_COMMAND": "false",  # it serves the model it was started for
             "WORKER_SHUTDOWN_GRACE_S": str(self.shutdown_grace_s),
         }

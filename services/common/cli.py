@@ -16,6 +16,24 @@ from services.common.server import install_uvloop
 from services.common.tracing import setup_tracing, shutdown_tracing
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "local" / "config.toml"
+# Set by a supervising process (the local actuator, `make up`) to its pid: the service stops
+# (SIGTERM: it drains) when that process dies, rather than live on unsupervised.
+PARENT_PID_ENV = "INFERENCE_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def stop_with_parent() -> None:
+    """Asks Linux for SIGTERM when the supervising parent dies (no-op elsewhere)."""
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != int(parent):  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -40,6 +58,7 @@ def run_service(
     """Parses flags, loads and validates the config, sets up tracing (OTLP export when
     OTEL_EXPORTER_OTLP_ENDPOINT is set), runs `main(config)` on uvloop."""
     args = parser.parse_args()
+    stop_with_parent()
     overrides = {k: v for k, v in vars(args).items() if k != "config"}
     overrides["internal_secret"] = os.environ.get("INFERENCE_INTERNAL_SECRET")
     try:

@@ -52,7 +52,8 @@ class SchedulerClient:
                 elapsed = time.monotonic() - started
                 if elapsed + delay >= min(self._wait_s, timeout_s):
                     raise unreachable(exc) from None
-                log.info("scheduler unreachable (%s); resubmitting", exc.code().name)
+                if delay == RETRY_DELAY_S[0]:
+                    log.info("scheduler unreachable (%s); resubmitting", exc.code().name)
             await asyncio.sleep(delay)
             delay = min(RETRY_DELAY_S[1], delay * 2)
             ticket.resubmission.waited_ms = base_ms + (time.monotonic() - started) * 1000.0
