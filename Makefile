@@ -39,6 +39,8 @@ bench: protos     ## first-token latency and throughput through the stack (needs
 	$(PY) -m bench.scheduler_system
 	$(PY) -m bench.failover
 	$(PY) -m bench.autoscaling
+	$(PY) -m bench.token_path
+	$(PY) -m bench.scheduler_crash
 
 clean:
 	rm -rf gen .run .pytest_cache .ruff_cache

@@ -4,14 +4,16 @@
 
 Starts scheduler, one worker and router as processes (as `make up` does), warms up, then
 sends sequential requests and measures, at the client, the time to the first token message
-and to the end of the stream: through the router (3 hops) and straight to the worker's
-Execute (1 hop, same lease-less request), for the real SmolLM2 and the simulated 70B.
+and to the end of the stream: through the router (which acquires a lease from the scheduler,
+then streams from the worker) and straight to the worker's Execute (1 hop, with a lease the
+bench signs itself), for the real SmolLM2 and the simulated 70B.
 Prints a table and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -21,8 +23,9 @@ import time
 from pathlib import Path
 
 import grpc
-from inference.v1 import router_pb2_grpc, types_pb2, worker_pb2, worker_pb2_grpc
+from inference.v1 import router_pb2_grpc, types_pb2, worker_pb2_grpc
 
+from bench import direct
 from bench.local_system import LocalSystem
 
 PROMPT = "What is the capital of France?"
@@ -53,12 +56,14 @@ def measure(path: str, model: str, n: int, system: LocalSystem, max_tokens: int)
     else:
         channel = grpc.insecure_channel(system.worker_addresses[0])
         worker = worker_pb2_grpc.WorkerStub(channel)
+        [worker_id] = direct.worker_ids(system.scheduler_address)
+        ids = itertools.count()
 
         def call(i):
-            request.request_id = f"direct-{i}"
-            return worker.Execute(
-                worker_pb2.ExecuteRequest(lease_id="bench", request=request), timeout=60
-            )
+            n = next(ids)  # a lease runs once: every call has its own
+            request.request_id = f"direct-{model}-{n}"
+            execute = direct.leased(request, worker_id, f"bench-{model}-{n}")
+            return worker.Execute(execute, metadata=direct.METADATA, timeout=60)
 
     for i in range(3):  # warm-up: channels, caches, first model step
         timed_stream(call(i))
@@ -85,7 +90,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/latency.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as logs:
-        system = LocalSystem(Path(logs))
+        system = LocalSystem(Path(logs), env=direct.ENV)
         system.start()
         try:
             rows = [

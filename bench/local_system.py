@@ -31,8 +31,10 @@ class LocalSystem:
         workers: int = 1,
         env: dict[str, str] | None = None,
         actuator: bool = False,
+        root: Path = ROOT,
     ):
         self.log_dir = log_dir
+        self.root = root  # the checkout whose services run (another one: a baseline)
         self.ports = {"router": free_port(), "scheduler": free_port()}
         self.worker_ports = [free_port() for _ in range(workers)]
         self.http_port = free_port()
@@ -49,6 +51,10 @@ class LocalSystem:
     @property
     def router_address(self) -> str:
         return f"127.0.0.1:{self.ports['router']}"
+
+    @property
+    def scheduler_address(self) -> str:
+        return f"127.0.0.1:{self.ports['scheduler']}"
 
     @property
     def worker_addresses(self) -> list[str]:
@@ -135,7 +141,7 @@ class LocalSystem:
         out = open(self.log_dir / f"{name}.log", mode)  # noqa: SIM115 - lives as long as the process
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", *args],
-            cwd=ROOT,
+            cwd=self.root,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

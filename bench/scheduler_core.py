@@ -20,7 +20,7 @@ from pathlib import Path
 
 from services.scheduler.core.admission import AdmissionRules
 from services.scheduler.core.scheduler import SchedulerCore
-from services.scheduler.core.types import ModelCatalogEntry, ModelSlots, Priority
+from services.scheduler.core.types import ModelCatalogEntry, ModelSlots, Outcome, Priority, Usage
 
 MODELS = [f"model-{i}" for i in range(4)]
 TENANTS = [f"tenant-{i}" for i in range(8)]
@@ -65,7 +65,7 @@ def measure(queued: int, workers: int, decisions: int) -> dict[str, float]:
     for _ in range(decisions):
         lease = leases.pop(rng.randrange(len(leases)))
         started = time.perf_counter()
-        core.release(lease.lease_id)
+        core.end_lease(lease.lease_id, Outcome.COMPLETED, Usage(completion_tokens=16))
         granted = core.dispatch()
         core.preemptions()  # the coordinator checks for preemption after each dispatch
         samples.append((time.perf_counter() - started) * 1e6)

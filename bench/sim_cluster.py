@@ -85,15 +85,23 @@ def sim_cluster(
     queue_capacity: int = 4096,
     model: str = "",
     actuator: bool = False,
+    env: dict[str, str] | None = None,
+    root: Path | None = None,
 ) -> LocalSystem:
     """A LocalSystem (not started) whose config serves only the simulated model.
     `scheduler`: extra TOML lines for the [scheduler] section; `tenants`: that many
     tenants of equal weight, keys `tenant_key(i)`; `model`: extra lines for the model's
-    entry (e.g. min_workers); `actuator`: workers come from the local actuator."""
+    entry (e.g. min_workers); `actuator`: workers come from the local actuator; `env`: more
+    environment for every process; `root`: run the services of another checkout."""
+    log_dir.mkdir(parents=True, exist_ok=True)
     config = log_dir / "sim-config.toml"
     config.write_text(
         sim_config(slots, step_ms, flush_ms, scheduler, tenants, queue_capacity, model)
     )
     return LocalSystem(
-        log_dir, workers=workers, env={"INFERENCE_CONFIG": str(config)}, actuator=actuator
+        log_dir,
+        workers=workers,
+        env={"INFERENCE_CONFIG": str(config), **(env or {})},
+        actuator=actuator,
+        **({"root": root} if root is not None else {}),
     )

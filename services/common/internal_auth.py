@@ -2,7 +2,7 @@
 worker → scheduler), so the scheduler and the workers serve only their own fleet.
 
 `SecretCheckInterceptor` refuses calls without the secret with UNAUTHENTICATED (health checks
-stay open for probes); `secret_interceptors` add it to every call of a channel.
+stay open for probes); `internal_channel` adds it to every call of a channel.
 """
 
 from __future__ import annotations
@@ -49,53 +49,57 @@ def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return rebuild_handler(handler, lambda behavior, streaming: refuse)
 
 
-class _AddsSecret:
-    def __init__(self, secret: str) -> None:
+class _WithSecret:
+    """A multicallable that adds the secret to the call's metadata."""
+
+    def __init__(self, call: Any, secret: str) -> None:
+        self._call = call
+        self._pair = (SECRET_KEY, secret)
+
+    def __call__(self, request: Any, *args: Any, metadata: Any = None, **kwargs: Any) -> Any:
+        return self._call(request, *args, metadata=(*(metadata or ()), self._pair), **kwargs)
+
+
+class SecretChannel:
+    """A channel whose every call carries the fleet's secret. It adds one metadata pair per
+    call; gRPC's client interceptors would add a task and a hop per streamed message."""
+
+    def __init__(self, channel: grpc.aio.Channel, secret: str) -> None:
+        self._channel = channel
         self._secret = secret
 
-    def _with_secret(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        metadata.add(SECRET_KEY, self._secret)
-        return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
+    def unary_unary(self, *args: Any, **kwargs: Any) -> _WithSecret:
+        return _WithSecret(self._channel.unary_unary(*args, **kwargs), self._secret)
 
+    def unary_stream(self, *args: Any, **kwargs: Any) -> _WithSecret:
+        return _WithSecret(self._channel.unary_stream(*args, **kwargs), self._secret)
 
-# grpc.aio files each client interceptor under the first kind it implements, so each kind
-# of call needs an interceptor of its own.
-class _UnaryUnary(_AddsSecret, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation, details, request):
-        return await continuation(self._with_secret(details), request)
+    def stream_unary(self, *args: Any, **kwargs: Any) -> _WithSecret:
+        return _WithSecret(self._channel.stream_unary(*args, **kwargs), self._secret)
 
+    def stream_stream(self, *args: Any, **kwargs: Any) -> _WithSecret:
+        return _WithSecret(self._channel.stream_stream(*args, **kwargs), self._secret)
 
-class _UnaryStream(_AddsSecret, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation, details, request):
-        return await continuation(self._with_secret(details), request)
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._channel.get_state(try_to_connect)
 
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
 
-class _StreamUnary(_AddsSecret, grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation, details, request_iterator):
-        return await continuation(self._with_secret(details), request_iterator)
+    async def __aenter__(self) -> SecretChannel:
+        return self
 
-
-class _StreamStream(_AddsSecret, grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation, details, request_iterator):
-        return await continuation(self._with_secret(details), request_iterator)
-
-
-def secret_interceptors(secret: str) -> list[grpc.aio.ClientInterceptor]:
-    """Client interceptors that add the secret to every kind of call."""
-    return [kind(secret) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
 
 def internal_channel(
     address: str, secret: str, options: Any, tls: TlsFiles | None = None
-) -> grpc.aio.Channel:
+) -> grpc.aio.Channel | SecretChannel:
     """A channel to an internal service: mTLS when certificates are configured, carrying the
     shared secret when one is."""
-    interceptors = secret_interceptors(secret) if secret else None
     if tls is not None and tls.enabled:
-        return grpc.aio.secure_channel(
-            address, tls.channel_credentials(), options=options, interceptors=interceptors
-        )
-    return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+        channel = grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)
+    else:
+        channel = grpc.aio.insecure_channel(address, options=options)
+    return SecretChannel(channel, secret) if secret else channel

@@ -57,8 +57,9 @@ class StreamObserver:
     """Times one generation stream as the router relays it."""
 
     def __init__(self, metrics: RouterMetrics, model: str) -> None:
-        self._metrics = metrics
-        self._model = model
+        self._first_token = metrics.time_to_first_token.labels(model)
+        self._inter_token = metrics.inter_token_latency.labels(model)
+        self._tokens = metrics.tokens.labels(model)
         self._started = time.monotonic()
         self._last = 0.0
 
@@ -67,11 +68,10 @@ class StreamObserver:
             return
         now = time.monotonic()
         if not self._last:
-            self._metrics.time_to_first_token.labels(self._model).observe(now - self._started)
+            self._first_token.observe(now - self._started)
         else:
             gap = (now - self._last) / tokens
-            histogram = self._metrics.inter_token_latency.labels(self._model)
             for _ in range(tokens):
-                histogram.observe(gap)
+                self._inter_token.observe(gap)
         self._last = now
-        self._metrics.tokens.labels(self._model).inc(tokens)
+        self._tokens.inc(tokens)
