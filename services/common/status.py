@@ -1,4 +1,4 @@
-"""The one place that maps errors to gRPC status codes (see DESIGN.md, status-code table).
+"""The one place that maps errors to gRPC status codes (docs/architecture.md, "Status codes").
 
 `ErrorMappingInterceptor` wraps every handler of a server: domain errors become their status
 code, errors relayed from a downstream service keep their code (INTERNAL/UNKNOWN excepted),
