@@ -11,6 +11,8 @@ from inference.v1 import scheduler_pb2_grpc, types_pb2
 
 from services.common.errors import NotFound, Unavailable
 
+RETRY_AFTER_MS = 2000  # a scheduler that restarts is back in about this long
+
 
 class ModelDirectory:
     def __init__(self, scheduler: scheduler_pb2_grpc.SchedulerStub, refresh_s: float) -> None:
@@ -49,7 +51,9 @@ class ModelDirectory:
         try:
             response = await self._scheduler.ListModels(types_pb2.ListModelsRequest(), timeout=5)
         except grpc.aio.AioRpcError as exc:
-            raise Unavailable(f"scheduler unavailable ({exc.code().name})") from None
+            raise Unavailable(
+                f"scheduler unavailable ({exc.code().name}); retry later", RETRY_AFTER_MS
+            ) from None
         self._models = {m.model_id: m for m in response.models}
         self._fetched_at = time.monotonic()
 

@@ -19,11 +19,11 @@ from inference.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.common import tracing
 from services.common.errors import DeadlineExceeded, Unavailable
 from services.common.status import answered
+from services.router.models import RETRY_AFTER_MS
 
 log = logging.getLogger(__name__)
 
 RETRY_DELAY_S = (0.05, 0.5)  # first and longest pause between resubmissions
-UNREACHABLE_RETRY_AFTER_MS = 2000
 
 
 class SchedulerClient:
@@ -60,14 +60,15 @@ class SchedulerClient:
 
 
 def _reached(exc: grpc.aio.AioRpcError) -> bool:
-    """The scheduler answered (any status of its own, or our own deadline passed)."""
+    """The scheduler answered (any status of its own), or the call ended for a reason that
+    retrying would not fix; False when the scheduler could not be reached."""
+    if answered(exc):
+        return True
     if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         raise DeadlineExceeded("deadline passed while waiting for a lease") from None
-    return answered(exc) or exc.code() != grpc.StatusCode.UNAVAILABLE
+    return exc.code() != grpc.StatusCode.UNAVAILABLE
 
 
 def unreachable(exc: grpc.aio.AioRpcError) -> Unavailable:
     """UNAVAILABLE with a retry hint: the scheduler could not be reached in time."""
-    return Unavailable(
-        f"scheduler unavailable ({exc.code().name}); retry later", UNREACHABLE_RETRY_AFTER_MS
-    )
+    return Unavailable(f"scheduler unavailable ({exc.code().name}); retry later", RETRY_AFTER_MS)

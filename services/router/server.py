@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from inference.v1 import router_pb2, router_pb2_grpc, scheduler_pb2_grpc
 
+from services.common.errors import Unavailable
 from services.common.internal_auth import internal_channel
 from services.common.leased_run import LeasedRun
 from services.common.metrics import MetricsEndpoint
@@ -31,6 +34,7 @@ class RouterServer:
         )
         self.workers = WorkerChannels(config.internal_secret, config.tls())
         runner = LeasedRun(scheduler.acquire, self.workers, config.max_resumes)
+        self.models = ModelDirectory(scheduler.stub, config.model_refresh_s)
         self.grpc = GrpcService(config.listen, [SERVICE_NAME], grace_s=config.shutdown_grace_s)
         self.http: HttpGateway | None = None
         self.metrics = RouterMetrics()
@@ -40,7 +44,7 @@ class RouterServer:
                 config,
                 scheduler,
                 runner,
-                ModelDirectory(scheduler.stub, config.model_refresh_s),
+                self.models,
                 Admission(config, self.metrics),
                 self.metrics,
             ),
@@ -54,6 +58,8 @@ class RouterServer:
     async def start(self) -> int:
         port = await self.grpc.start()
         self.metrics_endpoint.start()
+        with contextlib.suppress(Unavailable):  # the model list, if a scheduler answers now
+            await self.models.refresh()
         if self.config.http_listen:
             self.http = HttpGateway(f"127.0.0.1:{port}")
             await self.http.start(self.config.http_listen)

@@ -12,6 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inference.v1 import scheduler_pb2, types_pb2
 
+from services.common.status import RETRY_AFTER_KEY
 from services.router.config import TenantSpec
 from services.scheduler.server import SchedulerServer
 from tests.service.test_scheduling import wait_until
@@ -115,11 +116,30 @@ async def test_a_draining_worker_finishes_its_streams_and_takes_no_new_work(slow
     await wait_until(lambda: not core.workers())
 
 
-async def test_scheduler_down_is_unavailable_at_the_router(slow_stack):
-    await slow_stack.scheduler.stop(0)
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await slow_stack.router_stub().Infer(request("sim-slow"), timeout=10)
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+async def test_a_scheduler_down_past_the_wait_is_unavailable_with_a_retry_hint():
+    stack = await start_stack([SLOW], router_overrides={"scheduler_wait_s": 1.0})
+    try:
+        await stack.scheduler.stop(0)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stack.router_stub().Infer(request("sim-slow"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert int(dict(info.value.trailing_metadata())[RETRY_AFTER_KEY]) > 0
+    finally:
+        await stack.close()
+
+
+async def test_a_request_sent_while_the_scheduler_restarts_waits_and_is_served(slow_stack):
+    old = slow_stack.scheduler
+    await old.stop(0)
+    waiting = asyncio.ensure_future(
+        slow_stack.router_stub().Infer(request("sim-slow", max_tokens=3), timeout=20)
+    )
+    await asyncio.sleep(0.5)
+    assert not waiting.done()  # held by the router, not failed
+    restarted = SchedulerServer(replace(old.config, listen=slow_stack.scheduler_address))
+    await restarted.start()
+    slow_stack.scheduler = restarted
+    assert (await waiting).completion_tokens == 3
 
 
 async def test_api_keys_pick_tenants_and_bad_keys_are_unauthenticated():
