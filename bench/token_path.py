@@ -168,7 +168,14 @@ async def baseline(flush_ms: float, args, logs: Path) -> dict:
     system.start(ready_timeout_s=120)
     paths = Paths(system, direct_calls=False)
     try:
-        return await saturate(paths, "stack", args.streams, args.seconds)
+        row = await saturate(paths, "stack", args.streams, args.seconds)
+        if flush_ms == 0:
+            procs = {n: psutil.Process(system.procs[n].pid) for n in ("scheduler", "router")}
+            row["cpu_ms_per_request"] = {
+                str(tokens): await cpu_per_request(paths, procs, tokens, args.requests)
+                for tokens in (32, 512)
+            }
+        return row
     finally:
         await paths.close()
         system.stop()
@@ -190,10 +197,16 @@ def report(rows: list[dict]) -> None:
             if path in row:
                 ratio = row[path]["tokens_per_s"] / row["worker"]["tokens_per_s"]
                 print(f"{'':<22} {path} / worker alone: {ratio:.2f}x")
-    cpu = rows[0]["cpu_ms_per_request"]
-    for name in ("scheduler", "router"):
-        a, b = cpu["32"][name], cpu["512"][name]
-        print(f"{name} CPU per request: {a:.2f} ms at 32 tokens, {b:.2f} ms at 512 ({b / a:.2f}x)")
+    stacks = {"stack": rows[0]["cpu_ms_per_request"]}
+    if "baseline" in rows[0]:
+        stacks["baseline"] = rows[0]["baseline"]["cpu_ms_per_request"]
+    for stack, cpu in stacks.items():
+        for name in ("scheduler", "router"):
+            a, b = cpu["32"][name], cpu["512"][name]
+            print(
+                f"{stack} {name} CPU per request: {a:.2f} ms at 32 tokens, {b:.2f} ms at 512"
+                f" ({b / a:.2f}x)"
+            )
     ttft = rows[0]["ttft_ms_p50"]
     print(
         f"first token p50, unloaded: worker alone {ttft['worker']:.2f} ms, stack "
