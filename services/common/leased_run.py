@@ -45,6 +45,9 @@ _REQUEST_CODES = frozenset(
     }
 )
 PREEMPTED = "preempted"
+# A request whose leases failed on this many workers (the worker answered a failure, or its
+# process died under it) is not moved again: it may be what breaks them (poison).
+POISON_AFTER_FAILURES = 2
 AFFINITY_CHARS = 256  # prefix-affinity placement hashes about the first 64 tokens
 
 
@@ -93,6 +96,7 @@ class Attempts:
     texts: list[str] = field(default_factory=list)  # deltas sent, joined only on a resume
     tokens: int = 0  # tokens streamed so far, every lease
     leases: int = 0  # leases granted
+    failures: int = 0  # leases that ended with their worker failing
     queue_ms: float = 0.0  # time spent waiting for leases
     resubmission: scheduler_pb2.Resubmission | None = None
 
@@ -244,6 +248,13 @@ class LeasedRun:
         attempts: Attempts,
         tokens_before: int,
     ) -> None:
+        if lost.outcome == types_pb2.LEASE_OUTCOME_FAILED:
+            attempts.failures += 1
+            if attempts.failures >= POISON_AFTER_FAILURES:
+                raise Unavailable(
+                    f"the request failed on {attempts.failures} workers; it is not retried "
+                    "(it may be what makes the model fail)"
+                )
         if attempts.leases > self._max_resumes:
             raise Unavailable(f"the request lost its worker {attempts.leases} times; giving up")
         log.info(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import warnings
 
 from services.common.cli import base_parser, run_service
@@ -43,6 +44,8 @@ async def main(config: WorkerConfig) -> None:
     log.info("stopping: draining in-flight streams (grace %.1fs)", config.shutdown_grace_s)
     loading.cancel()
     await server.stop()
+    if server.exit_code:
+        sys.exit(server.exit_code)
 
 
 def _parser():

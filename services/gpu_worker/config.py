@@ -29,6 +29,10 @@ class WorkerConfig(SecuritySettings):
     memory_budget_bytes: int = 0  # device memory models may take (placement); 0: device total
     load_on_command: bool = True  # offer the catalog to the scheduler's load/unload commands
     shutdown_grace_s: float = 10.0
+    # an unhealthy worker (a device fault, an engine thread that died) serves NOT_SERVING,
+    # finishes what runs, then exits with EXIT_UNHEALTHY so that its supervisor (make up, the
+    # local actuator, Kubernetes) starts a fresh one; false: it stays up, taking no leases
+    exit_when_unhealthy: bool = True
     log_level: str = "info"
     log_format: str = "json"  # json (one object per line) or text
     catalog: dict[str, ModelSpec] = field(default_factory=dict)

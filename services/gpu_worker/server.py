@@ -17,11 +17,13 @@ from services.gpu_worker.leases import LeaseBook
 from services.gpu_worker.metrics import WorkerMetrics
 from services.gpu_worker.servicer import WorkerServicer
 from services.gpu_worker.session import SchedulerSession
-from services.gpu_worker.telemetry import DeviceProbe, open_probe
+from services.gpu_worker.telemetry import DeviceProbe, DeviceSample, open_probe
 
 log = logging.getLogger(__name__)
 
 DISPATCH_SETTLE_S = 0.3  # a heartbeat round trip plus a dispatch, on loopback
+HEALTH_CHECK_S = 0.5  # how often the worker looks at its engines' health
+EXIT_UNHEALTHY = 3  # the process's exit status when it retires itself as unhealthy
 SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 
 
@@ -32,7 +34,7 @@ class WorkerServer:
     def __init__(self, config: WorkerConfig, device: str, probe: DeviceProbe | None = None):
         self.config = config
         self.probe = probe or open_probe(config.gpu_index, device)
-        sample = self.probe.sample()
+        sample = self._last_sample = self.probe.sample()
         self.gpu_id = sample.gpu_id
         self.metrics = WorkerMetrics(config.gpu_price_per_hour)
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics_listen)
@@ -53,6 +55,8 @@ class WorkerServer:
             self.tls,
         )
         self.worker_id = ""
+        self.exit_code = 0
+        self._watch: asyncio.Task | None = None
         self.session: SchedulerSession | None = None
         self.leases = LeaseBook(lambda: self.worker_id, self._report)
 
@@ -86,6 +90,7 @@ class WorkerServer:
             on_accepted=self.leases.add_key,
         )
         self.session.start()
+        self._watch = asyncio.create_task(self._watch_health())
         if load_models:
             await self.host.load_all()
             self.session.send_heartbeat_now()  # tell the scheduler at once
@@ -93,6 +98,8 @@ class WorkerServer:
 
     async def stop(self) -> None:
         """Drains: no new work, in-flight streams finish within the grace period."""
+        if self._watch is not None:
+            self._watch.cancel()
         self._drain("shutting down")
         # requests leased before the scheduler heard of the drain may still be arriving
         await asyncio.sleep(min(DISPATCH_SETTLE_S, self.config.shutdown_grace_s))
@@ -102,6 +109,22 @@ class WorkerServer:
             await self.session.stop()
         self.host.close()
         self.metrics_endpoint.stop()
+
+    async def _watch_health(self) -> None:
+        """Tells the truth about health: once an engine is unhealthy the worker serves
+        NOT_SERVING on grpc.health.v1 (probes fail it), heartbeats say so (no leases, not
+        counted as capacity), and with `exit_when_unhealthy` it finishes what runs and stops
+        with EXIT_UNHEALTHY so that whatever supervises it starts a fresh worker."""
+        while self.host.healthy:  # noqa: ASYNC110 - engines turn unhealthy on their threads
+            await asyncio.sleep(HEALTH_CHECK_S)
+        log.error("an engine is unhealthy: this worker takes no more work")
+        await self.grpc.set_serving(False)
+        if self.session is not None:
+            self.session.send_heartbeat_now()
+        if self.config.exit_when_unhealthy:
+            await self.host.wait_idle(self.config.shutdown_grace_s)
+            self.exit_code = EXIT_UNHEALTHY
+            self.grpc.request_stop()
 
     def _report(self, message: scheduler_pb2.WorkerSessionRequest) -> None:
         if self.session is not None:
@@ -135,8 +158,16 @@ class WorkerServer:
         if self.session is not None:
             self.session.send_heartbeat_now()
 
+    def _sample(self) -> DeviceSample:
+        """The device's figures; when a read fails, the last good ones (heartbeats go on)."""
+        try:
+            self._last_sample = self.probe.sample()
+        except Exception:
+            log.exception("reading device telemetry failed; reporting the last figures")
+        return self._last_sample
+
     def _registration(self) -> scheduler_pb2.WorkerSessionRequest:
-        sample = self.probe.sample()
+        sample = self._sample()
         return scheduler_pb2.WorkerSessionRequest(
             registration=scheduler_pb2.WorkerRegistration(
                 worker_id=self.worker_id,
@@ -154,7 +185,7 @@ class WorkerServer:
         )
 
     def _heartbeat(self, sequence: int) -> scheduler_pb2.WorkerSessionRequest:
-        sample = self.probe.sample()
+        sample = self._sample()
         self.metrics.observe(sample, list(self.host.engines.values()))
         return convert.heartbeat(
             sequence,

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 MIN_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 1.0  # a restarted scheduler hears from every worker within about a second
 HEARTBEAT = object()  # in the outbox: send a heartbeat now
+REGISTRATION_TIMEOUT_S = 5.0
 
 
 class SchedulerSession:
@@ -88,23 +89,41 @@ class SchedulerSession:
 
     async def _session(self, stub: scheduler_pb2_grpc.SchedulerStub) -> None:
         call = stub.WorkerSession(self._outgoing())
-        async for command in call:
-            kind = command.WhichOneof("command")
-            if kind == "accepted":
-                self._interval_s = max(0.05, command.accepted.heartbeat_interval_ms / 1000.0)
-                if self._on_accepted is not None:
-                    self._on_accepted(command.accepted.lease_key)
-                self.send_heartbeat_now()  # first heartbeat now, then on the scheduler's interval
-                self.connected.set()
-                log.info("registered with the scheduler at %s", self._address)
-            elif kind == "drain":
-                self._on_command(kind, command.drain.reason)
-            elif kind in ("load_model", "unload_model"):
-                self._on_command(kind, getattr(command, kind).model_id)
-            elif kind == "revoke_lease":
-                self._on_command(kind, command.revoke_lease.lease_id)
-            else:
-                log.warning("scheduler command %s is not supported by this worker", kind)
+        try:  # registration has a deadline: a scheduler that does not answer is retried
+            first = await asyncio.wait_for(call.read(), REGISTRATION_TIMEOUT_S)
+        except TimeoutError:
+            call.cancel()
+            log.warning("the scheduler did not accept the registration in time; retrying")
+            return
+        command = first
+        while command is not grpc.aio.EOF:
+            self._obey(command)
+            command = await call.read()
+
+    def _obey(self, command: scheduler_pb2.WorkerSessionResponse) -> None:
+        """Acts on one message of the scheduler (a command that fails is logged, not fatal)."""
+        kind = command.WhichOneof("command")
+        try:
+            self._act(kind, command)
+        except Exception:
+            log.exception("scheduler command %s failed", kind)
+
+    def _act(self, kind: str | None, command: scheduler_pb2.WorkerSessionResponse) -> None:
+        if kind == "accepted":
+            self._interval_s = max(0.05, command.accepted.heartbeat_interval_ms / 1000.0)
+            if self._on_accepted is not None:
+                self._on_accepted(command.accepted.lease_key)
+            self.send_heartbeat_now()  # first heartbeat now, then on the scheduler's interval
+            self.connected.set()
+            log.info("registered with the scheduler at %s", self._address)
+        elif kind == "drain":
+            self._on_command(kind, command.drain.reason)
+        elif kind in ("load_model", "unload_model"):
+            self._on_command(kind, getattr(command, kind).model_id)
+        elif kind == "revoke_lease":
+            self._on_command(kind, command.revoke_lease.lease_id)
+        else:
+            log.warning("scheduler command %s is not supported by this worker", kind)
 
     async def _outgoing(self) -> AsyncIterator[scheduler_pb2.WorkerSessionRequest]:
         self._outbox = asyncio.Queue()  # what the last session did not send is stale

@@ -27,9 +27,14 @@ class FinishReason(enum.Enum):
     STOP = "stop"
 
 
+# Below this temperature sampling is greedy: dividing logits by a vanishing temperature
+# overflows to inf and NaN, and the distribution is one token anyway.
+MIN_SAMPLING_TEMPERATURE = 1e-3
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
-    temperature: float = 0.0  # 0 = greedy
+    temperature: float = 0.0  # 0 (or below MIN_SAMPLING_TEMPERATURE) = greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 = disabled
     seed: int | None = None
@@ -37,7 +42,7 @@ class SamplingOptions:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        return not self.temperature >= MIN_SAMPLING_TEMPERATURE  # NaN is greedy too
 
 
 @dataclass(frozen=True)

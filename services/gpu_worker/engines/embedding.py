@@ -17,6 +17,7 @@ from typing import Any
 from services.common.catalog import ModelSpec
 from services.common.errors import InvalidArgument, Unavailable
 from services.gpu_worker.engines.base import EngineStats, ModelState, Sink
+from services.gpu_worker.engines.isolation import is_device_fault, request_error
 from services.gpu_worker.engines.threaded import ThreadedEngine
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,15 @@ class EmbeddingEngine(ThreadedEngine):
         )
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException:
+            log.exception("the engine thread of %s died; it is unhealthy", self.spec.model_id)
+            self.healthy = False
+        for request in self._queue:
+            request.sink(Unavailable(f"model {self.spec.model_id} stopped"))
+
+    def _serve(self) -> None:
         while True:
             with self._wake:
                 while not (self._queue or self._closed):
@@ -102,8 +112,6 @@ class EmbeddingEngine(ThreadedEngine):
                 batch = self._take_batch()
             if batch:
                 self._embed_batch(batch)
-        for request in self._queue:
-            request.sink(Unavailable(f"model {self.spec.model_id} stopped"))
 
     def _take_batch(self) -> list[_EmbedRequest]:
         batch: list[_EmbedRequest] = []
@@ -119,7 +127,11 @@ class EmbeddingEngine(ThreadedEngine):
         limit = self.spec.max_context_tokens
         accepted: list[tuple[_EmbedRequest, int]] = []
         for request in batch:
-            lengths = [len(ids) for ids in self._tokenizer(request.texts)["input_ids"]]
+            try:
+                lengths = [len(ids) for ids in self._tokenizer(request.texts)["input_ids"]]
+            except Exception as exc:  # noqa: BLE001 - this request's input, alone
+                request.sink(request_error(self.spec.model_id, exc))
+                continue
             if max(lengths) > limit:
                 request.sink(
                     InvalidArgument(
@@ -134,11 +146,8 @@ class EmbeddingEngine(ThreadedEngine):
         texts = [t for request, _ in accepted for t in request.texts]
         try:
             vectors = self._forward(texts)
-        except Exception as exc:
-            log.exception("embedding batch failed; %s is now unhealthy", self.spec.model_id)
-            self.healthy = False
-            for request, _ in accepted:
-                request.sink(exc)
+        except Exception as exc:  # noqa: BLE001 - whose fault it is is found below
+            self._isolate(exc, accepted)
             return
         self._done.append((time.monotonic(), len(texts)))
         start = 0
@@ -146,6 +155,32 @@ class EmbeddingEngine(ThreadedEngine):
             end = start + len(request.texts)
             request.sink(Embeddings(vectors[start:end], tokens))
             start = end
+
+    def _isolate(self, exc: Exception, accepted: list[tuple[_EmbedRequest, int]]) -> None:
+        """A batch that failed: each request runs alone (engines.isolation); those that fail
+        alone end with INVALID_ARGUMENT. A device fault, or one every request has, makes the
+        engine unhealthy."""
+        from services.gpu_worker.engines.isolation import rebuild
+
+        def alone(item: tuple[_EmbedRequest, int]) -> list[tuple[_EmbedRequest, int, list]]:
+            request, tokens = item
+            return [(request, tokens, self._forward(request.texts))]
+
+        def fail(item: tuple[_EmbedRequest, int], error: BaseException) -> None:
+            item[0].sink(request_error(self.spec.model_id, error))
+
+        try:
+            if is_device_fault(exc):
+                raise exc
+            _, results = rebuild(alone, accepted, lambda a, b: a + b, fail)
+        except Exception:
+            log.exception("embedding batch failed; %s is now unhealthy", self.spec.model_id)
+            self.healthy = False
+            for request, _ in accepted:
+                request.sink(Unavailable(f"model {self.spec.model_id} failed on this worker"))
+            return
+        for request, tokens, vectors in results or []:
+            request.sink(Embeddings(vectors, tokens))
 
     def _forward(self, texts: list[str]) -> list[list[float]]:
         """Mean pooling over real tokens, then L2 normalization."""

@@ -1,4 +1,9 @@
-"""Next-token selection from logits: greedy, or temperature / top-k / top-p sampling."""
+"""Next-token selection from logits: greedy, or temperature / top-k / top-p sampling.
+
+Numerically safe for every value the contract accepts: a vanishing temperature is greedy
+(`SamplingOptions.greedy`), non-finite logits are tamed, and a distribution that comes out
+empty or not finite falls back to the most likely token, so `multinomial` never sees NaN.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ def next_token(
     """Picks the next token from a 1-D logits vector."""
     if options.greedy:
         return int(torch.argmax(logits))
-    scores = logits.float() / options.temperature
+    scores = torch.nan_to_num(logits.float(), nan=float("-inf")) / options.temperature
     if options.top_k > 0 and options.top_k < scores.numel():
         kth = torch.topk(scores, options.top_k).values[-1]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -37,4 +42,7 @@ def next_token(
         drop = cumulative - sorted_probs >= options.top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    total = float(probs.sum())
+    if not (total > 0 and total < float("inf")) or not bool(torch.isfinite(probs).all()):
+        return int(torch.argmax(scores))
     return int(torch.multinomial(probs, 1, generator=generator))

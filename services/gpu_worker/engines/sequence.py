@@ -25,6 +25,7 @@ class Sequence:
     request: GenerationInput
     sink: Sink
     prompt_ids: list[int] = field(default_factory=list)
+    output_ids: list[int] = field(default_factory=list)  # generated here (to rebuild a row)
     generated: int = 0
     generator: Any = None  # torch.Generator for sampled decoding; None when greedy
     detok: IncrementalDetokenizer | None = None
@@ -51,6 +52,7 @@ class Sequence:
             self.sink(TextDelta(self.stops.flush() + self.detok.flush(), 0))
             return self._finish(FinishReason.STOP)
         self.generated += 1
+        self.output_ids.append(token)
         text, stopped = self.stops.push(self.detok.push(token))
         if stopped:
             self.sink(TextDelta(text, 1))

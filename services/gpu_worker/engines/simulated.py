@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from services.gpu_worker.engines.base import (
 from services.gpu_worker.engines.text import StopMatcher
 
 RATE_WINDOW_S = 5.0
+log = logging.getLogger(__name__)
 
 WORDS = [
     "the",
@@ -186,6 +188,19 @@ class SimulatedEngine:
         return seq
 
     async def _run(self) -> None:
+        """The engine's task; if it raises, the engine is unhealthy and every sequence fails
+        (its worker is replaced), rather than a task dying silently."""
+        try:
+            await self._steps()
+        except Exception:
+            log.exception("the simulated engine %s failed; it is unhealthy", self.spec.model_id)
+            self.healthy = False
+            for seq in [*self._running, *self._waiting]:
+                seq.sink(Unavailable(f"model {self.spec.model_id} failed on this worker"))
+            self._running.clear()
+            self._waiting.clear()
+
+    async def _steps(self) -> None:
         assert self._wake is not None
         while not self._closed:
             self._running = [s for s in self._running if not (s.cancelled or s.finished)]

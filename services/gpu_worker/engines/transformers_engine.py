@@ -19,6 +19,7 @@ from typing import Any
 from services.common.catalog import ModelSpec
 from services.common.errors import InvalidArgument, Unavailable
 from services.gpu_worker.engines.base import EngineStats, GenerationInput, ModelState, Sink
+from services.gpu_worker.engines.isolation import FaultStreak
 from services.gpu_worker.engines.sequence import Sequence
 from services.gpu_worker.engines.threaded import ThreadedEngine
 
@@ -37,6 +38,12 @@ class TransformersEngine(ThreadedEngine):
         self._prefix_ids: list[int] = []  # the chat template's shared prompt prefix
         self._prefix: Any = None  # its KV cache (kv_batch.KvBatch of one row)
         self._incoming: list[Sequence] = []
+        # engine thread only: the running batch, its rows, the sequences waiting to join
+        self._rows: list[Sequence] = []
+        self._joining: list[Sequence] = []  # admitted, being prefilled
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._batch: Any = None
+        self._streak = FaultStreak()
         self._active = 0  # sequences submitted and not finished (read from other threads)
         self._kv_tokens = 0
         self._produced: collections.deque[tuple[float, int]] = collections.deque()
@@ -87,63 +94,119 @@ class TransformersEngine(ThreadedEngine):
 
     # -- the engine thread -----------------------------------------------------------------
     def _run(self) -> None:
+        """The engine thread. Whatever it raises is caught here: the engine turns unhealthy
+        (its worker stops taking leases and is replaced) and every sequence gets an error."""
+        try:
+            self._loop()
+        except BaseException as exc:
+            log.exception("the engine thread of %s died; it is unhealthy", self.spec.model_id)
+            self._fail_all(exc)
+        for sequence in [*self._rows, *self._waiting, *self._incoming]:
+            sequence.sink(Unavailable(f"model {self.spec.model_id} stopped"))
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._incoming or self._rows or self._waiting or self._closed):
+                    self._wake.wait()
+                if self._closed:
+                    return
+                arrived, self._incoming = self._incoming, []
+            self._waiting.extend(s for s in arrived if self._prepare(s))
+            try:
+                self._step()
+            except Exception as exc:  # the device's fault, or every row's: nothing to trust
+                log.exception("model step failed; %s is now unhealthy", self.spec.model_id)
+                self._fail_all(exc)
+
+    def _step(self) -> None:
+        """One iteration: rows leave and join, every row samples, one forward pass decodes."""
         import torch
 
         from services.gpu_worker.engines import kv_batch
 
-        rows: list[Sequence] = []
-        waiting: collections.deque[Sequence] = collections.deque()
-        batch = None
-        while True:
-            with self._wake:
-                while not (self._incoming or rows or waiting or self._closed):
-                    self._wake.wait()
-                if self._closed:
-                    break
-                arrived, self._incoming = self._incoming, []
-            waiting.extend(s for s in arrived if self._prepare(s))
-            joining: list[Sequence] = []  # admitted this step, not yet rows of the batch
+        self._drop_cancelled()
+        joining = self._joining = self._admit()
+        if joining:
             try:
-                rows, batch = self._drop_cancelled(rows, batch, waiting)
-                joining = self._admit(rows, waiting)
-                if joining:
-                    started = time.perf_counter()
-                    joining, fresh = self._prefill(joining)
-                    batch = fresh if batch is None else kv_batch.merge(batch, fresh)
-                    rows, joining = rows + joining, []
-                    log.debug(
-                        "prefilled %d sequences (%d tokens) in %.0f ms; %d rows",
-                        len(fresh.mask),
-                        int(fresh.mask.sum()),
-                        (time.perf_counter() - started) * 1000,
-                        len(rows),
-                    )
-                if not rows:
-                    continue
-                tokens = self._sample(rows, batch.last_logits)
-                keep = [
-                    i
-                    for i, (s, t) in enumerate(zip(rows, tokens, strict=True))
-                    if s.accept(t, self._eos)
-                ]
-                self._produced_tokens(len(rows))
-                self._finished(len(rows) - len(keep))
-                if len(keep) < len(rows):
-                    rows = [rows[i] for i in keep]
-                    tokens = [tokens[i] for i in keep]
-                    batch = kv_batch.select(batch, keep) if keep else None
-                if rows:
-                    kv_batch.decode(self._model, batch, torch.tensor(tokens, device=self.device))
-                self._kv_tokens = sum(s.cached_tokens for s in rows)
-            except Exception as exc:  # a device or runtime fault: stop serving garbage
-                log.exception("model step failed; %s is now unhealthy", self.spec.model_id)
-                self.healthy = False
-                for sequence in [*rows, *joining]:
-                    sequence.sink(exc)
-                self._finished(len(rows) + len(joining))
-                rows, batch = [], None
-        for sequence in [*rows, *waiting, *self._incoming]:
-            sequence.sink(Unavailable(f"model {self.spec.model_id} stopped"))
+                joining, fresh = self._prefill(joining)
+            except Exception as exc:  # noqa: BLE001 - isolated below
+                joining, fresh = self._isolate(exc, joining)
+            if joining:
+                self._batch = fresh if self._batch is None else kv_batch.merge(self._batch, fresh)
+                self._rows += joining
+            self._joining = []
+        if not self._rows:
+            return
+        tokens = self._sample(self._rows, self._batch.last_logits)
+        keep = [i for i, (s, t) in enumerate(zip(self._rows, tokens, strict=True)) if t >= 0]
+        keep = [i for i in keep if self._accept(self._rows[i], tokens[i])]
+        self._produced_tokens(len(self._rows))
+        self._finished(len(self._rows) - len(keep))
+        if len(keep) < len(self._rows):
+            self._rows = [self._rows[i] for i in keep]
+            tokens = [tokens[i] for i in keep]
+            self._batch = kv_batch.select(self._batch, keep) if keep else None
+        if self._rows:
+            try:
+                ids = torch.tensor(tokens, device=self.device)
+                kv_batch.decode(self._model, self._batch, ids)
+            except Exception as exc:  # noqa: BLE001 - isolated below
+                self._rows, self._batch = self._isolate(exc, self._rows)
+        self._kv_tokens = sum(s.cached_tokens for s in self._rows)
+
+    def _isolate(self, exc: Exception, sequences: list[Sequence]) -> tuple[list[Sequence], Any]:
+        """After a batched step raised (not a device fault: re-raised), runs each sequence
+        alone from its prompt and what it generated (engines.isolation): the culprits fail,
+        the others come back as one batch."""
+        from services.gpu_worker.engines import kv_batch
+        from services.gpu_worker.engines.isolation import is_device_fault, rebuild
+
+        if is_device_fault(exc):
+            raise exc
+        log.warning("a batched step of %s failed (%r); isolating it", self.spec.model_id, exc)
+        return rebuild(
+            lambda s: kv_batch.prefill(self._model, [s.prompt_ids + s.output_ids], self.device),
+            sequences,
+            kv_batch.merge,
+            self._fail_request,
+        )
+
+    def _accept(self, seq: Sequence, token: int) -> bool:
+        """Feeds a sampled token to its sequence; a sequence that raises fails alone."""
+        try:
+            keep = seq.accept(token, self._eos)
+        except Exception as exc:  # noqa: BLE001 - the sequence fails alone
+            self._fail_request(seq, exc, counted=False)
+            return False
+        if not keep:
+            self._streak.succeeded()
+        return keep
+
+    def _fail_request(self, seq: Sequence, exc: BaseException, counted: bool = True) -> None:
+        """Ends one sequence whose input made the model fail; a streak of them (no request
+        succeeding in between) says the fault is the engine's."""
+        from services.gpu_worker.engines.isolation import request_error
+
+        seq.sink(request_error(self.spec.model_id, exc))
+        if counted:
+            self._finished(1)
+        if self._streak.failed():
+            log.error(
+                "%s failed %d requests in a row; unhealthy", self.spec.model_id, self._streak.limit
+            )
+            self.healthy = False
+
+    def _fail_all(self, exc: BaseException) -> None:
+        self.healthy = False
+        error = Unavailable(f"model {self.spec.model_id} failed on this worker")
+        error.__cause__ = exc
+        doomed = [*self._rows, *self._joining, *self._waiting]
+        for sequence in doomed:
+            sequence.sink(error)
+        self._finished(len(doomed))
+        self._rows, self._joining, self._batch = [], [], None
+        self._waiting = collections.deque()
 
     def _prefill(self, joining: list[Sequence]) -> tuple[list[Sequence], Any]:
         """Prefills joining sequences: those that start with the cached template prefix
@@ -184,9 +247,13 @@ class TransformersEngine(ThreadedEngine):
         from services.gpu_worker.engines.text import IncrementalDetokenizer, StopMatcher
 
         request = seq.request
-        ids = self._encode(request.prompt)
-        if request.resume_text:  # continue after the text already streamed elsewhere
-            ids += self._tokenizer(request.resume_text, add_special_tokens=False)["input_ids"]
+        try:
+            ids = self._encode(request.prompt)
+            if request.resume_text:  # continue after the text already streamed elsewhere
+                ids += self._tokenizer(request.resume_text, add_special_tokens=False)["input_ids"]
+        except Exception as exc:  # noqa: BLE001 - the sequence fails alone
+            self._fail_request(seq, exc)
+            return False
         limit = self.spec.max_context_tokens
         if len(ids) + request.remaining_tokens > limit:
             self._finished(1)
@@ -204,8 +271,9 @@ class TransformersEngine(ThreadedEngine):
         seq.generator = make_generator(seq.request.sampling, self.device)
         return True
 
-    def _admit(self, rows: list[Sequence], waiting: collections.deque[Sequence]) -> list[Sequence]:
+    def _admit(self) -> list[Sequence]:
         """Waiting sequences that fit the free slots and the KV-token budget, in order."""
+        rows, waiting = self._rows, self._waiting
         budget = self.spec.max_batch_tokens - sum(s.kv_tokens for s in rows)
         joining: list[Sequence] = []
         while waiting and len(rows) + len(joining) < self.spec.max_slots:
@@ -216,30 +284,36 @@ class TransformersEngine(ThreadedEngine):
             joining.append(seq)
         return joining
 
-    def _drop_cancelled(
-        self, rows: list[Sequence], batch: Any, waiting: collections.deque[Sequence]
-    ) -> tuple[list[Sequence], Any]:
+    def _drop_cancelled(self) -> None:
         from services.gpu_worker.engines import kv_batch
 
-        for seq in [s for s in waiting if s.cancelled.is_set()]:
-            waiting.remove(seq)
+        for seq in [s for s in self._waiting if s.cancelled.is_set()]:
+            self._waiting.remove(seq)
             self._finished(1)
+        rows = self._rows
         keep = [i for i, s in enumerate(rows) if not s.cancelled.is_set()]
         if len(keep) == len(rows):
-            return rows, batch
+            return
         self._finished(len(rows) - len(keep))
-        return [rows[i] for i in keep], (kv_batch.select(batch, keep) if keep else None)
+        self._rows = [rows[i] for i in keep]
+        self._batch = kv_batch.select(self._batch, keep) if keep else None
 
     def _sample(self, rows: list[Sequence], logits: Any) -> list[int]:
+        """Each row's next token; -1 for a row whose sampling raised (it failed alone)."""
         from services.gpu_worker.engines.sampling import next_token
 
         greedy = logits.argmax(-1).tolist()
-        return [
-            greedy[i]
-            if s.request.sampling.greedy
-            else next_token(logits[i], s.request.sampling, s.generator)
-            for i, s in enumerate(rows)
-        ]
+        tokens = []
+        for i, s in enumerate(rows):
+            if s.request.sampling.greedy:
+                tokens.append(greedy[i])
+                continue
+            try:
+                tokens.append(next_token(logits[i], s.request.sampling, s.generator))
+            except Exception as exc:  # noqa: BLE001 - the sequence fails alone
+                self._fail_request(s, exc, counted=False)
+                tokens.append(-1)
+        return tokens
 
     def _produced_tokens(self, count: int) -> None:
         now = time.monotonic()

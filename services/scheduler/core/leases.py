@@ -72,16 +72,16 @@ class LeaseTable:
         if record is None:
             return False
         record.last_heartbeat = now
-        if record.state is not state:
-            record.state, self._room = state, None
+        if record.state is not state or record.suspect:
+            record.state, record.suspect, self._room = state, False, None
         return True
 
     def suspect(self, worker_id: str) -> None:
         """Takes no new leases on a worker that just failed a call, until its next
         heartbeat says how it is."""
         record = self._workers.get(worker_id)
-        if record is not None and record.state is WorkerState.READY:
-            record.state, self._room = WorkerState.UNHEALTHY, None
+        if record is not None and not record.suspect:
+            record.suspect, self._room = True, None
 
     def remove_worker(self, worker_id: str) -> list[Lease]:
         """Forgets a worker and returns the leases it held, now reclaimed."""

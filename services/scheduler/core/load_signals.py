@@ -23,8 +23,8 @@ def model_loads(
     completions: ServiceRate,
 ) -> list[ModelLoad]:
     """One ModelLoad per catalog model. A worker counts for a model it has, ready or
-    loading, unless it is draining (it is leaving); the leases of draining workers still
-    count as busy."""
+    loading, unless it is draining (it is leaving) or unhealthy (it takes no leases and is
+    being replaced); the leases of such workers still count as busy."""
     entries = {e.model_id: e for e in entries}
     counted = dict.fromkeys(entries, 0)
     busy = dict.fromkeys(entries, 0)
@@ -34,7 +34,7 @@ def model_loads(
             if model_id not in entries:
                 continue
             busy[model_id] += model.active
-            if worker.state is not WorkerState.DRAINING:
+            if worker.state is WorkerState.READY:
                 counted[model_id] += 1
                 slots[model_id] = max(1, model.max_slots)
     queued = {m: dict.fromkeys(Priority, 0) for m in entries}

@@ -128,10 +128,11 @@ class WorkerRecord:
     loadable: dict[str, int] = field(default_factory=dict)  # model → memory it would need
     memory_budget: int = 0  # device memory models may take; 0: unknown (placement skips it)
     latency_ms: float | None = None  # moving average of time to first token
+    suspect: bool = False  # a call to it just failed: no leases until its next heartbeat
 
     @property
     def accepts_leases(self) -> bool:
-        return self.state is WorkerState.READY
+        return self.state is WorkerState.READY and not self.suspect
 
     def memory_free(self) -> int:
         """Memory budget left after the models it holds (reported, else expected, sizes)."""

@@ -1,0 +1,87 @@
+"""Keeping a fault inside the smallest unit that had it: a sequence, then a step, then the
+engine.
+
+When a batched model step raises, the engine cannot tell from the exception which row caused
+it. Unless the fault is the device's own (a CUDA error poisons the whole context: the engine
+is unhealthy and its worker is replaced), each sequence of the failed step is run again alone,
+from its prompt and the tokens it already generated (`rebuild`): the ones that fail alone are
+the culprits and end with INVALID_ARGUMENT, not to be retried elsewhere; the others continue
+in a new batch, with nothing lost. A fault that every sequence has, or one that keeps hitting
+request after request (`FaultStreak`), is the engine's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from services.common.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+DEVICE_FAULT_MARKERS = ("CUDA error", "device-side assert", "CUBLAS_STATUS", "cuDNN error", "NCCL")
+STREAK_LIMIT = 3  # consecutive requests failing alone, none succeeding between: the engine's
+
+
+def is_device_fault(exc: BaseException) -> bool:
+    """A fault of the device or its runtime, after which no result on it can be trusted."""
+    import torch
+
+    if isinstance(exc, torch.AcceleratorError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in DEVICE_FAULT_MARKERS)
+
+
+def request_error(model_id: str, exc: BaseException) -> InvalidArgument:
+    """What a request that makes the model fail gets (the details go to the log)."""
+    return InvalidArgument(
+        f"{model_id} failed on this request ({type(exc).__name__}); it is not retried"
+    )
+
+
+class FaultStreak:
+    """Counts requests failing alone in a row; too many means the engine is at fault."""
+
+    def __init__(self, limit: int = STREAK_LIMIT) -> None:
+        self.limit = limit
+        self._count = 0
+
+    def failed(self) -> bool:
+        """Counts one; True when the streak reached the limit."""
+        self._count += 1
+        return self._count >= self.limit
+
+    def succeeded(self) -> None:
+        self._count = 0
+
+
+def rebuild(
+    prefill_alone: Callable[[Any], Any],
+    sequences: list[Any],
+    merge: Callable[[Any, Any], Any],
+    fail: Callable[[Any, BaseException], None],
+) -> tuple[list[Any], Any]:
+    """Runs each sequence alone (`prefill_alone(seq)` → its one-row batch); those that raise
+    go to `fail`. Returns the survivors and their merged batch (None if none survived).
+    Raises a device fault at once, and the first fault when every one of several sequences
+    failed alone (then it is not theirs but the engine's, and none was blamed)."""
+    survivors: list[Any] = []
+    faults: list[tuple[Any, BaseException]] = []
+    batch = None
+    for seq in sequences:
+        try:
+            alone = prefill_alone(seq)
+        except Exception as exc:
+            if is_device_fault(exc):
+                raise
+            faults.append((seq, exc))
+            continue
+        survivors.append(seq)
+        batch = alone if batch is None else merge(batch, alone)
+    if faults and not survivors and len(sequences) > 1:
+        raise faults[0][1]
+    for seq, exc in faults:
+        log.warning("a request failed the model alone: %r", exc)
+        fail(seq, exc)
+    return survivors, batch
