@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from services.common.config import read_toml
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, Unavailable
 from services.gpu_worker import config as worker_config
 from services.gpu_worker.engines.base import (
     Finished,
@@ -155,14 +155,25 @@ def test_prefix_caching_changes_nothing_but_speed(engine):
     assert cached == plain and cached
 
 
-def test_a_failing_prefill_ends_its_requests_with_an_error(engine, monkeypatch):
+def test_a_failing_batched_prefill_is_retried_alone_and_completes(engine, monkeypatch):
     def broken(joining):
-        raise RuntimeError("device error during prefill")
+        raise ValueError("a bug in the batched path")
+
+    monkeypatch.setattr(engine, "_prefill", broken)
+    text, final = run(engine, "Hello", max_tokens=4)
+    assert isinstance(final, Finished) and final.completion_tokens == 4 and text
+    assert engine.healthy
+
+
+def test_a_device_fault_in_prefill_ends_its_requests_with_an_error(engine, monkeypatch):
+    def broken(joining):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     monkeypatch.setattr(engine, "_prefill", broken)
     try:
         _, final = run(engine, "Hello", max_tokens=4)
-        assert isinstance(final, RuntimeError)  # the caller hears of it; nothing hangs
+        assert isinstance(final, Unavailable)  # the caller hears of it; nothing hangs
+        assert not engine.healthy
         deadline = time.monotonic() + 5
         while engine.active_sequences() and time.monotonic() < deadline:
             time.sleep(0.01)
