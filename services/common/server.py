@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -69,14 +70,19 @@ class GrpcService:
         grace_s: float = 10.0,
         internal_secret: str = "",
         tls: TlsFiles | None = None,
+        door: Sequence[grpc.aio.ServerInterceptor] = (),
+        options: Sequence[tuple[str, Any]] = (),
     ) -> None:
+        """`door`: interceptors that run first (the router's authentication); `options`:
+        server options that replace the defaults of the same name."""
         self._tls = tls
         self.address = address
         self.grace_s = grace_s
-        interceptors: list[grpc.aio.ServerInterceptor] = [ErrorMappingInterceptor()]
+        interceptors: list[grpc.aio.ServerInterceptor] = [*door, ErrorMappingInterceptor()]
         if internal_secret:
             interceptors.insert(0, SecretCheckInterceptor(internal_secret))
-        self.server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+        chosen = dict(SERVER_OPTIONS) | dict(options)
+        self.server = grpc.aio.server(interceptors=interceptors, options=tuple(chosen.items()))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._names = list(service_names)

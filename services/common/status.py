@@ -103,9 +103,34 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> N
     await context.abort(code, details)
 
 
+class _Malformed:
+    """What a request body that does not parse (bad protobuf, invalid UTF-8) becomes."""
+
+
+MALFORMED = _Malformed()
+_MALFORMED_ERROR = errors.InvalidArgument("malformed request: the body is not a valid message")
+
+
+def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A deserializer that returns MALFORMED instead of raising (gRPC would answer UNKNOWN
+    naming a Python class); the behavior then answers INVALID_ARGUMENT."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # noqa: BLE001 - any body that does not parse is malformed
+            return MALFORMED
+
+    return parse
+
+
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if request_or_iterator is MALFORMED:
+                raise _MALFORMED_ERROR
             return await behavior(request_or_iterator, context)
         except grpc.aio.AbortError:
             raise
@@ -121,6 +146,8 @@ def _wrap_streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
 
     async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if request_or_iterator is MALFORMED:
+                raise _MALFORMED_ERROR
             async for item in behavior(request_or_iterator, context):
                 yield item
         except grpc.aio.AbortError:
@@ -132,11 +159,14 @@ def _wrap_streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def rebuild_handler(
-    handler: grpc.RpcMethodHandler, wrap: Callable[[Callable[..., Any], bool], Callable[..., Any]]
+    handler: grpc.RpcMethodHandler,
+    wrap: Callable[[Callable[..., Any], bool], Callable[..., Any]],
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler:
-    """A handler of the same kind and codec whose behavior is `wrap(behavior, streaming)`."""
+    """A handler of the same kind and codec (or with `request_deserializer`) whose behavior
+    is `wrap(behavior, streaming)`."""
     codec = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": request_deserializer or handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
@@ -164,4 +194,5 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             lambda behavior, streaming: (
                 _wrap_streaming(behavior) if streaming else _wrap_unary(behavior)
             ),
+            tolerant(handler.request_deserializer),
         )

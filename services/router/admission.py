@@ -26,8 +26,12 @@ class Admission:
         self._metrics = metrics
 
     def tenant(self, metadata: Iterable[tuple[str, Any]]) -> str:
-        """The caller's tenant. Raises Unauthenticated."""
-        with TRACER.start_as_current_span("router.authenticate") as span:
+        """The caller's tenant. Raises Unauthenticated. (Called by the door's interceptor,
+        before the call's own span: the span joins the caller's trace.)"""
+        metadata = tuple(metadata)
+        with TRACER.start_as_current_span(
+            "router.authenticate", context=tracing.incoming_context(metadata)
+        ) as span:
             tenant = self._auth.tenant_for(metadata)
             span.set_attribute("inference.tenant", tenant)
             return tenant

@@ -23,6 +23,7 @@ class TenantSpec:
     models: tuple[str, ...] = ()  # models it may use; empty: all
     max_priority: str = "high"  # the highest priority it may ask for
     limits: Limits | None = None  # None: the router's default_limits
+    admin: bool = False  # may see the fleet (workers, every tenant's load) in GetStatus
 
     def __post_init__(self) -> None:
         require(
@@ -43,7 +44,13 @@ class RouterConfig(SecuritySettings):
     default_deadline_s: float = 120.0  # when the client sets none
     max_deadline_s: float = 600.0  # longer client deadlines are cut to this
     model_refresh_s: float = 2.0  # how long the model list from the scheduler is reused
+    status_cache_s: float = 1.0  # how long a GetStatus answer is reused
     max_prompt_chars: int = 32_768
+    # the public port: a request message above this is refused (RESOURCE_EXHAUSTED, by gRPC;
+    # HTTP 413), at most this many concurrent streams per connection, this much metadata
+    max_request_bytes: int = 512 * 1024
+    max_streams_per_connection: int = 128
+    max_metadata_bytes: int = 16 * 1024
     max_resumes: int = 3  # times a request may move (worker lost, preempted) before UNAVAILABLE
     # a request waits this long at most for an unreachable scheduler (restarting) before
     # UNAVAILABLE, within its deadline; about a scheduler restart on Kubernetes
@@ -62,6 +69,9 @@ class RouterConfig(SecuritySettings):
             "router: need 0 < default_deadline_s <= max_deadline_s",
         )
         require(self.max_prompt_chars > 0, "router.max_prompt_chars must be > 0")
+        require(self.max_request_bytes >= 1024, "router.max_request_bytes must be >= 1024")
+        require(self.max_streams_per_connection >= 1, "router.max_streams_per_connection >= 1")
+        require(self.max_metadata_bytes >= 1024, "router.max_metadata_bytes must be >= 1024")
         require(self.replicas >= 1, "router.replicas must be >= 1")
         require(self.max_resumes >= 0, "router.max_resumes must be >= 0")
         require(self.scheduler_wait_s >= 0, "router.scheduler_wait_s must be >= 0")
@@ -94,7 +104,7 @@ def load(
 
 
 def _tenant(raw: Mapping[str, Any]) -> TenantSpec:
-    known = {"id", "api_key_sha256", "weight", "models", "max_priority", *LIMIT_KEYS}
+    known = {"id", "api_key_sha256", "weight", "models", "max_priority", "admin", *LIMIT_KEYS}
     where = f"[[router.tenants]] {raw.get('id')!r}"
     if not {"id", "api_key_sha256"} <= set(raw) or set(raw) - known:
         raise ConfigError(f"{where}: needs id and api_key_sha256; may have {sorted(known)}")
@@ -105,6 +115,7 @@ def _tenant(raw: Mapping[str, Any]) -> TenantSpec:
         weight=float(raw.get("weight", 1.0)),
         models=tuple(raw.get("models", ())),
         max_priority=str(raw.get("max_priority", "high")),
+        admin=bool(raw.get("admin", False)),
         limits=_limits(limit_values, where) if limit_values else None,
     )
 

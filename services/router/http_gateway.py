@@ -7,7 +7,9 @@ HTTP ones here, in one place: 400, 401, 403, 404, 429 (with Retry-After), 503, 5
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import math
 from typing import Any
 
@@ -18,7 +20,7 @@ from inference.v1 import router_pb2_grpc, types_pb2
 
 from services.common.errors import InvalidArgument
 from services.common.status import RETRY_AFTER_KEY, status_for
-from services.router import openai_format
+from services.router import json_fields, openai_format
 
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -36,13 +38,14 @@ PRIORITIES = {
     "low": types_pb2.PRIORITY_LOW,
 }
 FORWARDED_HEADERS = ("authorization", "traceparent", "tracestate")
+log = logging.getLogger(__name__)
 
 
 class HttpGateway:
-    def __init__(self, router_address: str) -> None:
+    def __init__(self, router_address: str, max_request_bytes: int = 512 * 1024) -> None:
         self._channel = grpc.aio.insecure_channel(router_address)
         self._router = router_pb2_grpc.RouterStub(self._channel)
-        self.app = web.Application(middlewares=[_errors])
+        self.app = web.Application(middlewares=[_errors], client_max_size=max_request_bytes)
         self.app.add_routes(
             [
                 web.post("/api/v1/inference", self.inference),
@@ -58,7 +61,9 @@ class HttpGateway:
 
     async def start(self, listen: str) -> int:
         host, _, port = listen.rpartition(":")
-        self._runner = web.AppRunner(self.app, access_log=None)
+        # a client that goes away cancels its handler, which cancels the gRPC call: the
+        # request leaves the queue or its sequence stops on the worker
+        self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host.strip("[]") or "127.0.0.1", int(port))
         await site.start()
@@ -73,15 +78,15 @@ class HttpGateway:
     # -- the original JSON API ---------------------------------------------------------------
     async def inference(self, request: web.Request) -> web.Response:
         body = await _json(request)
-        priority = str(body.get("priority", "medium")).lower()
+        priority = json_fields.text(body, "priority", "medium").lower()
         if priority not in PRIORITIES:
             raise InvalidArgument("priority must be high, medium or low")
         message = types_pb2.GenerateRequest(
-            model_id=str(body.get("model_id", "")),
-            prompt=str(body.get("prompt", "")),
+            model_id=json_fields.text(body, "model_id"),
+            prompt=json_fields.text(body, "prompt"),
             priority=PRIORITIES[priority],
-            max_tokens=openai_format.number(body, "max_tokens"),
-            request_id=str(body.get("request_id", "")),
+            max_tokens=json_fields.integer(body, "max_tokens", json_fields.UINT32_MAX) or 0,
+            request_id=json_fields.text(body, "request_id"),
         )
         answer = await self._router.Infer(message, metadata=_metadata(request))
         return web.json_response(_as_dict(answer))
@@ -126,11 +131,16 @@ class HttpGateway:
                 headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
             )
             await response.prepare(request)
-            item, is_first = first, True
-            while item is not grpc.aio.EOF:
-                event = openai_format.chunk(item, message.model_id, chat, is_first)
-                await response.write(f"data: {json.dumps(event)}\n\n".encode())
-                item, is_first = await call.read(), False
+            try:
+                item, is_first = first, True
+                while item is not grpc.aio.EOF:
+                    event = openai_format.chunk(item, message.model_id, chat, is_first)
+                    await response.write(f"data: {json.dumps(event)}\n\n".encode())
+                    item, is_first = await call.read(), False
+            except grpc.aio.AioRpcError as exc:  # the status line is sent: an SSE error event
+                body = json.dumps(error_body(exc)[0])
+                await response.write(f"event: error\ndata: {body}\n\n".encode())
+                return response
             await response.write(b"data: [DONE]\n\n")
             return response
         finally:
@@ -144,7 +154,7 @@ def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
 async def _json(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, bad UTF-8, or nested too deep
         raise InvalidArgument("the body must be JSON") from None
     if not isinstance(body, dict):
         raise InvalidArgument("the body must be a JSON object")
@@ -157,19 +167,32 @@ def _as_dict(message: Any) -> dict[str, Any]:
     )
 
 
+def error_body(exc: BaseException) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """The OpenAI-shaped error body of a failure, its HTTP status and headers."""
+    code, details, trailers = status_for(exc)
+    headers = {}
+    retry = dict(trailers).get(RETRY_AFTER_KEY)
+    if retry is not None:
+        headers = {"Retry-After": str(math.ceil(int(retry) / 1000)), RETRY_AFTER_KEY: retry}
+    error = {"message": details, "type": code.name.lower(), "code": code.name}
+    return {"error": error}, HTTP_STATUS.get(code, 500), headers
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
-    except web.HTTPException:
+    except web.HTTPException as exc:  # aiohttp's own: unknown path, method, body too large
+        if exc.status < 400:
+            raise
+        error = {"message": exc.reason, "type": "http_error", "code": str(exc.status)}
+        return web.json_response({"error": error}, status=exc.status)
+    except asyncio.CancelledError:
+        log.info("client went away: %s %s cancelled", request.method, request.path)
+        raise
+    except ConnectionResetError:
+        log.info("client went away during %s %s", request.method, request.path)
         raise
     except Exception as exc:  # noqa: BLE001 - mapped by status_for; unexpected ones logged
-        code, details, trailers = status_for(exc)
-        headers = {}
-        retry = dict(trailers).get(RETRY_AFTER_KEY)
-        if retry is not None:
-            headers = {"Retry-After": str(math.ceil(int(retry) / 1000)), RETRY_AFTER_KEY: retry}
-        error = {"message": details, "type": code.name.lower(), "code": code.name}
-        return web.json_response(
-            {"error": error}, status=HTTP_STATUS.get(code, 500), headers=headers
-        )
+        body, status, headers = error_body(exc)
+        return web.json_response(body, status=status, headers=headers)

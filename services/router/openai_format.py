@@ -8,36 +8,38 @@ from typing import Any
 from inference.v1 import router_pb2, types_pb2
 
 from services.common.errors import InvalidArgument
+from services.router.json_fields import UINT32_MAX, UINT64_MAX, flag, integer, real, text, texts
 
 _FINISH = {types_pb2.FINISH_REASON_STOP: "stop", types_pb2.FINISH_REASON_LENGTH: "length"}
 
 
-def number(body: dict[str, Any], name: str, kind: type = int, default: Any = 0) -> Any:
-    """A numeric field of a JSON body; InvalidArgument if it is not a number."""
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidArgument(f"{name} must be a number, got {value!r}")
-    return kind(value)
-
-
 def generate_request(body: dict[str, Any], prompt: str) -> types_pb2.GenerateRequest:
-    sampling = types_pb2.SamplingParams()
+    """The GenerateRequest of a completions or chat body. Fields this server cannot honour
+    are refused (400), not ignored."""
+    refuse_unsupported(body)
+    sampling = types_pb2.SamplingParams(stop=texts(body, "stop"))
     for name in ("temperature", "top_p"):
-        if body.get(name) is not None:
-            setattr(sampling, name, number(body, name, float))
-    if body.get("seed") is not None:
-        sampling.seed = number(body, "seed")
-    stop = body.get("stop")
-    sampling.stop.extend([stop] if isinstance(stop, str) else list(stop or []))
-    max_tokens = number(body, "max_completion_tokens") or number(body, "max_tokens")
+        if (value := real(body, name)) is not None:
+            setattr(sampling, name, value)
+    if (seed := integer(body, "seed", UINT64_MAX)) is not None:
+        sampling.seed = seed
+    max_tokens = integer(body, "max_completion_tokens", UINT32_MAX)
+    if max_tokens is None:
+        max_tokens = integer(body, "max_tokens", UINT32_MAX)
     return types_pb2.GenerateRequest(
-        model_id=str(body.get("model", "")),
+        model_id=text(body, "model"),
         prompt=prompt,
-        max_tokens=max_tokens,
+        max_tokens=max_tokens or 0,
         sampling=sampling,
     )
+
+
+def refuse_unsupported(body: dict[str, Any]) -> None:
+    if integer(body, "n", UINT32_MAX) not in (None, 1):
+        raise InvalidArgument("n must be 1: one choice per request is supported")
+    if body.get("logprobs") not in (None, False, 0) or body.get("top_logprobs"):
+        raise InvalidArgument("logprobs are not supported")
+    flag(body, "stream")
 
 
 def completion_prompt(body: dict[str, Any]) -> str:
@@ -64,18 +66,17 @@ def chat_prompt(body: dict[str, Any]) -> str:
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         if not isinstance(content, str):
             raise InvalidArgument("each message needs a role and text content")
-        turns.append((str(message.get("role", "user")), content))
+        turns.append((text(message, "role", "user"), content))
     if len(turns) == 1:
         return turns[0][1]
     return "\n".join(f"{role.capitalize()}: {text}" for role, text in turns)
 
 
 def embed_request(body: dict[str, Any]) -> types_pb2.EmbedRequest:
-    inputs = body.get("input")
-    inputs = [inputs] if isinstance(inputs, str) else inputs
-    if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
-        raise InvalidArgument("input must be a string or a list of strings")
-    return types_pb2.EmbedRequest(model_id=str(body.get("model", "")), inputs=inputs)
+    inputs = texts(body, "input")
+    if not inputs:
+        raise InvalidArgument("input must be a string or a non-empty list of strings")
+    return types_pb2.EmbedRequest(model_id=text(body, "model"), inputs=inputs)
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

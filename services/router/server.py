@@ -14,6 +14,7 @@ from services.common.server import CHANNEL_OPTIONS, GrpcService
 from services.common.worker_channels import WorkerChannels
 from services.router.admission import Admission
 from services.router.config import RouterConfig
+from services.router.door import DoorInterceptor, door_options
 from services.router.http_gateway import HttpGateway
 from services.router.metrics import RouterMetrics
 from services.router.models import ModelDirectory
@@ -35,9 +36,20 @@ class RouterServer:
         self.workers = WorkerChannels(config.internal_secret, config.tls())
         runner = LeasedRun(scheduler.acquire, self.workers, config.max_resumes)
         self.models = ModelDirectory(scheduler.stub, config.model_refresh_s)
-        self.grpc = GrpcService(config.listen, [SERVICE_NAME], grace_s=config.shutdown_grace_s)
-        self.http: HttpGateway | None = None
         self.metrics = RouterMetrics()
+        admission = Admission(config, self.metrics)
+        self.grpc = GrpcService(
+            config.listen,
+            [SERVICE_NAME],
+            grace_s=config.shutdown_grace_s,
+            door=[DoorInterceptor(admission.tenant)],
+            options=door_options(
+                config.max_request_bytes,
+                config.max_streams_per_connection,
+                config.max_metadata_bytes,
+            ),
+        )
+        self.http: HttpGateway | None = None
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics_listen)
         router_pb2_grpc.add_RouterServicer_to_server(
             RouterServicer(
@@ -45,7 +57,7 @@ class RouterServer:
                 scheduler,
                 runner,
                 self.models,
-                Admission(config, self.metrics),
+                admission,
                 self.metrics,
             ),
             self.grpc.server,
@@ -61,7 +73,7 @@ class RouterServer:
         with contextlib.suppress(Unavailable):  # the model list, if a scheduler answers now
             await self.models.refresh()
         if self.config.http_listen:
-            self.http = HttpGateway(f"127.0.0.1:{port}")
+            self.http = HttpGateway(f"127.0.0.1:{port}", self.config.max_request_bytes)
             await self.http.start(self.config.http_listen)
         return port
 

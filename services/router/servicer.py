@@ -18,12 +18,12 @@ from services.common.leased_run import LeasedRun
 from services.common.metrics import UNKNOWN
 from services.common.status import final_code
 from services.common.tokens import estimate_tokens
-from services.router import validation
+from services.router import door, validation
 from services.router.admission import Admission
 from services.router.cache import ResponseCache
 from services.router.config import RouterConfig
 from services.router.metrics import RouterMetrics, StreamObserver
-from services.router.models import ModelDirectory
+from services.router.models import ModelDirectory, StatusViews
 from services.router.scheduler_client import SchedulerClient
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -47,6 +47,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self._runner = runner
         self._models = models
         self._admission = admission
+        self._status = StatusViews(scheduler.stub, config.status_cache_s)
         self._cache = ResponseCache(config.cache_max_entries, config.cache_ttl_s, time.monotonic)
 
     async def Generate(
@@ -74,11 +75,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         metadata = context.invocation_metadata() or ()
         attributes = {"inference.model": request.model_id, "inference.inputs": len(request.inputs)}
         with tracing.server_span("router.Embed", metadata, **attributes) as span:
-            tenant = self._admission.tenant(metadata)
+            tenant = door.caller()
             span.set_attribute("inference.tenant", tenant)
             validation.check_embed_shape(request, self._config.max_prompt_chars)
             model = await self._models.get(request.model_id)
-            validation.check_kind(model, types_pb2.MODEL_KIND_EMBEDDING)
+            validation.check_embed_against_model(request, model)
             admitted = validation.normalized(request)
             self._admission.check(tenant, admitted.model_id, admitted.priority)
             reservation = self._admission.reserve(
@@ -100,17 +101,15 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def ListModels(
         self, request: types_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> types_pb2.ListModelsResponse:
-        self._admission.tenant(context.invocation_metadata() or ())
         return await self._models.list()
 
     async def GetStatus(
         self, request: types_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> types_pb2.GetStatusResponse:
-        self._admission.tenant(context.invocation_metadata() or ())
-        try:
-            return await self._scheduler.stub.GetStatus(types_pb2.GetStatusRequest(), timeout=5)
-        except grpc.aio.AioRpcError as exc:
-            raise Unavailable(f"scheduler unavailable ({exc.code().name})") from None
+        """The fleet for an admin (workers, leases, scaling); a tenant sees its own requests
+        and the models' readiness, nothing of the workers or of other tenants."""
+        tenant = door.caller()
+        return await self._status.get("" if self._admission.policies.is_admin(tenant) else tenant)
 
     async def _forward(
         self, rpc: str, request: types_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -142,7 +141,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 else str(request.priority),
             },
         ) as span:
-            tenant = self._admission.tenant(metadata)
+            tenant = door.caller()
             span.set_attribute("inference.tenant", tenant)
             with TRACER.start_as_current_span("router.validate"):
                 validation.check_shape(request, self._config.max_prompt_chars)

@@ -20,6 +20,11 @@ class TenantPolicies:
     def spec(self, tenant: str) -> TenantSpec:
         return self._tenants.get(tenant, self._anonymous)
 
+    def is_admin(self, tenant: str) -> bool:
+        """Sees the fleet view. Anonymous callers do: the router allows them only on
+        loopback, that is, to whoever runs it."""
+        return tenant == ANONYMOUS or self.spec(tenant).admin
+
     def limits(self, tenant: str) -> Limits:
         return self.spec(tenant).limits or self._defaults
 

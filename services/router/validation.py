@@ -1,4 +1,9 @@
-"""Validation of GenerateRequest fields, with precise messages. Pure: no I/O."""
+"""Validation of request fields, with precise messages. Pure: no I/O.
+
+Sizes are checked before anything costs: a prompt's characters against the router's cap and
+the model's context (no token is longer than MAX_CHARS_PER_TOKEN characters, so a longer
+prompt cannot fit), embedding inputs by count, each and in total. Request ids are printable
+ASCII (they travel as the x-request-id header)."""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ MAX_STOP_CHARS = 64
 MAX_REQUEST_ID_CHARS = 128
 MAX_TOP_K = 1000
 MAX_EMBED_INPUTS = 256
+MAX_EMBED_TOTAL_CHARS = 256 * 1024
+MAX_CHARS_PER_TOKEN = 16
 _PRIORITIES = set(types_pb2.Priority.values())
 
 
@@ -43,7 +50,23 @@ def check_embed_shape(request: types_pb2.EmbedRequest, max_input_chars: int) -> 
             raise InvalidArgument(f"inputs[{i}] must not be empty")
         if len(text) > max_input_chars:
             raise InvalidArgument(f"inputs[{i}] too long: {len(text)} characters")
+    total = sum(len(text) for text in request.inputs)
+    if total > MAX_EMBED_TOTAL_CHARS:
+        raise InvalidArgument(
+            f"inputs too long: {total} characters (limit {MAX_EMBED_TOTAL_CHARS})"
+        )
     _check_common(request)
+
+
+def check_embed_against_model(request: types_pb2.EmbedRequest, model: types_pb2.ModelInfo) -> None:
+    check_kind(model, types_pb2.MODEL_KIND_EMBEDDING)
+    limit = model.max_context_tokens * MAX_CHARS_PER_TOKEN
+    for i, text in enumerate(request.inputs):
+        if len(text) > limit:
+            raise InvalidArgument(
+                f"inputs[{i}] too long for {model.model_id}: {len(text)} characters "
+                f"(its context is {model.max_context_tokens} tokens)"
+            )
 
 
 def check_kind(model: types_pb2.ModelInfo, kind: int) -> None:
@@ -55,6 +78,12 @@ def check_kind(model: types_pb2.ModelInfo, kind: int) -> None:
 
 def check_against_model(request: types_pb2.GenerateRequest, model: types_pb2.ModelInfo) -> None:
     check_kind(model, types_pb2.MODEL_KIND_GENERATIVE)
+    limit = model.max_context_tokens * MAX_CHARS_PER_TOKEN
+    if len(request.prompt) > limit:
+        raise InvalidArgument(
+            f"prompt too long for {model.model_id}: {len(request.prompt)} characters "
+            f"(its context is {model.max_context_tokens} tokens)"
+        )
     if request.max_tokens > model.max_output_tokens:
         raise InvalidArgument(
             f"max_tokens {request.max_tokens} exceeds the limit of {model.model_id} "
@@ -78,8 +107,10 @@ def _check_common(request: Any) -> None:
     if request.priority not in _PRIORITIES:
         raise InvalidArgument(f"priority {request.priority} is not a valid Priority")
     rid = request.request_id
-    if len(rid) > MAX_REQUEST_ID_CHARS or not rid.isprintable():
-        raise InvalidArgument(f"request_id must be printable, at most {MAX_REQUEST_ID_CHARS} chars")
+    if len(rid) > MAX_REQUEST_ID_CHARS or not all(" " <= c <= "~" for c in rid):
+        raise InvalidArgument(
+            f"request_id must be printable ASCII, at most {MAX_REQUEST_ID_CHARS} characters"
+        )
 
 
 def _check_sampling(s: types_pb2.SamplingParams) -> None:

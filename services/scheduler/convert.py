@@ -123,13 +123,22 @@ def usage(ended: scheduler_pb2.LeaseEnded) -> Usage:
     return Usage(ended.prompt_tokens, ended.completion_tokens, ended.time_to_first_token_ms)
 
 
-def lease_grant(grant: Grant, key: bytes, start_by_unix_ms: int) -> scheduler_pb2.LeaseGrant:
-    """The grant as the router receives it, with the lease signed for its worker."""
+def scoped_id(tenant_id: str, request_id: str) -> str:
+    """A request's id inside the scheduler: scoped by its tenant, so that no tenant can
+    collide with another's ids, or learn of them by colliding ("\x1f" is in no id)."""
+    return f"{tenant_id}\x1f{request_id}"
+
+
+def lease_grant(
+    grant: Grant, request_id: str, key: bytes, start_by_unix_ms: int
+) -> scheduler_pb2.LeaseGrant:
+    """The grant as the router receives it, with the lease signed for its worker and for
+    `request_id` (the router's id; the scheduler scopes ids by tenant)."""
     lease, admitted = grant.lease, grant.request
     claims = types_pb2.LeaseClaims(
         lease_id=lease.lease_id,
         worker_id=lease.worker_id,
-        request_id=lease.request_id,
+        request_id=request_id,
         model_id=lease.model_id,
         tenant_id=lease.tenant_id,
         priority=int(lease.priority),
@@ -157,7 +166,7 @@ def running_lease(claims: types_pb2.LeaseClaims, address: str, gpu_id: str, now:
     fairness charge is not carried over: the ledger charges what it really costs at its end."""
     return Lease(
         lease_id=claims.lease_id,
-        request_id=claims.request_id,
+        request_id=scoped_id(claims.tenant_id, claims.request_id),
         worker_id=claims.worker_id,
         worker_address=address,
         gpu_id=gpu_id,

@@ -57,7 +57,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     ) -> scheduler_pb2.LeaseGrant:
         grant = await self._acquire(request, timeout_s)
         start_by = int(time.time() * 1000) + self._lease_start_ms
-        return convert.lease_grant(grant, self._lease_key, start_by)
+        return convert.lease_grant(grant, request.request_id, self._lease_key, start_by)
 
     async def _acquire(
         self, request: scheduler_pb2.AcquireRequest, timeout_s: float | None
@@ -75,7 +75,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         with TRACER.start_as_current_span("scheduler.queue_wait") as span:
             try:
                 grant = await self._coord.acquire(
-                    request.request_id,
+                    convert.scoped_id(request.tenant_id, request.request_id),
                     request.model_id,
                     priority,
                     request.tenant_id,
@@ -208,6 +208,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self, request: types_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> types_pb2.GetStatusResponse:
         core = self._coord.core
+        models = [convert.model_info(view) for view in core.models()]
+        if request.tenant_id:  # a tenant's own view: no workers, no other tenant's load
+            tenant = request.tenant_id
+            return types_pb2.GetStatusResponse(
+                queues=convert.queue_depths(core.queue_depths(tenant)),
+                active_leases=core.active_leases(tenant),
+                models=models,
+            )
         now = core.clock()
         workers = []
         for record in core.workers():
@@ -222,6 +230,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 convert.model_scaling(d, core.scaling.bounds_of(m))
                 for m, d in sorted(core.decisions.items())
             ],
+            models=models,
         )
 
 

@@ -136,7 +136,9 @@ async def test_a_request_sent_while_the_scheduler_restarts_waits_and_is_served(s
     )
     await asyncio.sleep(0.5)
     assert not waiting.done()  # held by the router, not failed
-    restarted = SchedulerServer(replace(old.config, listen=slow_stack.scheduler_address))
+    # with its recovery window (the default): the worker re-registers before any refusal
+    config = replace(old.config, listen=slow_stack.scheduler_address, recovery_s=2.0)
+    restarted = SchedulerServer(config)
     await restarted.start()
     slow_stack.scheduler = restarted
     assert (await waiting).completion_tokens == 3

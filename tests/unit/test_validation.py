@@ -12,9 +12,14 @@ def req(**fields):
 
 
 MODEL = types_pb2.ModelInfo(
-    model_id="m", max_output_tokens=512, kind=types_pb2.MODEL_KIND_GENERATIVE
+    model_id="m",
+    max_output_tokens=512,
+    max_context_tokens=64,
+    kind=types_pb2.MODEL_KIND_GENERATIVE,
 )
-EMBEDDER = types_pb2.ModelInfo(model_id="e", kind=types_pb2.MODEL_KIND_EMBEDDING)
+EMBEDDER = types_pb2.ModelInfo(
+    model_id="e", max_context_tokens=8, kind=types_pb2.MODEL_KIND_EMBEDDING
+)
 
 
 @pytest.mark.parametrize(
@@ -25,6 +30,8 @@ EMBEDDER = types_pb2.ModelInfo(model_id="e", kind=types_pb2.MODEL_KIND_EMBEDDING
         (req(prompt="x" * 101), "prompt too long"),
         (req(priority=9), "priority 9"),
         (req(request_id="x" * 129), "request_id"),
+        (req(request_id="café"), "printable ASCII"),  # it travels as a header
+        (req(request_id="a\nb"), "printable ASCII"),
         (req(sampling=types_pb2.SamplingParams(temperature=2.5)), "temperature"),
         (req(sampling=types_pb2.SamplingParams(temperature=float("nan"))), "temperature"),
         (req(sampling=types_pb2.SamplingParams(top_p=0)), "top_p"),
@@ -42,6 +49,26 @@ def test_max_tokens_is_checked_against_the_model():
     validation.check_against_model(req(max_tokens=512), MODEL)
     with pytest.raises(InvalidArgument, match="max_tokens 513"):
         validation.check_against_model(req(max_tokens=513), MODEL)
+
+
+def test_a_prompt_that_cannot_fit_the_models_context_is_refused_before_tokenizing():
+    validation.check_against_model(req(prompt="x" * 64 * 16), MODEL)
+    with pytest.raises(InvalidArgument, match="too long for m"):
+        validation.check_against_model(req(prompt="x" * (64 * 16 + 1)), MODEL)
+
+
+def test_embedding_inputs_are_bounded_in_count_size_and_total():
+    def embed(inputs):
+        return types_pb2.EmbedRequest(model_id="e", inputs=inputs)
+
+    with pytest.raises(InvalidArgument, match="1 to 256"):
+        validation.check_embed_shape(embed(["a"] * 257), 10_000)
+    with pytest.raises(InvalidArgument, match="inputs\\[1\\] too long"):
+        validation.check_embed_shape(embed(["a", "b" * 101]), 100)
+    with pytest.raises(InvalidArgument, match="inputs too long"):
+        validation.check_embed_shape(embed(["c" * 2000] * 200), 10_000)
+    with pytest.raises(InvalidArgument, match="too long for e"):
+        validation.check_embed_against_model(embed(["d" * 129]), EMBEDDER)
 
 
 def test_a_good_request_passes_and_is_normalized():

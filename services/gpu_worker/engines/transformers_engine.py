@@ -188,14 +188,14 @@ class TransformersEngine(ThreadedEngine):
         succeeding in between) says the fault is the engine's."""
         from services.gpu_worker.engines.isolation import request_error
 
-        seq.sink(request_error(self.spec.model_id, exc))
-        if counted:
-            self._finished(1)
         if self._streak.failed():
             log.error(
                 "%s failed %d requests in a row; unhealthy", self.spec.model_id, self._streak.limit
             )
             self.healthy = False
+        if counted:
+            self._finished(1)
+        seq.sink(request_error(self.spec.model_id, exc))
 
     def _fail_all(self, exc: BaseException) -> None:
         self.healthy = False

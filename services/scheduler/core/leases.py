@@ -259,8 +259,11 @@ class LeaseTable:
                     self._serving.setdefault(m, []).append(worker)
         return self._serving.get(model_id, [])
 
-    def active_leases(self) -> int:
-        return len(self._leases)
+    def active_leases(self, tenant: str | None = None) -> int:
+        """Leases held (by one tenant's requests, when given)."""
+        if tenant is None:
+            return len(self._leases)
+        return sum(1 for lease in self._leases.values() if lease.tenant_id == tenant)
 
     def total_slots(self) -> int:
         return sum(

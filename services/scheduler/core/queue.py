@@ -133,8 +133,10 @@ class RequestQueue:
                 return self.remove(max(tails, key=lambda r: r.order).request_id)
         return None
 
-    def depth(self, priority: Priority) -> int:
-        return sum(self._backlog[priority].values())
+    def depth(self, priority: Priority, tenant: str | None = None) -> int:
+        """Requests waiting in a class (of one tenant, when given)."""
+        backlog = self._backlog[priority]
+        return backlog.get(tenant, 0) if tenant is not None else sum(backlog.values())
 
     def ahead_of(self, model_id: str, priority: Priority) -> int:
         """Requests for the model waiting in `priority` or a higher class."""

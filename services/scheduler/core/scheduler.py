@@ -356,8 +356,8 @@ class SchedulerCore:
                     ready[slots.model_id] += 1
         return [ModelView(entries[m], ready[m]) for m in sorted(entries)]
 
-    def queue_depths(self) -> dict[Priority, int]:
-        return {p: self._queue.depth(p) for p in Priority}
+    def queue_depths(self, tenant: str | None = None) -> dict[Priority, int]:
+        return {p: self._queue.depth(p, tenant) for p in Priority}
 
     def queued(self) -> int:
         return len(self._queue)
@@ -368,8 +368,8 @@ class SchedulerCore:
     def leases(self) -> list[Lease]:
         return self._leases.leases()
 
-    def active_leases(self) -> int:
-        return self._leases.active_leases()
+    def active_leases(self, tenant: str | None = None) -> int:
+        return self._leases.active_leases(tenant)
 
     def total_slots(self) -> int:
         return self._leases.total_slots()

@@ -1,0 +1,100 @@
+"""The public door's first check, before a request body is parsed: who is calling.
+
+`DoorInterceptor` authenticates every Router call from its metadata (API key → tenant). A
+caller without a valid key is refused UNAUTHENTICATED at once, and its body is never parsed
+(its deserializer ignores the bytes). The tenant of an accepted call is available to the
+servicer through `caller()`. The public port's own limits (message size, streams per
+connection, metadata size) are gRPC server options (`door_options`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+
+from services.common.errors import Unauthenticated
+from services.common.status import abort_with, rebuild_handler
+
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant")
+
+
+def caller() -> str:
+    """The tenant of the call being served (set by the interceptor)."""
+    return _tenant.get()
+
+
+def door_options(max_request_bytes: int, max_streams: int, max_metadata_bytes: int) -> tuple:
+    """gRPC server options of the public port."""
+    return (
+        ("grpc.max_receive_message_length", max_request_bytes),
+        ("grpc.max_concurrent_streams", max_streams),
+        ("grpc.max_metadata_size", max_metadata_bytes),
+    )
+
+
+class DoorInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, authenticate: Callable[[Iterable[tuple[str, Any]]], str]) -> None:
+        self._authenticate = authenticate
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_PREFIXES):
+            return handler
+        try:
+            tenant = self._authenticate(details.invocation_metadata or ())
+        except Unauthenticated as refused:
+            return rebuild_handler(handler, _refusing(refused), request_deserializer=_ignore)
+        return rebuild_handler(handler, _as(tenant))
+
+
+def _ignore(data: bytes) -> None:
+    return None  # a refused caller's body is not parsed
+
+
+def _refusing(error: Unauthenticated) -> Callable[[Callable[..., Any], bool], Callable[..., Any]]:
+    def wrap(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
+        if inspect.isasyncgenfunction(behavior):
+
+            async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await abort_with(context, error)
+                yield  # an async generator, as the handler it replaces
+
+            return refuse_stream
+
+        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await abort_with(context, error)
+
+        return refuse
+
+    return wrap
+
+
+def _as(tenant: str) -> Callable[[Callable[..., Any], bool], Callable[..., Any]]:
+    """Runs the behavior with `caller()` returning `tenant`."""
+
+    def wrap(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
+        if inspect.isasyncgenfunction(behavior):
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                _tenant.set(tenant)
+                async for item in behavior(request, context):
+                    yield item
+
+            return stream
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            _tenant.set(tenant)
+            return await behavior(request, context)
+
+        return unary
+
+    return wrap
