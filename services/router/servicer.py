@@ -149,7 +149,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 validation.check_against_model(request, model)
             admitted = validation.normalized(request)
             self._admission.check(tenant, admitted.model_id, admitted.priority)
-            max_tokens = admitted.max_tokens or model.default_max_tokens
+            max_tokens = admitted.max_tokens = admitted.max_tokens or model.default_max_tokens
             reservation = self._admission.reserve(
                 tenant, estimate_tokens(admitted.prompt) + max_tokens
             )
@@ -205,7 +205,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     tracing.record_summary(span, message.summary)
                 if cache_key is not None:
                     collected.append(message)
-                    if message.HasField("summary"):
+                    if message.HasField("summary") and _undegraded(admitted, message.summary):
                         self._cache.put(cache_key, collected)
                 yield message
 
@@ -217,6 +217,15 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         if remaining <= 0:
             raise DeadlineExceeded("deadline passed before the request was forwarded")
         return time.monotonic() + min(remaining, self._config.max_deadline_s)
+
+
+def _undegraded(request: types_pb2.GenerateRequest, summary: types_pb2.GenerationSummary) -> bool:
+    """The answer is what the request asked for: not run on a fallback model, nor cut short
+    by a max_tokens the scheduler capped under load (only such answers are cached)."""
+    if summary.model_id != request.model_id:
+        return False
+    capped = summary.completion_tokens < request.max_tokens
+    return not (summary.finish_reason == types_pb2.FINISH_REASON_LENGTH and capped)
 
 
 def _infer_response(

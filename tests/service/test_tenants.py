@@ -10,6 +10,7 @@ from inference.v1 import types_pb2
 from services.common.status import RETRY_AFTER_KEY
 from services.router.config import TenantSpec
 from services.router.ratelimit import Limits
+from tests.service.test_scheduling import wait_until
 from tests.stack import request, sim_model, start_stack
 
 
@@ -111,5 +112,68 @@ async def test_the_response_cache_answers_repeats_without_the_scheduler():
         other = await stub.Infer(request(prompt="same", max_tokens=5), metadata=key("b"))
         assert other.inference_time_ms > 0  # tenant b never sees tenant a's entry
         assert registry.get_sample_value("inference_router_cache_misses_total") == 2
+    finally:
+        await stack.close()
+
+
+async def test_an_answer_cut_short_by_degradation_is_not_cached():
+    one_slot = sim_model("sim-slow", slots=1, step_ms=20.0)
+    stack = await start_stack(
+        [one_slot],
+        tenants=[tenant("a")],
+        allow_anonymous=False,
+        router_overrides={"cache_max_entries": 10},
+        low_max_tokens_cap=2,
+        degrade_at=0.0001,  # with anything queued, low requests are capped
+    )
+    try:
+        stub = stack.router_stub()
+        core = stack.scheduler.coordinator.core
+        blocker = asyncio.ensure_future(
+            stub.Infer(request("sim-slow", max_tokens=20), metadata=key("a"))
+        )
+        await wait_until(lambda: core.active_leases() == 1)
+        queued = asyncio.ensure_future(
+            stub.Infer(request("sim-slow", max_tokens=1), metadata=key("a"))
+        )
+        await wait_until(lambda: core.queued() == 1)
+        low = request("sim-slow", "same", max_tokens=8, priority=types_pb2.PRIORITY_LOW)
+        capped = await stub.Infer(low, metadata=key("a"))
+        assert capped.completion_tokens == 2  # degraded under load
+        await asyncio.gather(blocker, queued)
+        again = await stub.Infer(low, metadata=key("a"))
+        assert again.completion_tokens == 8  # not the degraded answer from the cache
+        third = await stub.Infer(low, metadata=key("a"))
+        assert third.inference_time_ms == 0  # the full answer is cached
+    finally:
+        await stack.close()
+
+
+async def test_request_ids_are_scoped_per_tenant_and_status_shows_a_tenant_its_own():
+    slow = sim_model("sim-slow", slots=2, step_ms=20.0)
+    stack = await start_stack(
+        [slow],
+        tenants=[tenant("a"), tenant("b"), tenant("ops", admin=True)],
+        allow_anonymous=False,
+    )
+    try:
+        stub = stack.router_stub()
+        mine = stub.Generate(
+            request("sim-slow", max_tokens=50, request_id="r-1"), metadata=key("a")
+        )
+        await mine.read()
+        # the same id from another tenant neither collides nor learns of the first
+        theirs = await stub.Infer(
+            request("sim-slow", max_tokens=2, request_id="r-1"), metadata=key("b"), timeout=10
+        )
+        assert theirs.completion_tokens == 2
+        view = await stub.GetStatus(types_pb2.GetStatusRequest(), metadata=key("b"))
+        assert not view.workers and view.active_leases == 0  # not a's lease, no worker
+        assert [m.model_id for m in view.models] == ["sim-slow"] and view.models[0].ready
+        own = await stub.GetStatus(types_pb2.GetStatusRequest(), metadata=key("a"))
+        assert own.active_leases == 1 and not own.workers
+        fleet = await stub.GetStatus(types_pb2.GetStatusRequest(), metadata=key("ops"))
+        assert len(fleet.workers) == 1 and fleet.workers[0].address
+        mine.cancel()
     finally:
         await stack.close()
