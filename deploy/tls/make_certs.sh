@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Makes a private CA and one certificate per service (router, scheduler, worker) for mTLS
-# between them. Each certificate serves and authenticates as a client; its names cover
-# localhost and the Kubernetes service names.
+# Makes a private CA and one certificate per role (router, scheduler, worker, actuator) for
+# mTLS between the services. Each certificate serves and authenticates as a client; its
+# common name is its role, which the services check (only routers may call Acquire, only
+# workers open WorkerSession, ...), and callers check a peer's certificate for its role's
+# name, so pods reached by IP need no IP in their certificates.
 #   deploy/tls/make_certs.sh [out_dir]   (default: deploy/tls/certs)
 set -euo pipefail
 out="${1:-$(dirname "$0")/certs}"
@@ -9,7 +11,7 @@ mkdir -p "$out"
 cd "$out"
 openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=inference-ca" \
   -keyout ca.key -out ca.crt 2>/dev/null
-for name in router scheduler worker; do
+for name in router scheduler worker actuator; do
   openssl req -newkey rsa:2048 -nodes -subj "/CN=$name" -keyout "$name.key" \
     -out "$name.csr" 2>/dev/null
   printf '%s\n' \
@@ -19,4 +21,4 @@ for name in router scheduler worker; do
     -extfile "$name.ext" -out "$name.crt" 2>/dev/null
   rm -f "$name.csr" "$name.ext"
 done
-echo "certificates in $out: ca.crt and {router,scheduler,worker}.{crt,key}"
+echo "certificates in $out: ca.crt and {router,scheduler,worker,actuator}.{crt,key}"

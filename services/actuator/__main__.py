@@ -29,7 +29,11 @@ class SchedulerStatus:
 
     def __init__(self, config: ActuatorConfig) -> None:
         channel = internal_channel(
-            config.scheduler_address, config.internal_secret, CHANNEL_OPTIONS, config.tls()
+            config.scheduler_address,
+            config.internal_secret,
+            CHANNEL_OPTIONS,
+            config.tls(),
+            peer_role="scheduler",
         )
         self._stub = scheduler_pb2_grpc.SchedulerStub(channel)
 

@@ -9,6 +9,7 @@ Only `__main__` modules call this; cores get the dataclass.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 import types
 import typing
@@ -109,3 +110,13 @@ def require(condition: bool, message: str) -> None:
     """Raises ConfigError(message) unless condition holds. For __post_init__ validation."""
     if not condition:
         raise ConfigError(message)
+
+
+def is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -8,6 +8,7 @@ stay open for probes); `internal_channel` adds it to every call of a channel.
 from __future__ import annotations
 
 import hmac
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -47,6 +48,57 @@ def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         )
 
     return rebuild_handler(handler, lambda behavior, streaming: refuse)
+
+
+class RoleCheckInterceptor(grpc.aio.ServerInterceptor):
+    """With mTLS, each method serves only callers whose certificate names an allowed role
+    (its common name: "router", "scheduler", "worker", "actuator"); others get
+    PERMISSION_DENIED. `roles`: method name (as in "/inference.v1.Scheduler/Acquire") →
+    the roles that may call it; a method not listed is open to every certified caller."""
+
+    def __init__(self, roles: dict[str, frozenset[str]]) -> None:
+        self._roles = roles
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        allowed = self._roles.get(details.method)
+        if handler is None or allowed is None:
+            return handler
+        return rebuild_handler(handler, lambda behavior, streaming: _checked(behavior, allowed))
+
+
+def caller_roles(context: grpc.aio.ServicerContext) -> set[str]:
+    names = context.auth_context().get("x509_common_name", [])
+    return {n.decode() if isinstance(n, bytes) else str(n) for n in names}
+
+
+def _checked(behavior: Callable[..., Any], allowed: frozenset[str]) -> Callable[..., Any]:
+    async def refuse(context: grpc.aio.ServicerContext) -> None:
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"this method is for {', '.join(sorted(allowed))}, not for this certificate",
+        )
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if not caller_roles(context) & allowed:
+                await refuse(context)
+            async for item in behavior(request, context):
+                yield item
+
+        return stream
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if not caller_roles(context) & allowed:
+            await refuse(context)
+        return await behavior(request, context)
+
+    return unary
 
 
 class _WithSecret:
@@ -94,11 +146,15 @@ class SecretChannel:
 
 
 def internal_channel(
-    address: str, secret: str, options: Any, tls: TlsFiles | None = None
+    address: str, secret: str, options: Any, tls: TlsFiles | None = None, peer_role: str = ""
 ) -> grpc.aio.Channel | SecretChannel:
     """A channel to an internal service: mTLS when certificates are configured, carrying the
-    shared secret when one is."""
+    shared secret when one is. With mTLS the peer's certificate is checked for its role's
+    name (`peer_role`: "scheduler", "worker"), not for the address dialled: pods are reached
+    by IP, which no certificate names."""
     if tls is not None and tls.enabled:
+        if peer_role:
+            options = (*options, ("grpc.ssl_target_name_override", peer_role))
         channel = grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)
     else:
         channel = grpc.aio.insecure_channel(address, options=options)

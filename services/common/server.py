@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common.internal_auth import SecretCheckInterceptor
+from services.common.internal_auth import RoleCheckInterceptor, SecretCheckInterceptor
 from services.common.status import ErrorMappingInterceptor
 from services.common.tls import TlsFiles
 
@@ -72,15 +72,19 @@ class GrpcService:
         tls: TlsFiles | None = None,
         door: Sequence[grpc.aio.ServerInterceptor] = (),
         options: Sequence[tuple[str, Any]] = (),
+        roles: dict[str, frozenset[str]] | None = None,
     ) -> None:
         """`door`: interceptors that run first (the router's authentication); `options`:
-        server options that replace the defaults of the same name."""
+        server options that replace the defaults of the same name; `roles`: with mTLS,
+        which certificate roles may call which method (RoleCheckInterceptor)."""
         self._tls = tls
         self.address = address
         self.grace_s = grace_s
         interceptors: list[grpc.aio.ServerInterceptor] = [*door, ErrorMappingInterceptor()]
         if internal_secret:
             interceptors.insert(0, SecretCheckInterceptor(internal_secret))
+        if roles and tls is not None and tls.enabled:
+            interceptors.insert(0, RoleCheckInterceptor(roles))
         chosen = dict(SERVER_OPTIONS) | dict(options)
         self.server = grpc.aio.server(interceptors=interceptors, options=tuple(chosen.items()))
         self.health = health.aio.HealthServicer()

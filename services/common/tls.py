@@ -12,7 +12,10 @@ from pathlib import Path
 
 import grpc
 
-from services.common.config import ConfigError
+from services.common.config import ConfigError, is_loopback
+
+# Values shipped in deploy/ as placeholders: a service refuses to run with them.
+PLACEHOLDER_MARK = "change-me"
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,21 @@ class SecuritySettings:
     tls_cert_file: str = ""  # mTLS between the services (deploy/tls/make_certs.sh); empty: off
     tls_key_file: str = ""
     tls_ca_file: str = ""
+
+    def require_secret(self, service: str, *addresses: str) -> None:
+        """A service reachable off loopback (any of `addresses`) needs the fleet's secret,
+        and no service runs with a placeholder secret. Raises ConfigError."""
+        if PLACEHOLDER_MARK in self.internal_secret:
+            raise ConfigError(
+                f"{service}: the internal secret is the shipped placeholder; set "
+                "INFERENCE_INTERNAL_SECRET to a random value (openssl rand -hex 32)"
+            )
+        exposed = [a for a in addresses if a and not is_loopback(a)]
+        if exposed and not self.internal_secret:
+            raise ConfigError(
+                f"{service}: {exposed[0]} is off loopback, so internal calls need the fleet's "
+                "secret: set INFERENCE_INTERNAL_SECRET (openssl rand -hex 32) for every service"
+            )
 
     def tls(self) -> TlsFiles:
         """The TLS files (checked: all three or none)."""

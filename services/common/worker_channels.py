@@ -21,7 +21,9 @@ class WorkerChannels:
     def stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
         stub = self._stubs.get(address)
         if stub is None:
-            channel = internal_channel(address, self._secret, CHANNEL_OPTIONS, self._tls)
+            channel = internal_channel(
+                address, self._secret, CHANNEL_OPTIONS, self._tls, peer_role="worker"
+            )
             self._channels[address] = channel
             stub = self._stubs[address] = worker_pb2_grpc.WorkerStub(channel)
         return stub

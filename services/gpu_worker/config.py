@@ -38,6 +38,7 @@ class WorkerConfig(SecuritySettings):
     catalog: dict[str, ModelSpec] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.require_secret("worker", self.listen, self.advertise_address)
         require(self.device in ("auto", "cpu", "cuda"), "worker.device: auto, cpu or cuda")
         require(self.flush_interval_ms >= 0, "worker.flush_interval_ms must be >= 0")
         for model_id in self.model_ids:

@@ -25,6 +25,9 @@ DISPATCH_SETTLE_S = 0.3  # a heartbeat round trip plus a dispatch, on loopback
 HEALTH_CHECK_S = 0.5  # how often the worker looks at its engines' health
 EXIT_UNHEALTHY = 3  # the process's exit status when it retires itself as unhealthy
 SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
+# With mTLS, who may run work here: routers, and the scheduler for routers of the previous
+# release (Scheduler.Schedule); the lease itself is checked for every call
+LEASE_HOLDERS = frozenset({"router", "scheduler"})
 
 
 class WorkerServer:
@@ -53,6 +56,7 @@ class WorkerServer:
             config.shutdown_grace_s,
             config.internal_secret,
             self.tls,
+            roles={f"/{SERVICE_NAME}/{m}": LEASE_HOLDERS for m in ("Execute", "Embed")},
         )
         self.worker_id = ""
         self.exit_code = 0

@@ -69,7 +69,9 @@ class SchedulerSession:
 
     async def _run_forever(self) -> None:
         backoff = MIN_BACKOFF_S
-        channel = internal_channel(self._address, self._secret, CHANNEL_OPTIONS, self._tls)
+        channel = internal_channel(
+            self._address, self._secret, CHANNEL_OPTIONS, self._tls, peer_role="scheduler"
+        )
         async with channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
             while True:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import ipaddress
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.config import ConfigError, load_section, require
+from services.common.config import ConfigError, is_loopback, load_section, require
 from services.common.tls import SecuritySettings
 from services.router.ratelimit import Limits
 
 PRIORITY_NAMES = ("high", "medium", "low")
+# Keys deploy/ once shipped as examples: a router refuses tenants that still use them.
+PLACEHOLDER_KEY_HASHES = frozenset(
+    {hashlib.sha256(b"demo-key-change-me").hexdigest(), "replace-with-the-sha256-of-a-key"}
+)
 LIMIT_KEYS = tuple(Limits.__dataclass_fields__)
 
 
@@ -55,7 +59,7 @@ class RouterConfig(SecuritySettings):
     # a request waits this long at most for an unreachable scheduler (restarting) before
     # UNAVAILABLE, within its deadline; about a scheduler restart on Kubernetes
     scheduler_wait_s: float = 30.0
-    allow_anonymous: bool = True  # only while listening on loopback
+    allow_anonymous: bool = False  # only while listening on loopback (make up turns it on)
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
     log_format: str = "json"  # json (one object per line) or text
@@ -64,6 +68,17 @@ class RouterConfig(SecuritySettings):
     tenants: tuple[TenantSpec, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
+        self.require_secret("router", self.scheduler_address)
+        for spec in self.tenants:
+            require(
+                spec.api_key_sha256 not in PLACEHOLDER_KEY_HASHES,
+                f"tenant {spec.tenant_id!r}: its API key is the shipped placeholder; "
+                'give it a key of its own (printf %s "$KEY" | sha256sum)',
+            )
+        require(
+            self.allow_anonymous or bool(self.tenants),
+            "router: no tenants and anonymous access off: nobody could call it",
+        )
         require(
             0 < self.default_deadline_s <= self.max_deadline_s,
             "router: need 0 < default_deadline_s <= max_deadline_s",
@@ -80,16 +95,6 @@ class RouterConfig(SecuritySettings):
             raise ConfigError(
                 f"router.allow_anonymous is only allowed on loopback addresses, not {public[0]}"
             )
-
-
-def is_loopback(address: str) -> bool:
-    host = address.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load(

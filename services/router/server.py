@@ -28,7 +28,11 @@ class RouterServer:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         self.channel = internal_channel(
-            config.scheduler_address, config.internal_secret, CHANNEL_OPTIONS, config.tls()
+            config.scheduler_address,
+            config.internal_secret,
+            CHANNEL_OPTIONS,
+            config.tls(),
+            peer_role="scheduler",
         )
         scheduler = SchedulerClient(
             scheduler_pb2_grpc.SchedulerStub(self.channel), config.scheduler_wait_s

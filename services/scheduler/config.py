@@ -61,6 +61,7 @@ class SchedulerConfig(SecuritySettings):
     catalog: dict[str, ModelSpec] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.require_secret("scheduler", self.listen)
         require(self.heartbeat_interval_ms >= 50, "scheduler.heartbeat_interval_ms must be >= 50")
         require(self.heartbeat_misses >= 1, "scheduler.heartbeat_misses must be >= 1")
         require(self.queue_capacity >= 1, "scheduler.queue_capacity must be >= 1")

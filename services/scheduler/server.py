@@ -23,6 +23,20 @@ from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.servicer import SchedulerServicer
 
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
+# With mTLS, who may call what (by the role its certificate names)
+_ROUTER, _WORKER = frozenset({"router"}), frozenset({"worker"})
+_VIEWERS = frozenset({"router", "actuator"})
+CALLER_ROLES = {
+    f"/{SERVICE_NAME}/{method}": roles
+    for method, roles in {
+        "Acquire": _ROUTER,
+        "Schedule": _ROUTER,
+        "Embed": _ROUTER,
+        "WorkerSession": _WORKER,
+        "ListModels": _VIEWERS,
+        "GetStatus": _VIEWERS,
+    }.items()
+}
 
 
 class SchedulerServer:
@@ -59,7 +73,12 @@ class SchedulerServer:
         self.workers = WorkerChannels(config.internal_secret, tls)  # for Schedule (deprecated)
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics_listen)
         self.grpc = GrpcService(
-            config.listen, [SERVICE_NAME], config.shutdown_grace_s, config.internal_secret, tls
+            config.listen,
+            [SERVICE_NAME],
+            config.shutdown_grace_s,
+            config.internal_secret,
+            tls,
+            roles=CALLER_ROLES,
         )
         scheduler_pb2_grpc.add_SchedulerServicer_to_server(
             SchedulerServicer(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from inference.v1 import scheduler_pb2_grpc, types_pb2
+from inference.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
 from tests.stack import request, sim_model, start_stack
 
@@ -58,3 +58,32 @@ async def test_the_scheduler_refuses_plaintext_and_clients_without_a_certificate
                 types_pb2.GetStatusRequest(), timeout=3
             )
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_each_method_serves_only_its_callers_roles(tls_stack):
+    stack, certs = tls_stack
+
+    def credentials(name: str) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=(certs / "ca.crt").read_bytes(),
+            private_key=(certs / f"{name}.key").read_bytes(),
+            certificate_chain=(certs / f"{name}.crt").read_bytes(),
+        )
+
+    options = (("grpc.ssl_target_name_override", "scheduler"),)
+    async with grpc.aio.secure_channel(
+        stack.scheduler_address, credentials("worker"), options=options
+    ) as channel:
+        scheduler = scheduler_pb2_grpc.SchedulerStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:  # a worker may not acquire leases
+            await scheduler.Acquire(
+                scheduler_pb2.AcquireRequest(request_id="r", model_id="sim-fast"), timeout=3
+            )
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    async with grpc.aio.secure_channel(
+        stack.scheduler_address, credentials("actuator"), options=options
+    ) as channel:
+        status = await scheduler_pb2_grpc.SchedulerStub(channel).GetStatus(
+            types_pb2.GetStatusRequest(), timeout=3
+        )
+        assert len(status.workers) == 1  # the actuator may read the fleet

@@ -70,15 +70,46 @@ def test_bad_config_gives_a_clear_error(data, message):
         scheduler_config.load(data, {}, {})
 
 
-def test_anonymous_access_is_refused_off_loopback():
+TENANT = {"id": "t", "api_key_sha256": hashlib.sha256(b"a real key").hexdigest()}
+SECRET = {"internal_secret": "0123456789abcdef0123456789abcdef"}
+
+
+def test_anonymous_access_is_off_by_default_and_refused_off_loopback():
     with pytest.raises(ConfigError, match="loopback"):
-        router_config.load({"router": {"listen": "0.0.0.0:50051"}}, {}, {})
+        router_config.load({"router": {"listen": "0.0.0.0:50051", "allow_anonymous": True}}, {}, {})
     with pytest.raises(ConfigError, match="loopback"):  # the HTTP door too
-        router_config.load({"router": {"http_listen": "0.0.0.0:8000"}}, {}, {})
+        router_config.load(
+            {"router": {"http_listen": "0.0.0.0:8000", "allow_anonymous": True}}, {}, {}
+        )
+    with pytest.raises(ConfigError, match="nobody could call"):
+        router_config.load({"router": {}}, {}, {})
     config = router_config.load(
-        {"router": {"listen": "0.0.0.0:50051", "allow_anonymous": False}}, {}, {}
+        {"router": {"listen": "0.0.0.0:50051", "tenants": [TENANT]}}, {}, {}
     )
     assert not config.allow_anonymous
+
+
+def test_internal_ports_off_loopback_need_the_fleets_secret_and_no_placeholder():
+    scheduler = {"scheduler": {"listen": "0.0.0.0:50052"}}
+    with pytest.raises(ConfigError, match="INFERENCE_INTERNAL_SECRET"):
+        scheduler_config.load(scheduler, {}, {})
+    assert scheduler_config.load(scheduler, {}, SECRET).internal_secret
+    catalog = [{"id": "a", "engine": "simulated"}]
+    worker = {"worker": {"listen": "0.0.0.0:50061"}, "models": catalog}
+    with pytest.raises(ConfigError, match="INFERENCE_INTERNAL_SECRET"):
+        worker_config.load(worker, {}, {})
+    router = {"router": {"scheduler_address": "scheduler:50052", "tenants": [TENANT]}}
+    with pytest.raises(ConfigError, match="INFERENCE_INTERNAL_SECRET"):
+        router_config.load(router, {}, {})
+    placeholder = {"internal_secret": "change-me-to-a-long-random-string"}
+    with pytest.raises(ConfigError, match="placeholder"):
+        scheduler_config.load({"scheduler": {}}, {}, placeholder)
+
+
+def test_the_shipped_placeholder_api_key_is_refused():
+    demo = {"id": "demo", "api_key_sha256": hashlib.sha256(b"demo-key-change-me").hexdigest()}
+    with pytest.raises(ConfigError, match="placeholder"):
+        router_config.load({"router": {"tenants": [demo]}}, {}, {})
 
 
 def test_worker_refuses_models_missing_from_the_catalog():

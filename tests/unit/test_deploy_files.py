@@ -52,7 +52,7 @@ def test_prometheus_scrapes_the_default_metrics_ports():
         t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]
     }
     for listen in (
-        RouterConfig().metrics_listen,
+        RouterConfig.__dataclass_fields__["metrics_listen"].default,
         SchedulerConfig().metrics_listen,
         WorkerConfig().metrics_listen,
     ):

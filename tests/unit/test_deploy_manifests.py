@@ -1,6 +1,7 @@
 """Deployment files: the Kubernetes manifests render and validate against the schemas, and
 agree with the cluster config; the compose file and Dockerfiles point at files that exist."""
 
+import hashlib
 import re
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from services.actuator import config as actuator_config
-from services.common.config import read_toml
+from services.common.config import ConfigError, read_toml
 from services.gpu_worker import config as worker_config
 from services.router import config as router_config
 from services.scheduler import config as scheduler_config
@@ -19,6 +20,7 @@ from services.scheduler import config as scheduler_config
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 CLUSTER_CONFIG = K8S / "config.toml"
+SECRET = {"internal_secret": "0123456789abcdef0123456789abcdef"}
 KUBERNETES_VERSION = "1.32.0"  # the oldest release these manifests are meant for
 
 
@@ -61,7 +63,7 @@ def worker_model(deployment: dict) -> str:
 
 
 def test_each_model_has_a_worker_deployment_scaled_by_keda_within_its_bounds(rendered):
-    catalog = scheduler_config.load(read_toml(CLUSTER_CONFIG), {}, {}).catalog
+    catalog = scheduler_config.load(read_toml(CLUSTER_CONFIG), {}, SECRET).catalog
     workers = {
         name: d
         for name, d in by_kind(rendered, "Deployment").items()
@@ -89,8 +91,8 @@ def test_each_model_has_a_worker_deployment_scaled_by_keda_within_its_bounds(ren
 
 
 def test_gpu_workers_request_one_gpu_each_and_drain_within_their_grace(rendered):
-    catalog = scheduler_config.load(read_toml(CLUSTER_CONFIG), {}, {}).catalog
-    grace = worker_config.load(read_toml(CLUSTER_CONFIG), {}, {}).shutdown_grace_s
+    catalog = scheduler_config.load(read_toml(CLUSTER_CONFIG), {}, SECRET).catalog
+    grace = worker_config.load(read_toml(CLUSTER_CONFIG), {}, SECRET).shutdown_grace_s
     for deployment in by_kind(rendered, "Deployment").values():
         pod = deployment["spec"]["template"]["spec"]
         [container] = pod["containers"]
@@ -105,13 +107,18 @@ def test_gpu_workers_request_one_gpu_each_and_drain_within_their_grace(rendered)
         assert pod["terminationGracePeriodSeconds"] > grace
 
 
-def test_the_cluster_config_loads_for_every_service():
+def test_the_cluster_config_loads_for_every_service_once_its_placeholders_are_replaced():
     data = read_toml(CLUSTER_CONFIG)
-    router = router_config.load(data, {}, {})
+    with pytest.raises(ConfigError, match="placeholder"):  # the shipped tenant key
+        router_config.load(data, {}, SECRET)
+    with pytest.raises(ConfigError, match="INFERENCE_INTERNAL_SECRET"):  # no secret given
+        scheduler_config.load(data, {}, {})
+    data["router"]["tenants"][0]["api_key_sha256"] = hashlib.sha256(b"a real key").hexdigest()
+    router = router_config.load(data, {}, SECRET)
     assert not router.allow_anonymous and router.tenants
-    scheduler = scheduler_config.load(data, {}, {})
+    scheduler = scheduler_config.load(data, {}, SECRET)
     assert scheduler.autoscaling
-    worker = worker_config.load(data, {"WORKER_MODELS": "smollm2-135m"}, {})
+    worker = worker_config.load(data, {"WORKER_MODELS": "smollm2-135m"}, SECRET)
     assert worker.model_ids == ["smollm2-135m"] and not worker.load_on_command
     actuator_config.load(data, {}, {})
 
