@@ -95,6 +95,7 @@ class Attempts:
     admitted_at: float  # clock seconds when the run started
     texts: list[str] = field(default_factory=list)  # deltas sent, joined only on a resume
     tokens: int = 0  # tokens streamed so far, every lease
+    prompt_tokens: int = 0  # the prompt's length, as the first lease's worker reported it
     leases: int = 0  # leases granted
     failures: int = 0  # leases that ended with their worker failing
     queue_ms: float = 0.0  # time spent waiting for leases
@@ -228,6 +229,7 @@ class LeasedRun:
                 if message.HasField("delta"):
                     attempts.texts.append(message.delta.text)
                     attempts.tokens += message.delta.token_count
+                    _prompt_once(message.delta, attempts)
                 else:
                     _complete(message.summary, grant, attempts, tokens_before)
                 yield message
@@ -280,8 +282,18 @@ def _complete(
 ) -> None:
     """Makes the worker's summary cover the whole request (every lease)."""
     summary.completion_tokens += tokens_before
+    summary.prompt_tokens = attempts.prompt_tokens or summary.prompt_tokens
     summary.queue_time_ms = attempts.queue_ms
     summary.gpu_id = summary.gpu_id or grant.gpu_id
+
+
+def _prompt_once(delta: types_pb2.TokenDelta, attempts: Attempts) -> None:
+    """The prompt's length goes out once: a resumed lease's worker counts the streamed text
+    as prompt too, which the caller never sent."""
+    if attempts.prompt_tokens:
+        delta.prompt_tokens = 0
+    else:
+        attempts.prompt_tokens = delta.prompt_tokens
 
 
 def _failure(exc: grpc.aio.AioRpcError, grant: scheduler_pb2.LeaseGrant) -> Exception:

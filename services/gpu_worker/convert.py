@@ -51,6 +51,8 @@ def generation_input(
         top_k=s.top_k,
         seed=s.seed if s.HasField("seed") else None,
         stop=tuple(s.stop),
+        ignore_eos=s.ignore_eos,
+        min_tokens=s.min_tokens,
     )
     resume_tokens = min(resume.generated_tokens, max_tokens) if resume else 0
     return GenerationInput(

@@ -113,17 +113,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     await asyncio.sleep(self._flush_s)  # let the next tokens join this message
                 while not events.empty():
                     batch.append(events.get_nowait())
-                text, tokens, finished = _merge(batch)
-                lease.tally.completion_tokens += tokens
-                if tokens or text:
+                delta, finished = _merge(batch)
+                lease.tally.completion_tokens += delta.token_count
+                if delta.token_count or delta.text:
                     if not first_token_ms:
                         first_token_ms = (time.monotonic() - started) * 1000.0
                         first_token_ns = time.time_ns()
                         lease.tally.first_token_ms = first_token_ms
-                    yield types_pb2.GenerateResponse(
-                        request_id=req.request_id,
-                        delta=types_pb2.TokenDelta(text=text, token_count=tokens),
-                    )
+                    yield types_pb2.GenerateResponse(request_id=req.request_id, delta=delta)
                 if finished is not None:
                     lease.tally.prompt_tokens = finished.prompt_tokens
                     self._metrics.tokens_generated(req.model_id, finished.completion_tokens)
@@ -209,21 +206,24 @@ def _outcome(exc: BaseException, context: grpc.aio.ServicerContext) -> int:
     return types_pb2.LEASE_OUTCOME_FAILED
 
 
-def _merge(batch: list[Event]) -> tuple[str, int, Finished | None]:
-    """Joins deltas; returns (text, tokens, the Finished event if one came). Raises an error
+def _merge(batch: list[Event]) -> tuple[types_pb2.TokenDelta, Finished | None]:
+    """Joins deltas; returns (the delta, the Finished event if one came). Raises an error
     event: a ServiceError as is, anything else (an engine fault) as Unavailable."""
-    texts, tokens, finished = [], 0, None
+    texts, tokens, prompt, finished = [], 0, 0, None
     for event in batch:
         if event is REVOKED:
             raise LeaseEnded("the scheduler revoked this lease to preempt it", PREEMPTED)
         if isinstance(event, TextDelta):
             texts.append(event.text)
             tokens += event.token_count
+            prompt = prompt or event.prompt_tokens
         elif isinstance(event, Finished):
             finished = event
         else:
             _raise_error_event(event)
-    return "".join(texts), tokens, finished
+    return types_pb2.TokenDelta(
+        text="".join(texts), token_count=tokens, prompt_tokens=prompt
+    ), finished
 
 
 def _raise_error_event(event: BaseException) -> None:

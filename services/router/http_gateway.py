@@ -18,9 +18,10 @@ from aiohttp import web
 from google.protobuf import json_format
 from inference.v1 import router_pb2_grpc, types_pb2
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, Unavailable
 from services.common.status import RETRY_AFTER_KEY, status_for
 from services.router import json_fields, openai_format
+from services.router.models import ModelDirectory
 
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -42,12 +43,20 @@ log = logging.getLogger(__name__)
 
 
 class HttpGateway:
-    def __init__(self, router_address: str, max_request_bytes: int = 512 * 1024) -> None:
+    def __init__(
+        self,
+        router_address: str,
+        max_request_bytes: int = 512 * 1024,
+        models: ModelDirectory | None = None,
+    ) -> None:
+        self._models = models
         self._channel = grpc.aio.insecure_channel(router_address)
         self._router = router_pb2_grpc.RouterStub(self._channel)
         self.app = web.Application(middlewares=[_errors], client_max_size=max_request_bytes)
         self.app.add_routes(
             [
+                web.get("/health", self.health),
+                web.get("/health/ready", self.ready),
                 web.post("/api/v1/inference", self.inference),
                 web.get("/api/v1/status", self.status),
                 web.get("/v1/models", self.models),
@@ -74,6 +83,21 @@ class HttpGateway:
         if self._runner is not None:
             await self._runner.cleanup()
         await self._channel.close()
+
+    # -- health, as vLLM and TGI serve it (no key needed: for probes and load balancers) ------
+    async def health(self, request: web.Request) -> web.Response:
+        """The router process serves."""
+        return web.json_response({"status": "ok"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        """At least one model is ready (503 otherwise, or while no scheduler answers)."""
+        if self._models is None:
+            return web.json_response({"status": "ok"})
+        listed = await self._models.list()
+        ready = sorted(m.model_id for m in listed.models if m.ready)
+        if not ready:
+            raise Unavailable("no model is ready yet", 1000)
+        return web.json_response({"status": "ready", "models": ready})
 
     # -- the original JSON API ---------------------------------------------------------------
     async def inference(self, request: web.Request) -> web.Response:
@@ -124,6 +148,7 @@ class HttpGateway:
         if not body.get("stream"):
             answer = await self._router.Infer(message, metadata=_metadata(request))
             return web.json_response(openai_format.completion(answer, chat))
+        options = openai_format.stream_options(body)
         call = self._router.Generate(message, metadata=_metadata(request))
         try:
             first = await call.read()  # errors before the first token become HTTP statuses
@@ -132,19 +157,41 @@ class HttpGateway:
             )
             await response.prepare(request)
             try:
-                item, is_first = first, True
-                while item is not grpc.aio.EOF:
-                    event = openai_format.chunk(item, message.model_id, chat, is_first)
-                    await response.write(f"data: {json.dumps(event)}\n\n".encode())
-                    item, is_first = await call.read(), False
+                await _write_events(response, call, first, message.model_id, chat, options)
             except grpc.aio.AioRpcError as exc:  # the status line is sent: an SSE error event
-                body = json.dumps(error_body(exc)[0])
-                await response.write(f"event: error\ndata: {body}\n\n".encode())
+                body_text = json.dumps(error_body(exc)[0])
+                await response.write(f"event: error\ndata: {body_text}\n\n".encode())
                 return response
             await response.write(b"data: [DONE]\n\n")
             return response
         finally:
             call.cancel()
+
+
+async def _write_events(
+    response: web.StreamResponse,
+    call: Any,
+    first: Any,
+    model: str,
+    chat: bool,
+    options: tuple[bool, bool],
+) -> None:
+    """The stream's chunks as SSE events; usage in the last one, or in every one, when the
+    client asked (`options`: include_usage, continuous_usage_stats)."""
+    include_usage, continuous = options
+    item, is_first, prompt, completion = first, True, 0, 0
+    while item is not grpc.aio.EOF:
+        event = openai_format.chunk(item, model, chat, is_first)
+        if item.HasField("delta"):
+            prompt = prompt or item.delta.prompt_tokens
+            completion += item.delta.token_count
+        if continuous:
+            event["usage"] = openai_format.usage(prompt, completion)
+        await response.write(f"data: {json.dumps(event)}\n\n".encode())
+        if include_usage and item.HasField("summary"):
+            last = openai_format.usage_chunk(item.summary, item.request_id, model, chat)
+            await response.write(f"data: {json.dumps(last)}\n\n".encode())
+        item, is_first = await call.read(), False
 
 
 def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:

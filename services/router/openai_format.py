@@ -17,7 +17,12 @@ def generate_request(body: dict[str, Any], prompt: str) -> types_pb2.GenerateReq
     """The GenerateRequest of a completions or chat body. Fields this server cannot honour
     are refused (400), not ignored."""
     refuse_unsupported(body)
-    sampling = types_pb2.SamplingParams(stop=texts(body, "stop"))
+    text(body, "user")  # accepted, and used for nothing (it is the caller's to set)
+    sampling = types_pb2.SamplingParams(
+        stop=texts(body, "stop"),
+        ignore_eos=flag(body, "ignore_eos"),
+        min_tokens=integer(body, "min_tokens", UINT32_MAX) or 0,
+    )
     for name in ("temperature", "top_p"):
         if (value := real(body, name)) is not None:
             setattr(sampling, name, value)
@@ -40,6 +45,15 @@ def refuse_unsupported(body: dict[str, Any]) -> None:
     if body.get("logprobs") not in (None, False, 0) or body.get("top_logprobs"):
         raise InvalidArgument("logprobs are not supported")
     flag(body, "stream")
+
+
+def stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
+    """(include_usage, continuous_usage_stats) of `stream_options`: usage in a final chunk,
+    and running usage in every chunk."""
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise InvalidArgument("stream_options must be an object")
+    return flag(options, "include_usage"), flag(options, "continuous_usage_stats")
 
 
 def completion_prompt(body: dict[str, Any]) -> str:
@@ -100,6 +114,18 @@ def completion(answer: router_pb2.InferResponse, chat: bool) -> dict[str, Any]:
         "model": answer.model_id,
         "choices": [choice],
         "usage": usage(answer.prompt_tokens, answer.completion_tokens),
+    }
+
+
+def usage_chunk(summary: types_pb2.GenerationSummary, request_id: str, model: str, chat: bool):
+    """The last chunk when the client asked for usage: no choices, the request's usage."""
+    return {
+        "id": ("chatcmpl-" if chat else "cmpl-") + request_id,
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [],
+        "usage": usage(summary.prompt_tokens, summary.completion_tokens),
     }
 
 

@@ -77,7 +77,7 @@ class RouterServer:
         with contextlib.suppress(Unavailable):  # the model list, if a scheduler answers now
             await self.models.refresh()
         if self.config.http_listen:
-            self.http = HttpGateway(f"127.0.0.1:{port}", self.config.max_request_bytes)
+            self.http = HttpGateway(f"127.0.0.1:{port}", self.config.max_request_bytes, self.models)
             await self.http.start(self.config.http_listen)
         return port
 

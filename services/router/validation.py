@@ -84,6 +84,11 @@ def check_against_model(request: types_pb2.GenerateRequest, model: types_pb2.Mod
             f"prompt too long for {model.model_id}: {len(request.prompt)} characters "
             f"(its context is {model.max_context_tokens} tokens)"
         )
+    budget = request.max_tokens or model.default_max_tokens
+    if request.sampling.min_tokens > budget:
+        raise InvalidArgument(
+            f"sampling.min_tokens {request.sampling.min_tokens} exceeds max_tokens ({budget})"
+        )
     if request.max_tokens > model.max_output_tokens:
         raise InvalidArgument(
             f"max_tokens {request.max_tokens} exceeds the limit of {model.model_id} "

@@ -55,9 +55,19 @@ def test_greedy_answer_is_real_and_stops_on_eos(engine):
     deltas, final = run(engine, "What is the capital of France?", max_tokens=40)
     assert isinstance(final, Finished) and final.reason is FinishReason.STOP
     assert "Paris" in text_of(deltas)
+    assert deltas[0].prompt_tokens == final.prompt_tokens > 0  # announced with the first
     assert final.completion_tokens == sum(d.token_count for d in deltas) < 40
     again, _ = run(engine, "What is the capital of France?", max_tokens=40)
     assert text_of(again) == text_of(deltas)
+
+
+def test_ignore_eos_and_min_tokens_hold_the_end_of_sequence_back(engine):
+    _, natural = run(engine, "What is the capital of France?", max_tokens=60)
+    assert natural.reason is FinishReason.STOP and natural.completion_tokens < 50
+    _, forced = run(engine, "What is the capital of France?", max_tokens=60, ignore_eos=True)
+    assert forced.reason is FinishReason.LENGTH and forced.completion_tokens == 60
+    _, longer = run(engine, "What is the capital of France?", max_tokens=60, min_tokens=50)
+    assert longer.completion_tokens >= 50
 
 
 def test_max_tokens_bounds_the_output(engine):

@@ -39,6 +39,8 @@ class SamplingOptions:
     top_k: int = 0  # 0 = disabled
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # generate past the end-of-sequence token
+    min_tokens: int = 0  # no end-of-sequence before this many tokens
 
     @property
     def greedy(self) -> bool:
@@ -63,6 +65,7 @@ class GenerationInput:
 class TextDelta:
     text: str  # may be empty while a multi-byte character is incomplete
     token_count: int
+    prompt_tokens: int = 0  # set on a sequence's first delta
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ class Sequence:
     detok: IncrementalDetokenizer | None = None
     stops: StopMatcher | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    _announced: bool = False  # the prompt's length went out with the first delta
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -45,24 +46,35 @@ class Sequence:
     def cached_tokens(self) -> int:
         return len(self.prompt_ids) + self.generated
 
+    def holds_eos(self) -> bool:
+        """The end-of-sequence token may not be taken now (ignore_eos, or min_tokens)."""
+        sampling = self.request.sampling
+        return sampling.ignore_eos or self.generated < sampling.min_tokens
+
     def accept(self, token: int, eos: set[int]) -> bool:
         """Takes the next token; emits text and, at the end, Finished. False when finished."""
         assert self.detok is not None and self.stops is not None
         if token in eos:
-            self.sink(TextDelta(self.stops.flush() + self.detok.flush(), 0))
+            self._delta(self.stops.flush() + self.detok.flush(), 0)
             return self._finish(FinishReason.STOP)
         self.generated += 1
         self.output_ids.append(token)
         text, stopped = self.stops.push(self.detok.push(token))
         if stopped:
-            self.sink(TextDelta(text, 1))
+            self._delta(text, 1)
             return self._finish(FinishReason.STOP)
         if self.generated >= self.request.max_tokens:
             tail, _ = self.stops.push(self.detok.flush())
-            self.sink(TextDelta(text + tail + self.stops.flush(), 1))
+            self._delta(text + tail + self.stops.flush(), 1)
             return self._finish(FinishReason.LENGTH)
-        self.sink(TextDelta(text, 1))
+        self._delta(text, 1)
         return True
+
+    def _delta(self, text: str, tokens: int) -> None:
+        """Emits text; the first delta also says how long the prompt was."""
+        prompt = 0 if self._announced else len(self.prompt_ids)
+        self._announced = True
+        self.sink(TextDelta(text, tokens, prompt))
 
     def _finish(self, reason: FinishReason) -> bool:
         generated_here = self.generated - self.request.resume_tokens

@@ -238,7 +238,8 @@ class SimulatedEngine:
         text, stopped = seq.stops.push(piece)
         if not stopped and seq.generated >= seq.request.max_tokens:
             text += seq.stops.flush()
-        seq.sink(TextDelta(text, 1))
+        first = seq.generated == seq.request.resume_tokens + 1
+        seq.sink(TextDelta(text, 1, seq.prompt_tokens if first else 0))
         if stopped or seq.generated >= seq.request.max_tokens:
             reason = FinishReason.STOP if stopped else FinishReason.LENGTH
             generated_here = seq.generated - seq.request.resume_tokens

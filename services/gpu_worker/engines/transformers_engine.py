@@ -305,11 +305,15 @@ class TransformersEngine(ThreadedEngine):
         greedy = logits.argmax(-1).tolist()
         tokens = []
         for i, s in enumerate(rows):
+            row, masked = logits[i], s.holds_eos() and bool(self._eos)
+            if masked:  # ignore_eos, or min_tokens not reached yet
+                row = row.clone()
+                row[list(self._eos)] = float("-inf")
             if s.request.sampling.greedy:
-                tokens.append(greedy[i])
+                tokens.append(int(row.argmax()) if masked else greedy[i])
                 continue
             try:
-                tokens.append(next_token(logits[i], s.request.sampling, s.generator))
+                tokens.append(next_token(row, s.request.sampling, s.generator))
             except Exception as exc:  # noqa: BLE001 - the sequence fails alone
                 self._fail_request(s, exc, counted=False)
                 tokens.append(-1)
