@@ -25,7 +25,9 @@ from client.status_table import render
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        with InferenceClient(args.address, args.api_key, args.timeout) as client:
+        with InferenceClient(
+            args.address, args.api_key, args.timeout, args.tls, args.ca_file
+        ) as client:
             return _run(client, args)
     except grpc.RpcError as exc:
         print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
@@ -99,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--address", default=os.environ.get("INFERENCE_ADDRESS", "localhost:50051"))
     parser.add_argument("--api-key", default=os.environ.get("INFERENCE_API_KEY"))
     parser.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
+    parser.add_argument("--tls", action="store_true", help="connect over TLS (system roots)")
+    parser.add_argument(
+        "--ca-file", default=os.environ.get("INFERENCE_CA_FILE"), help="TLS, trusting this CA"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("generate", "infer"):
         sub = commands.add_parser(name, help=f"{name} text")

@@ -8,6 +8,7 @@ with InferenceClient("localhost:50051") as client:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 from inference.v1 import router_pb2, router_pb2_grpc, types_pb2
@@ -20,8 +21,21 @@ PRIORITIES = {
 
 
 class InferenceClient:
-    def __init__(self, address: str, api_key: str | None = None, timeout_s: float = 120.0):
-        self._channel = grpc.insecure_channel(address)
+    def __init__(
+        self,
+        address: str,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        tls: bool = False,
+        ca_file: str | None = None,
+    ):
+        """`tls`: connect over TLS, trusting `ca_file` (PEM) or the system's roots."""
+        if tls or ca_file:
+            ca = Path(ca_file).read_bytes() if ca_file else None
+            credentials = grpc.ssl_channel_credentials(root_certificates=ca)
+            self._channel = grpc.secure_channel(address, credentials)
+        else:
+            self._channel = grpc.insecure_channel(address)
         self._stub = router_pb2_grpc.RouterStub(self._channel)
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self._timeout_s = timeout_s

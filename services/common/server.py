@@ -99,6 +99,7 @@ class GrpcService:
             self.server,
         )
         self.port = 0
+        self.loopback_port = 0  # a plaintext loopback port of the same server, if asked for
         self._stopping = asyncio.Event()
 
     def bind(self) -> int:
@@ -112,6 +113,13 @@ class GrpcService:
         if self.port == 0:
             raise OSError(f"could not bind {self.address}")
         return self.port
+
+    def bind_loopback(self) -> int:
+        """Also serves plaintext on a free loopback port (the router's HTTP door calls its
+        own gRPC service there when the public port is TLS). Before `start`."""
+        if not self.loopback_port:
+            self.loopback_port = self.server.add_insecure_port("127.0.0.1:0")
+        return self.loopback_port
 
     async def start(self) -> int:
         self.bind()

@@ -7,6 +7,7 @@ trust only that CA. With none set, traffic is plaintext (the local default, all 
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +29,13 @@ class TlsFiles:
     def enabled(self) -> bool:
         return bool(self.cert_file)
 
-    def check(self) -> None:
+    def check(self, need_ca: bool = True) -> None:
+        """mTLS files: all three or none; a public listener's (`need_ca` false): certificate
+        and key, or none."""
         given = [bool(self.cert_file), bool(self.key_file), bool(self.ca_file)]
-        if any(given) and not all(given):
-            raise ConfigError("tls_cert_file, tls_key_file and tls_ca_file go together")
+        wanted = given if need_ca else given[:2]
+        if any(wanted) and not all(wanted):
+            raise ConfigError("tls_cert_file, tls_key_file (and for mTLS tls_ca_file) go together")
         for path in (self.cert_file, self.key_file, self.ca_file):
             if path and not Path(path).is_file():
                 raise ConfigError(f"TLS file not found: {path}")
@@ -44,10 +48,21 @@ class TlsFiles:
         )
 
     def server_credentials(self) -> grpc.ServerCredentials:
-        cert, key, ca = self._read()
+        """mTLS with a CA (client certificates required); TLS alone without one."""
+        cert = Path(self.cert_file).read_bytes()
+        key = Path(self.key_file).read_bytes()
+        if not self.ca_file:
+            return grpc.ssl_server_credentials([(key, cert)])
+        ca = Path(self.ca_file).read_bytes()
         return grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=ca, require_client_auth=True
         )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A server-side SSL context (the HTTP door)."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        return context
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         cert, key, ca = self._read()

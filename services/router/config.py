@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.config import ConfigError, is_loopback, load_section, require
-from services.common.tls import SecuritySettings
+from services.common.tls import SecuritySettings, TlsFiles
 from services.router.ratelimit import Limits
 
 PRIORITY_NAMES = ("high", "medium", "low")
@@ -55,6 +55,10 @@ class RouterConfig(SecuritySettings):
     max_request_bytes: int = 512 * 1024
     max_streams_per_connection: int = 128
     max_metadata_bytes: int = 16 * 1024
+    # TLS at the public door (gRPC and HTTP): a certificate and its key; empty: plaintext.
+    # API keys cross the network in these requests: use it wherever the door is not loopback
+    public_tls_cert_file: str = ""
+    public_tls_key_file: str = ""
     max_resumes: int = 3  # times a request may move (worker lost, preempted) before UNAVAILABLE
     # a request waits this long at most for an unreachable scheduler (restarting) before
     # UNAVAILABLE, within its deadline; about a scheduler restart on Kubernetes
@@ -66,6 +70,10 @@ class RouterConfig(SecuritySettings):
     replicas: int = 1  # routers sharing the limits; each enforces 1/replicas of them
     default_limits: Limits = field(default_factory=Limits)  # anonymous and tenants without own
     tenants: tuple[TenantSpec, ...] = field(default_factory=tuple)
+
+    def public_tls(self) -> TlsFiles:
+        """The door's certificate and key (no client certificates: callers carry API keys)."""
+        return TlsFiles(self.public_tls_cert_file, self.public_tls_key_file)
 
     def __post_init__(self) -> None:
         self.require_secret("router", self.scheduler_address)
@@ -87,6 +95,7 @@ class RouterConfig(SecuritySettings):
         require(self.max_request_bytes >= 1024, "router.max_request_bytes must be >= 1024")
         require(self.max_streams_per_connection >= 1, "router.max_streams_per_connection >= 1")
         require(self.max_metadata_bytes >= 1024, "router.max_metadata_bytes must be >= 1024")
+        self.public_tls().check(need_ca=False)
         require(self.replicas >= 1, "router.replicas must be >= 1")
         require(self.max_resumes >= 0, "router.max_resumes must be >= 0")
         require(self.scheduler_wait_s >= 0, "router.scheduler_wait_s must be >= 0")

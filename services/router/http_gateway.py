@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import math
+import ssl
 from typing import Any
 
 import grpc
@@ -68,13 +69,16 @@ class HttpGateway:
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self, listen: str) -> int:
+    async def start(self, listen: str, ssl_context: ssl.SSLContext | None = None) -> int:
+        """Serves on `listen`, over HTTPS with `ssl_context`."""
         host, _, port = listen.rpartition(":")
         # a client that goes away cancels its handler, which cancels the gRPC call: the
         # request leaves the queue or its sequence stops on the worker
         self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host.strip("[]") or "127.0.0.1", int(port))
+        site = web.TCPSite(
+            self._runner, host.strip("[]") or "127.0.0.1", int(port), ssl_context=ssl_context
+        )
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self.port

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 from inference.v1 import router_pb2, router_pb2_grpc, scheduler_pb2_grpc
 
+from services.common.config import is_loopback
 from services.common.errors import Unavailable
 from services.common.internal_auth import internal_channel
 from services.common.leased_run import LeasedRun
@@ -21,6 +23,7 @@ from services.router.models import ModelDirectory
 from services.router.scheduler_client import SchedulerClient
 from services.router.servicer import RouterServicer
 
+log = logging.getLogger(__name__)
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 
 
@@ -46,6 +49,7 @@ class RouterServer:
             config.listen,
             [SERVICE_NAME],
             grace_s=config.shutdown_grace_s,
+            tls=config.public_tls(),
             door=[DoorInterceptor(admission.tenant)],
             options=door_options(
                 config.max_request_bytes,
@@ -72,13 +76,25 @@ class RouterServer:
         return self.grpc.port
 
     async def start(self) -> int:
+        # the HTTP door calls the gRPC service on a loopback port of its own (plaintext, so
+        # it needs no certificate of the public port's name)
+        own = self.grpc.bind_loopback() if self.config.http_listen else 0
         port = await self.grpc.start()
         self.metrics_endpoint.start()
+        public = [a for a in (self.config.listen, self.config.http_listen) if a]
+        if not self.config.public_tls().enabled and not all(map(is_loopback, public)):
+            log.warning(
+                "the door serves plaintext off loopback: API keys cross the network in clear "
+                "unless TLS ends in front of it (public_tls_cert_file, public_tls_key_file)"
+            )
         with contextlib.suppress(Unavailable):  # the model list, if a scheduler answers now
             await self.models.refresh()
         if self.config.http_listen:
-            self.http = HttpGateway(f"127.0.0.1:{port}", self.config.max_request_bytes, self.models)
-            await self.http.start(self.config.http_listen)
+            self.http = HttpGateway(f"127.0.0.1:{own}", self.config.max_request_bytes, self.models)
+            tls = self.config.public_tls()
+            await self.http.start(
+                self.config.http_listen, tls.ssl_context() if tls.enabled else None
+            )
         return port
 
     async def stop(self, grace_s: float | None = None) -> None:
