@@ -17,6 +17,9 @@ class WorkerConfig(SecuritySettings):
     listen: str = "127.0.0.1:50061"
     metrics_listen: str = "127.0.0.1:9093"  # Prometheus /metrics; empty: off
     gpu_price_per_hour: float = 0.0  # for the cost-per-1k-tokens metric; 0: not reported
+    # prices by device: a key found in the device's name ("H100", "A100", "cpu") sets the
+    # price for that device; gpu_price_per_hour for any other
+    gpu_prices: dict[str, float] = field(default_factory=dict)
     advertise_address: str = ""  # what the scheduler dials; default: listen host + bound port
     scheduler_address: str = "127.0.0.1:50052"
     worker_id: str = ""  # default: <hostname>-<port>
@@ -51,6 +54,15 @@ class WorkerConfig(SecuritySettings):
 
     def worker_id_for(self, port: int) -> str:
         return self.worker_id or f"{socket.gethostname()}-{port}"
+
+    def price_per_hour(self, device_name: str, is_cpu: bool) -> float:
+        """The device's price: the first `gpu_prices` key in its name (or "cpu" for the
+        CPU), else `gpu_price_per_hour`."""
+        name = "cpu" if is_cpu else device_name.lower()
+        for key, price in self.gpu_prices.items():
+            if key.lower() in name:
+                return price
+        return self.gpu_price_per_hour
 
     def advertise_for(self, port: int) -> str:
         if self.advertise_address:

@@ -39,7 +39,7 @@ class WorkerServer:
         self.probe = probe or open_probe(config.gpu_index, device)
         sample = self._last_sample = self.probe.sample()
         self.gpu_id = sample.gpu_id
-        self.metrics = WorkerMetrics(config.gpu_price_per_hour)
+        self.metrics = WorkerMetrics(config.price_per_hour(sample.name, sample.is_cpu))
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics_listen)
         self.host = ModelHost(
             config.catalog,

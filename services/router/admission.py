@@ -9,7 +9,7 @@ from typing import Any
 
 from services.common import tracing
 from services.common.errors import ResourceExhausted
-from services.router.auth import Authenticator
+from services.router.auth import ANONYMOUS, Authenticator
 from services.router.config import RouterConfig
 from services.router.metrics import RouterMetrics
 from services.router.ratelimit import RateLimiter, Reservation
@@ -24,6 +24,10 @@ class Admission:
         self.policies = TenantPolicies(config)
         self._limiter = RateLimiter(self.policies.limits, config.replicas, time.monotonic)
         self._metrics = metrics
+        # every known tenant's series exists from the start, at zero: no empty dashboards
+        known = [t.tenant_id for t in config.tenants]
+        for tenant in [*known, *([ANONYMOUS] if config.allow_anonymous else [])]:
+            metrics.rate_limited.labels(tenant)
 
     def tenant(self, metadata: Iterable[tuple[str, Any]]) -> str:
         """The caller's tenant. Raises Unauthenticated. (Called by the door's interceptor,

@@ -49,3 +49,31 @@ def test_cost_per_thousand_tokens_is_price_times_busy_time_over_tokens():
         "inference_worker_cost_per_1k_tokens_dollars", {"model": "m"}
     )
     assert cost == pytest.approx(4.0, rel=0.01)  # $2 for 500 tokens → $4 per 1k
+
+
+def test_a_device_is_priced_by_its_name_and_the_default_config_prices_each_kind():
+    from services.common.config import read_toml
+    from services.gpu_worker import config as worker_config
+
+    config = worker_config.load(read_toml("deploy/local/config.toml"), {}, {})
+    assert config.price_per_hour("NVIDIA H100 80GB HBM3", False) == 2.50
+    assert config.price_per_hour("NVIDIA A100-SXM4-40GB", False) == 1.30
+    assert config.price_per_hour("Intel Xeon", True) == 0.10  # the CPU of a laptop
+    assert config.price_per_hour("Some Other GPU", False) == config.gpu_price_per_hour
+
+
+async def test_rate_limited_series_exist_at_zero_for_every_known_tenant():
+    import hashlib
+
+    from services.router.admission import Admission
+    from services.router.config import RouterConfig, TenantSpec
+    from services.router.metrics import RouterMetrics
+
+    tenants = (TenantSpec("acme", hashlib.sha256(b"k").hexdigest()),)
+    metrics = RouterMetrics()
+    Admission(RouterConfig(tenants=tenants, allow_anonymous=True), metrics)
+    for tenant in ("acme", "anonymous"):
+        value = metrics.registry.get_sample_value(
+            "inference_router_rate_limited_total", {"tenant": tenant}
+        )
+        assert value == 0.0
