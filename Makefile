@@ -41,6 +41,7 @@ bench: protos     ## first-token latency and throughput through the stack (needs
 	$(PY) -m bench.autoscaling
 	$(PY) -m bench.token_path
 	$(PY) -m bench.scheduler_crash
+	$(PY) -m bench.guidellm_run
 
 clean:
 	rm -rf gen .run .pytest_cache .ruff_cache
