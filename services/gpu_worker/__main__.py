@@ -12,6 +12,7 @@ from services.common.cli import base_parser, run_service
 from services.gpu_worker.config import WorkerConfig, load
 
 log = logging.getLogger("services.gpu_worker")
+STOP_MARGIN_S = 10.0
 
 # torch.cuda imports the `pynvml` module, which the pynvml wheel (a shim over nvidia-ml-py)
 # marks deprecated; the NVML bindings themselves are current.
@@ -43,7 +44,13 @@ async def main(config: WorkerConfig) -> None:
     await server.grpc.wait_for_stop_signal()
     log.info("stopping: draining in-flight streams (grace %.1fs)", config.shutdown_grace_s)
     loading.cancel()
-    await server.stop()
+    stopping = asyncio.ensure_future(server.stop())
+    # drained or not, the process ends: past its grace and a margin, it stops waiting
+    await asyncio.wait({stopping}, timeout=config.shutdown_grace_s + STOP_MARGIN_S)
+    if not stopping.done():
+        log.error("the worker did not stop within its grace period; exiting anyway")
+        logging.shutdown()
+        os._exit(1)  # what hangs may also ignore cancellation: no waiting for it
     if server.exit_code:
         sys.exit(server.exit_code)
 

@@ -51,6 +51,7 @@ class SchedulerSession:
         self._outbox: asyncio.Queue = asyncio.Queue()
         self.connected = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._stopped = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run_forever())
@@ -63,9 +64,12 @@ class SchedulerSession:
         self._outbox.put_nowait(message)
 
     async def stop(self) -> None:
-        if self._task is not None:
+        """Ends the session. Cancels until the task is done: on Python 3.11 a cancellation
+        that meets a finishing `wait_for` can be lost."""
+        self._stopped = True
+        while self._task is not None and not self._task.done():
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait({self._task}, timeout=1.0)
 
     async def _run_forever(self) -> None:
         backoff = MIN_BACKOFF_S
@@ -74,7 +78,7 @@ class SchedulerSession:
         )
         async with channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
-            while True:
+            while not self._stopped:
                 try:
                     await self._session(stub)
                     backoff = MIN_BACKOFF_S  # the scheduler ended the session cleanly
