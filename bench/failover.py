@@ -31,17 +31,23 @@ from bench.sim_cluster import MODEL_ID, sim_cluster
 TOKENS = 100
 
 
-async def client(stub, n: int, stop: asyncio.Event, out: Counter) -> None:
+async def client(
+    stub, n: int, stop: asyncio.Event, out: Counter, firsts: list | None = None
+) -> None:
+    """Streams requests back to back until `stop`, counting outcomes in `out`; notes each
+    request's (start, first token) monotonic times in `firsts` when given."""
     i = 0
     while not stop.is_set():
         request = types_pb2.GenerateRequest(
             model_id=MODEL_ID, prompt=f"client {n} request {i}", max_tokens=TOKENS
         )
         i += 1
-        tokens, summary = 0, None
+        started, tokens, summary = time.monotonic(), 0, None
         try:
             async for message in stub.Generate(request, timeout=60):
                 if message.HasField("delta"):
+                    if not tokens and firsts is not None:
+                        firsts.append((started, time.monotonic()))
                     tokens += message.delta.token_count
                 else:
                     summary = message.summary

@@ -26,36 +26,8 @@ from pathlib import Path
 import grpc
 from inference.v1 import router_pb2_grpc, scheduler_pb2_grpc, types_pb2
 
-from bench.sim_cluster import MODEL_ID, sim_cluster
-
-TOKENS = 100
-
-
-async def client(stub, n: int, stop: asyncio.Event, out: Counter, firsts: list) -> None:
-    i = 0
-    while not stop.is_set():
-        request = types_pb2.GenerateRequest(
-            model_id=MODEL_ID, prompt=f"client {n} request {i}", max_tokens=TOKENS
-        )
-        i += 1
-        started, tokens, summary = time.monotonic(), 0, None
-        try:
-            async for message in stub.Generate(request, timeout=60):
-                if message.HasField("delta"):
-                    if not tokens:
-                        firsts.append((started, time.monotonic()))
-                    tokens += message.delta.token_count
-                else:
-                    summary = message.summary
-        except grpc.aio.AioRpcError as exc:
-            out[f"failed:{exc.code().name}"] += 1
-            continue
-        if summary is None:
-            out["lost"] += 1
-        elif tokens != TOKENS or summary.completion_tokens != TOKENS:
-            out["incomplete"] += 1
-        else:
-            out["completed"] += 1
+from bench.failover import client
+from bench.sim_cluster import sim_cluster
 
 
 async def rebuilt(scheduler: str, workers: int, killed_at: float) -> float:

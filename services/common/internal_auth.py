@@ -9,30 +9,27 @@ from __future__ import annotations
 
 import hmac
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
-from services.common.status import rebuild_handler
+from services.common.status import HandlerInterceptor, rebuild_handler
 from services.common.tls import TlsFiles
 
 SECRET_KEY = "x-internal-secret"
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
-class SecretCheckInterceptor(grpc.aio.ServerInterceptor):
+class SecretCheckInterceptor(HandlerInterceptor):
+    open_prefixes = OPEN_PREFIXES
+
     def __init__(self, secret: str) -> None:
         self._secret = secret
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
+    def rewrite(
+        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(OPEN_PREFIXES):
-            return handler
         sent = next((v for k, v in details.invocation_metadata or () if k == SECRET_KEY), "")
         if isinstance(sent, bytes):
             sent = sent.decode("latin-1")
@@ -50,7 +47,7 @@ def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return rebuild_handler(handler, lambda behavior, streaming: refuse)
 
 
-class RoleCheckInterceptor(grpc.aio.ServerInterceptor):
+class RoleCheckInterceptor(HandlerInterceptor):
     """With mTLS, each method serves only callers whose certificate names an allowed role
     (its common name: "router", "scheduler", "worker", "actuator"); others get
     PERMISSION_DENIED. `roles`: method name (as in "/inference.v1.Scheduler/Acquire") →
@@ -59,14 +56,11 @@ class RoleCheckInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, roles: dict[str, frozenset[str]]) -> None:
         self._roles = roles
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
+    def rewrite(
+        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
         allowed = self._roles.get(details.method)
-        if handler is None or allowed is None:
+        if allowed is None:
             return handler
         return rebuild_handler(handler, lambda behavior, streaming: _checked(behavior, allowed))
 

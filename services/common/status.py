@@ -178,17 +178,34 @@ def rebuild_handler(
     return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), **codec)
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Applies `status_for` to every handler of the server it is installed on."""
+class HandlerInterceptor(grpc.aio.ServerInterceptor):
+    """A server interceptor that rewrites the handler of each call (`rewrite`), except for
+    methods under `open_prefixes` (health checks, reflection)."""
+
+    open_prefixes: tuple[str, ...] = ()
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+        details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(self.open_prefixes):
+            return handler
+        return self.rewrite(handler, details)
+
+    def rewrite(
+        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+
+class ErrorMappingInterceptor(HandlerInterceptor):
+    """Applies `status_for` to every handler of the server it is installed on."""
+
+    def rewrite(
+        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
         return rebuild_handler(
             handler,
             lambda behavior, streaming: (

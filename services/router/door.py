@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
 
 from services.common.errors import Unauthenticated
-from services.common.status import abort_with, rebuild_handler
+from services.common.status import HandlerInterceptor, abort_with, rebuild_handler
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant")
@@ -37,18 +37,15 @@ def door_options(max_request_bytes: int, max_streams: int, max_metadata_bytes: i
     )
 
 
-class DoorInterceptor(grpc.aio.ServerInterceptor):
+class DoorInterceptor(HandlerInterceptor):
+    open_prefixes = OPEN_PREFIXES
+
     def __init__(self, authenticate: Callable[[Iterable[tuple[str, Any]]], str]) -> None:
         self._authenticate = authenticate
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
+    def rewrite(
+        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(OPEN_PREFIXES):
-            return handler
         try:
             tenant = self._authenticate(details.invocation_metadata or ())
         except Unauthenticated as refused:
