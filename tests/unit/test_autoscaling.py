@@ -14,14 +14,7 @@ from services.scheduler.core.autoscaling import (
 )
 from services.scheduler.core.scheduler import SchedulerCore
 from services.scheduler.core.types import ModelCatalogEntry, ModelSlots, Priority
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.factories import Clock
 
 
 def policy(**kwargs) -> ScalingPolicy:

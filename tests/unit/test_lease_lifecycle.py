@@ -13,18 +13,11 @@ from services.scheduler.core.types import (
     Priority,
     Usage,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.factories import Clock
 
 
 def make(**kwargs) -> tuple[SchedulerCore, Clock]:
-    clock = Clock()
+    clock = Clock(100.0)
     catalog = {"m": ModelCatalogEntry("m", False, 4096, 512, 64)}
     return SchedulerCore(catalog, 100, 3.0, clock, **kwargs), clock
 

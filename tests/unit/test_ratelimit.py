@@ -2,14 +2,7 @@ import pytest
 
 from services.common.errors import ResourceExhausted
 from services.router.ratelimit import Limits, RateLimiter, TokenBucket
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.factories import Clock
 
 
 def test_bucket_allows_the_burst_then_refills_at_the_rate():

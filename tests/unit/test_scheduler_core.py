@@ -9,14 +9,7 @@ from services.scheduler.core.types import (
     Priority,
     WorkerState,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.factories import Clock
 
 
 def entry(model_id: str) -> ModelCatalogEntry:

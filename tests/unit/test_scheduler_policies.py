@@ -11,16 +11,9 @@ from services.scheduler.core.model_placement import LoadModel, UnloadModel
 from services.scheduler.core.placement import make_policy
 from services.scheduler.core.scheduler import SchedulerCore
 from services.scheduler.core.types import ModelCatalogEntry, ModelSlots, Outcome, Priority, Usage
+from tests.factories import Clock
 
 GIB = 1024**3
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def entry(model_id: str, memory: int = 0) -> ModelCatalogEntry:
