@@ -93,11 +93,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         generation = convert.generation_input(req, engine.spec, resume, lease.claims.max_tokens)
         started, started_ns = time.monotonic(), time.time_ns()
         if generation.remaining_tokens <= 0:  # it had generated all it may before it moved
-            done = Finished(FinishReason.LENGTH, 0, 0)
-            yield types_pb2.GenerateResponse(
-                request_id=req.request_id,
-                summary=convert.summary(done, req.model_id, self._worker_id, self._gpu_id, 0, 0),
-            )
+            yield self._summary(req, Finished(FinishReason.LENGTH, 0, 0), 0.0, 0.0)
             return
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
@@ -105,40 +101,38 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             generation, lambda e: loop.call_soon_threadsafe(events.put_nowait, e)
         )
         lease.watch(lambda: events.put_nowait(REVOKED))
-        first_token_ms, first_token_ns = 0.0, 0
+        tally, first_token_ns = lease.tally, 0
         try:
             while True:
                 batch = [await events.get()]
-                if first_token_ms and self._flush_s > 0:
+                if tally.first_token_ms and self._flush_s > 0:
                     await asyncio.sleep(self._flush_s)  # let the next tokens join this message
                 while not events.empty():
                     batch.append(events.get_nowait())
                 delta, finished = _merge(batch)
-                lease.tally.completion_tokens += delta.token_count
+                tally.completion_tokens += delta.token_count
                 if delta.token_count or delta.text:
-                    if not first_token_ms:
-                        first_token_ms = (time.monotonic() - started) * 1000.0
+                    if not tally.first_token_ms:
+                        tally.first_token_ms = (time.monotonic() - started) * 1000.0
                         first_token_ns = time.time_ns()
-                        lease.tally.first_token_ms = first_token_ms
                     yield types_pb2.GenerateResponse(request_id=req.request_id, delta=delta)
                 if finished is not None:
-                    lease.tally.prompt_tokens = finished.prompt_tokens
+                    tally.prompt_tokens = finished.prompt_tokens
                     self._metrics.tokens_generated(req.model_id, finished.completion_tokens)
                     tracing.record_phases(started_ns, first_token_ns, time.time_ns(), finished)
-                    yield types_pb2.GenerateResponse(
-                        request_id=req.request_id,
-                        summary=convert.summary(
-                            finished,
-                            req.model_id,
-                            self._worker_id,
-                            self._gpu_id,
-                            (time.monotonic() - started) * 1000.0,
-                            first_token_ms,
-                        ),
-                    )
+                    elapsed_ms = (time.monotonic() - started) * 1000.0
+                    yield self._summary(req, finished, elapsed_ms, tally.first_token_ms)
                     return
         finally:
             handle.cancel()
+
+    def _summary(
+        self, req: types_pb2.GenerateRequest, finished: Finished, elapsed_ms: float, ttft_ms: float
+    ) -> types_pb2.GenerateResponse:
+        summary = convert.summary(
+            finished, req.model_id, self._worker_id, self._gpu_id, elapsed_ms, ttft_ms
+        )
+        return types_pb2.GenerateResponse(request_id=req.request_id, summary=summary)
 
     async def Embed(
         self, request: worker_pb2.ExecuteEmbedRequest, context: grpc.aio.ServicerContext

@@ -142,22 +142,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             },
         ) as span:
             tenant = door.caller()
-            span.set_attribute("inference.tenant", tenant)
-            with TRACER.start_as_current_span("router.validate"):
-                validation.check_shape(request, self._config.max_prompt_chars)
-                model = await self._models.get(request.model_id)
-                validation.check_against_model(request, model)
-            admitted = validation.normalized(request)
-            self._admission.check(tenant, admitted.model_id, admitted.priority)
-            max_tokens = admitted.max_tokens = admitted.max_tokens or model.default_max_tokens
-            reservation = self._admission.reserve(
-                tenant, estimate_tokens(admitted.prompt) + max_tokens
-            )
-            span.set_attribute("inference.request_id", admitted.request_id)
-            logs.request_id.set(admitted.request_id)
-            log.debug(
-                "admitted for %s: model=%s prompt=%r", tenant, admitted.model_id, admitted.prompt
-            )
+            admitted, reservation = await self._admit(request, tenant, span)
             used = None  # tokens the request really took; unknown unless it completes
             try:  # from here on the reservation is settled however the call ends
                 await context.send_initial_metadata(
@@ -182,6 +167,28 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                         yield message
             finally:
                 reservation.finish(used)
+
+    async def _admit(
+        self, request: types_pb2.GenerateRequest, tenant: str, span: Any
+    ) -> tuple[types_pb2.GenerateRequest, Any]:
+        """Validates the request against its model, checks the tenant's rights and charges
+        its limits: the admitted request (id assigned, max_tokens made explicit) and the
+        reservation to settle when it ends."""
+        span.set_attribute("inference.tenant", tenant)
+        with TRACER.start_as_current_span("router.validate"):
+            validation.check_shape(request, self._config.max_prompt_chars)
+            model = await self._models.get(request.model_id)
+            validation.check_against_model(request, model)
+        admitted = validation.normalized(request)
+        self._admission.check(tenant, admitted.model_id, admitted.priority)
+        admitted.max_tokens = admitted.max_tokens or model.default_max_tokens
+        reservation = self._admission.reserve(
+            tenant, estimate_tokens(admitted.prompt) + admitted.max_tokens
+        )
+        span.set_attribute("inference.request_id", admitted.request_id)
+        logs.request_id.set(admitted.request_id)
+        log.debug("admitted for %s: model=%s prompt=%r", tenant, admitted.model_id, admitted.prompt)
+        return admitted, reservation
 
     async def _relay(
         self,
