@@ -53,7 +53,7 @@ async def main(config: ActuatorConfig) -> None:
     config_path = _parser().parse_known_args()[0].config
     actuator = Actuator(
         config,
-        devices_from(config.gpus, config.cpu_slot_count, config.cpu_fallback),
+        devices_from(config.gpus, config.cpu_slot_count, config.cpu_fallback, config.cpu_per_model),
         SchedulerStatus(config),
         Launcher(
             config_path, config.scheduler_address, Path(config.log_dir), config.stop_timeout_s

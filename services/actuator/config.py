@@ -19,6 +19,9 @@ class ActuatorConfig(SecuritySettings):
     gpus: str = "auto"  # auto: every GPU NVML sees; none; or indices such as "0,1"
     cpu_slots: int = 0  # workers on the CPU at once (no GPU, or simulated models); 0: auto
     cpu_fallback: bool = True  # with every GPU taken, real models may use CPU slots
+    # CPU workers one real model may have: they share the machine's cores, and each runs its
+    # model on all of them (torch's default threads); 0: auto, that is 1
+    cpu_workers_per_model: int = 0
     worker_id_prefix: str = "local"  # workers are named <prefix>-<model>-<n>
     worker_host: str = "127.0.0.1"  # workers listen (and are reached) on this host
     worker_base_port: int = 50061  # workers listen on base, base+1, ...; 0: any free port
@@ -34,6 +37,12 @@ class ActuatorConfig(SecuritySettings):
         require(self.poll_interval_s > 0, "actuator.poll_interval_s must be > 0")
         require(self.cpu_slots >= 0, "actuator.cpu_slots must be >= 0")
         require(self.stop_timeout_s > 0, "actuator.stop_timeout_s must be > 0")
+
+    @property
+    def cpu_per_model(self) -> int:
+        """`cpu_workers_per_model`, or by default 1: a worker's torch threads already use
+        every core (torch's default), so a second worker only adds contention."""
+        return self.cpu_workers_per_model or 1
 
     @property
     def cpu_slot_count(self) -> int:

@@ -26,7 +26,9 @@ def visible_gpu_count() -> int:
         pynvml.nvmlShutdown()
 
 
-def devices_from(gpus: str, cpu_slots: int, cpu_fallback: bool = False) -> Devices:
+def devices_from(
+    gpus: str, cpu_slots: int, cpu_fallback: bool = False, cpu_per_model: int = 0
+) -> Devices:
     """`gpus`: "auto" (every GPU NVML sees), "none", or indices such as "0,1"."""
     if gpus == "auto":
         indices = tuple(range(visible_gpu_count()))
@@ -40,4 +42,4 @@ def devices_from(gpus: str, cpu_slots: int, cpu_fallback: bool = False) -> Devic
                 f"actuator.gpus: auto, none or indices like 0,1; got {gpus!r}"
             ) from None
     log.info("devices: %s, %d CPU slots", [f"gpu-{i}" for i in indices] or "no GPU", cpu_slots)
-    return Devices(indices, cpu_slots, cpu_fallback)
+    return Devices(indices, cpu_slots, cpu_fallback, cpu_per_model)

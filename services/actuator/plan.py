@@ -3,8 +3,10 @@ model has the number of workers the scheduler wants.
 
 Devices: one worker per GPU the actuator may use; where it has none (or all are taken and
 `cpu_fallback` is on), up to `cpu_slots` workers on the CPU. Simulated models never touch
-the device, so they always take CPU slots. A stopping worker keeps its device until its
-process exits.
+the device, so they always take CPU slots. A real model gets at most `cpu_per_model`
+workers on the CPU: they share its cores, so one more adds contention, not capacity (each
+worker already runs its model on as many threads as there are cores). A stopping worker
+keeps its device until its process exits.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ class Devices:
     gpus: tuple[int, ...]  # GPU indices the actuator may pin workers to
     cpu_slots: int  # workers that may run on the CPU at once
     cpu_fallback: bool = False  # with every GPU taken, a real model may run on the CPU
+    cpu_per_model: int = 0  # CPU workers one real model may have; 0: no bound
 
     def free(self, held: list[str], simulated: bool) -> str | None:
         """A free device ("gpu-N" or "cpu") for a new worker, or None."""
@@ -75,6 +78,7 @@ def reconcile(
             victims = sorted(running[model_id], key=lambda p: (p.active_leases, -p.started_at))
             actions += [Stop(p.worker_id) for p in victims[:extra]]
     held = [p.device for p in processes]
+    on_cpu = {m: sum(p.device == "cpu" for p in ps) for m, ps in running.items()}
     missing = {
         m: desired[m] - len(running.get(m, []))
         for m in desired
@@ -86,7 +90,12 @@ def reconcile(
             if missing.get(model_id, 0) <= 0:
                 continue
             device = devices.free(held, model_id in simulated)
+            capped = devices.cpu_per_model and model_id not in simulated
+            if device == "cpu" and capped and on_cpu.get(model_id, 0) >= devices.cpu_per_model:
+                device = None  # its CPU workers would only share the same cores
             missing[model_id] = 0 if device is None else missing[model_id] - 1
+            if device == "cpu":
+                on_cpu[model_id] = on_cpu.get(model_id, 0) + 1
             if device is not None:
                 held.append(device)
                 actions.append(Start(model_id, device))

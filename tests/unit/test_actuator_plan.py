@@ -51,3 +51,15 @@ def test_a_stopping_worker_is_not_counted_but_keeps_its_device():
 def test_models_held_back_or_unknown_to_the_scheduler_are_left_alone():
     running = [proc("a", "gone")]
     assert reconcile({"m": 1}, running, Devices((), 4), held_back=frozenset({"m"})) == []
+
+
+def test_a_real_model_gets_no_second_cpu_worker_but_a_simulated_one_does():
+    cpu = Devices((), 4, cpu_per_model=1)
+    running = [proc("a", device="cpu")]
+    assert reconcile({"m": 2}, running, cpu) == []  # the second would share the same cores
+    sims = reconcile({"sim": 3}, [], cpu, frozenset({"sim"}))
+    assert sims == [Start("sim", "cpu")] * 3  # simulated models use no compute
+    assert reconcile({"m": 2}, [], Devices((0,), 4, cpu_fallback=True, cpu_per_model=1)) == [
+        Start("m", "gpu-0"),
+        Start("m", "cpu"),
+    ]
