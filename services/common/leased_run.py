@@ -26,7 +26,7 @@ from opentelemetry.trace import SpanKind
 
 from services.common import tracing
 from services.common.errors import DeadlineExceeded, Unavailable
-from services.common.status import LEASE_END_KEY, answered, trailer
+from services.common.status import LEASE_END_KEY, PREEMPTED, answered, trailer
 from services.common.tokens import estimate_tokens
 from services.common.worker_channels import WorkerChannels
 
@@ -44,7 +44,6 @@ _REQUEST_CODES = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
-PREEMPTED = "preempted"
 # A request whose leases failed on this many workers (the worker answered a failure, or its
 # process died under it) is not moved again: it may be what breaks them (poison).
 POISON_AFTER_FAILURES = 2

@@ -23,7 +23,8 @@ from services.common import errors
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_KEY = "retry-after-ms"
-LEASE_END_KEY = "lease-end"  # on ABORTED: how the lease ended ("preempted")
+LEASE_END_KEY = "lease-end"  # on ABORTED: how the lease ended
+PREEMPTED = "preempted"  # its value when the scheduler revoked the lease for a higher class
 ORIGIN_KEY = "inference-status"  # on every status a service of ours answers
 _PASSED_ON = (RETRY_AFTER_KEY, LEASE_END_KEY)
 

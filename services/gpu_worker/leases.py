@@ -20,9 +20,9 @@ from inference.v1 import scheduler_pb2, types_pb2
 
 from services.common.errors import LeaseEnded, PermissionDenied
 from services.common.lease_token import LeaseRefused, LeaseVerifier, check_claims
+from services.common.status import PREEMPTED
 
 KEY_WAIT_S = 2.0  # a lease signed with a key not yet received waits this long for it
-PREEMPTED = "preempted"
 FORGET_REVOKED_MS = 60_000  # longer than any lease may wait to be presented
 
 

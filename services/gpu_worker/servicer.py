@@ -18,10 +18,11 @@ from inference.v1 import types_pb2, worker_pb2, worker_pb2_grpc
 
 from services.common import logs, tracing
 from services.common.errors import LeaseEnded, ServiceError, Unavailable
+from services.common.status import PREEMPTED
 from services.gpu_worker import convert
 from services.gpu_worker.engines.base import Event, Finished, FinishReason, TextDelta
 from services.gpu_worker.host import ModelHost
-from services.gpu_worker.leases import PREEMPTED, LeaseBook, RunningLease
+from services.gpu_worker.leases import LeaseBook, RunningLease
 from services.gpu_worker.metrics import WorkerMetrics
 
 REVOKED = object()  # put in a sequence's event queue when its lease is revoked

@@ -176,7 +176,7 @@ class RevokeLease:
 
     worker_id: str
     lease_id: str
-    reason: str = "preempted"
+    reason: str = Outcome.PREEMPTED.value
 
 
 @dataclass(frozen=True)
