@@ -36,8 +36,9 @@ RESULTS = Path(__file__).parent / "results" / "autoscaling.json"
 
 def scheduler_lines(cooldown_s: float) -> str:
     return f"""
-autoscaling = true
-scaling_warmup_s = 2.0  # a fresh system: nothing to wait for
+[scheduler.autoscaling]
+enabled = true
+warmup_s = 2.0  # a fresh system: nothing to wait for
 target_utilization = 1.0
 scale_up_cooldown_s = 3.0
 scale_down_cooldown_s = {cooldown_s}

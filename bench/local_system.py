@@ -80,7 +80,7 @@ class LocalSystem:
             "ACTUATOR_LOG_DIR": str(self.log_dir),
             **self._extra_env,
         }
-        env.setdefault("SCHEDULER_AUTOSCALING", "true" if self.actuator else "false")
+        env.setdefault("SCHEDULER_AUTOSCALING_ENABLED", "true" if self.actuator else "false")
         self._spawn("scheduler", ["services.scheduler"], env)
         if self.actuator:
             self._spawn("actuator", ["services.actuator"], env)

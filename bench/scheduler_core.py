@@ -3,10 +3,10 @@
     python -m bench.scheduler_core [--workers 256] [--out bench/results/scheduler_core.json]
 
 256 workers with 4 slots each for 4 models, every slot held; the queue holds N requests over
-3 priorities and 8 tenants. One decision = a lease is released and `dispatch()` picks the
-next request and grants it a lease (fairness, aging, KV fit, worker choice and the
-preemption check included). The
-cost should not grow with N: only lane heads are looked at.
+3 priorities and 8 tenants. One decision = `end_lease()`: a lease is released, the next
+request is picked and granted a lease, and the preemption check runs (fairness, aging, KV
+fit and worker choice included: the core's one outcome for that change). The cost should
+not grow with N: only lane heads are looked at.
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ from pathlib import Path
 
 from services.scheduler.core.admission import AdmissionRules
 from services.scheduler.core.scheduler import SchedulerCore
-from services.scheduler.core.types import ModelCatalogEntry, ModelSlots, Outcome, Priority, Usage
+from services.scheduler.core.settings import CoreSettings, DispatchRules
+from services.scheduler.core.types import (
+    ModelCatalogEntry,
+    ModelSlots,
+    Outcome,
+    Priority,
+    Ticket,
+    Usage,
+)
 
 MODELS = [f"model-{i}" for i in range(4)]
 TENANTS = [f"tenant-{i}" for i in range(8)]
@@ -29,31 +37,27 @@ TENANTS = [f"tenant-{i}" for i in range(8)]
 def build(queued: int, workers: int) -> SchedulerCore:
     clock = time.monotonic
     catalog = {m: ModelCatalogEntry(m, True, 8192, 2048, 64) for m in MODELS}
-    no_shedding = AdmissionRules(shed_at=dict.fromkeys(Priority, 1.0))
-    core = SchedulerCore(
-        catalog,
-        queued + workers * 4 + 10,
-        3.0,
-        clock,
-        starvation_bound_s=30.0,
-        rules=no_shedding,
+    no_shedding = AdmissionRules(
+        queue_capacity=queued + workers * 4 + 10, shed_low_at=1.0, shed_medium_at=1.0
     )
+    settings = CoreSettings(1.0, 3, admission=no_shedding, dispatch=DispatchRules(recovery_s=0))
+    core = SchedulerCore(catalog, clock, settings)
     for w in range(workers):
         model = MODELS[w % len(MODELS)]
         slots = ModelSlots(model, 4, True, kv_capacity=60_000)
         core.register_worker(f"w{w}", f"w{w}:1", f"gpu-{w % 8}", [(catalog[model], slots)])
     rng = random.Random(1)
     for i in range(workers * 4 + queued):  # the first fill every slot, the rest wait
-        core.enqueue(
-            f"r{i}",
-            MODELS[i % len(MODELS)] if i < workers * 4 else rng.choice(MODELS),
-            rng.choice(list(Priority)),
-            rng.choice(TENANTS),
-            prompt_tokens=rng.randint(20, 500),
-            max_tokens=rng.randint(16, 512),
+        core.submit(
+            Ticket(
+                f"r{i}",
+                MODELS[i % len(MODELS)] if i < workers * 4 else rng.choice(MODELS),
+                rng.choice(list(Priority)),
+                rng.choice(TENANTS),
+                prompt_tokens=rng.randint(20, 500),
+                max_tokens=rng.randint(16, 512),
+            )
         )
-        if i < workers * 4:
-            core.dispatch()
     return core
 
 
@@ -65,19 +69,19 @@ def measure(queued: int, workers: int, decisions: int) -> dict[str, float]:
     for _ in range(decisions):
         lease = leases.pop(rng.randrange(len(leases)))
         started = time.perf_counter()
-        core.end_lease(lease.lease_id, Outcome.COMPLETED, Usage(completion_tokens=16))
-        granted = core.dispatch()
-        core.preemptions()  # the coordinator checks for preemption after each dispatch
+        changes = core.end_lease(lease.lease_id, Outcome.COMPLETED, Usage(completion_tokens=16))
         samples.append((time.perf_counter() - started) * 1e6)
-        leases.extend(new for _, new in granted)
-        for i in range(len(granted)):  # keep the queue at its length
-            core.enqueue(
-                f"n{len(samples)}-{i}",
-                rng.choice(MODELS),
-                rng.choice(list(Priority)),
-                rng.choice(TENANTS),
-                prompt_tokens=100,
-                max_tokens=100,
+        leases.extend(changes.leases_granted())
+        for i in range(len(changes.granted)):  # keep the queue at its length
+            core.submit(
+                Ticket(
+                    f"n{len(samples)}-{i}",
+                    rng.choice(MODELS),
+                    rng.choice(list(Priority)),
+                    rng.choice(TENANTS),
+                    prompt_tokens=100,
+                    max_tokens=100,
+                )
             )
     samples.sort()
     return {

@@ -47,8 +47,9 @@ max_deadline_s = 600.0
 allow_anonymous = true  # loopback only; lets wait_ready list the models
 {_tenants(tenants)}
 [scheduler]
-queue_capacity = {queue_capacity}
 heartbeat_interval_ms = 500
+[scheduler.admission]
+queue_capacity = {queue_capacity}
 {scheduler}
 [worker]
 flush_interval_ms = {flush_ms}
@@ -89,10 +90,11 @@ def sim_cluster(
     root: Path | None = None,
 ) -> LocalSystem:
     """A LocalSystem (not started) whose config serves only the simulated model.
-    `scheduler`: extra TOML lines for the [scheduler] section; `tenants`: that many
-    tenants of equal weight, keys `tenant_key(i)`; `model`: extra lines for the model's
-    entry (e.g. min_workers); `actuator`: workers come from the local actuator; `env`: more
-    environment for every process; `root`: run the services of another checkout."""
+    `scheduler`: extra TOML sections of the scheduler (`[scheduler.autoscaling]` ...);
+    `tenants`: that many tenants of equal weight, keys `tenant_key(i)`; `model`: extra
+    lines for the model's entry (e.g. min_workers); `actuator`: workers come from the local
+    actuator; `env`: more environment for every process; `root`: run the services of
+    another checkout."""
     log_dir.mkdir(parents=True, exist_ok=True)
     config = log_dir / "sim-config.toml"
     config.write_text(

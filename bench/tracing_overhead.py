@@ -26,7 +26,7 @@ from bench.local_system import LocalSystem
 
 CONFIG = """
 [router]
-[scheduler]
+[scheduler.admission]
 queue_capacity = 4096
 [worker]
 flush_interval_ms = 5.0

@@ -28,7 +28,7 @@ if command -v nvidia-smi >/dev/null 2>&1; then gpus=$(nvidia-smi -L 2>/dev/null 
 service() { echo "$1=$PY -u -m $2 --config $CONFIG ${*:3}"; }
 procs=(--process "$(service scheduler services.scheduler)")
 if [[ -n "$WORKERS" ]]; then
-  export SCHEDULER_AUTOSCALING=false
+  export SCHEDULER_AUTOSCALING_ENABLED=false
   for ((i=0; i<WORKERS; i++)); do
     args="--listen 127.0.0.1:$((WORKER_BASE_PORT + i)) --metrics-listen 127.0.0.1:$((WORKER_METRICS_BASE_PORT + i))"
     if (( gpus > 0 )); then args+=" --gpu-index $((i % gpus))"; fi

@@ -14,7 +14,7 @@ from services.gpu_worker.config import WorkerConfig
 from services.gpu_worker.server import WorkerServer
 from services.router.config import RouterConfig, TenantSpec
 from services.router.server import RouterServer
-from services.scheduler.config import SchedulerConfig
+from services.scheduler.config import SchedulerConfig, with_overrides
 from services.scheduler.server import SchedulerServer
 
 LOOPBACK = "127.0.0.1:0"
@@ -83,7 +83,7 @@ class Stack:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
-            workers = self.scheduler.coordinator.core.workers()
+            workers = [r for r, _ in self.scheduler.coordinator.snapshot().workers]
             if len(workers) == count and all(s.ready for w in workers for s in w.models.values()):
                 return
             await asyncio.sleep(0.02)
@@ -113,12 +113,11 @@ async def start_stack(
         metrics_listen=LOOPBACK,
         heartbeat_interval_ms=100,
         heartbeat_misses=5,
-        scaling_warmup_s=0.0,
-        recovery_s=0.0,
         internal_secret=secret,
         catalog={m.model_id: m for m in models},
     )
-    scheduler = SchedulerServer(replace(scheduler_config, **scheduler_overrides))
+    overrides = {"warmup_s": 0.0, "recovery_s": 0.0} | scheduler_overrides
+    scheduler = SchedulerServer(with_overrides(scheduler_config, **overrides))
     await scheduler.start()
     router = RouterServer(
         RouterConfig(

@@ -71,24 +71,36 @@ def load_section(
     env: Mapping[str, str],
     env_prefix: str,
     overrides: Mapping[str, Any] | None = None,
+    section: str = "",
     **extra: Any,
 ) -> T:
     """Builds `cls` from a TOML section, `ENV_PREFIX_<FIELD>` variables and overrides.
 
     Precedence, lowest first: dataclass default, file, environment, overrides (flags).
-    `extra` passes fields the caller built itself (e.g. nested specs).
+    A field whose type is itself a dataclass is a nested section (`[section.field]`, with
+    `ENV_PREFIX_FIELD_<KEY>` variables); a field with `metadata={"config": False}` is not
+    read from the file. `extra` passes fields the caller built itself (e.g. nested specs).
     """
+    name = section or env_prefix.lower()
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - known
+    readable = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("config", True)}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"[{name}] must be a table, got {data!r}")
+    unknown = set(data) - set(readable)
     if unknown:
-        raise ConfigError(f"[{env_prefix.lower()}] unknown keys: {', '.join(sorted(unknown))}")
+        raise ConfigError(f"[{name}] unknown keys: {', '.join(sorted(unknown))}")
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):
+    for field in readable.values():
         if field.name in extra:
             continue
-        kind = _scalar_type(hints[field.name])
         key = f"{env_prefix}_{field.name.upper()}"
+        hint = hints[field.name]
+        if dataclasses.is_dataclass(hint):
+            nested = f"{name}.{field.name}"
+            values[field.name] = load_section(
+                hint, data.get(field.name, {}), env, key, None, nested
+            )
+            continue
         raw = data.get(field.name, dataclasses.MISSING)
         if key in env:
             raw = env[key]
@@ -96,14 +108,16 @@ def load_section(
             raw = overrides[field.name]
         if raw is dataclasses.MISSING:
             continue
-        if kind is None:
-            values[field.name] = raw
-        else:
-            values[field.name] = _coerce(f"{env_prefix.lower()}.{field.name}", kind, raw)
+        kind = _scalar_type(hint)
+        values[field.name] = raw if kind is None else _coerce(f"{name}.{field.name}", kind, raw)
     try:
         return cls(**values, **extra)
     except TypeError as exc:
-        raise ConfigError(f"[{env_prefix.lower()}] {exc}") from exc
+        raise ConfigError(f"[{name}] {exc}") from exc
+    except ConfigError as exc:
+        if str(exc).startswith(("[", name)):
+            raise
+        raise ConfigError(f"[{name}] {exc}") from exc
 
 
 def require(condition: bool, message: str) -> None:

@@ -8,7 +8,7 @@ from inference.v1 import scheduler_pb2, types_pb2
 
 from services.common import lease_token
 from services.common.catalog import ModelSpec
-from services.scheduler.coordinator import Grant, Resubmission
+from services.scheduler.coordinator import Grant, Snapshot
 from services.scheduler.core.autoscaling import ScalingBounds, ScalingDecision
 from services.scheduler.core.model_placement import LoadModel, UnloadModel
 from services.scheduler.core.types import (
@@ -18,7 +18,9 @@ from services.scheduler.core.types import (
     ModelView,
     Outcome,
     Priority,
+    Resubmission,
     RevokeLease,
+    Ticket,
     Usage,
     WorkerRecord,
     WorkerState,
@@ -116,6 +118,21 @@ def resubmission(request: scheduler_pb2.AcquireRequest) -> Resubmission | None:
         previous_worker_id=r.previous_worker_id,
         previous_outcome=outcome(r.previous_outcome),
         previous_lease_tokens=r.previous_lease_tokens,
+    )
+
+
+def ticket(request: scheduler_pb2.AcquireRequest) -> Ticket:
+    """The request as the core queues it, its id scoped by its tenant."""
+    return Ticket(
+        scoped_id(request.tenant_id, request.request_id),
+        request.model_id,
+        priority(request.priority),
+        request.tenant_id,
+        prompt_tokens=request.prompt_tokens,
+        max_tokens=request.max_tokens,
+        tenant_weight=request.tenant_weight or 1.0,
+        affinity_key=request.affinity_key,
+        allow_fallback=request.allow_fallback,
     )
 
 
@@ -241,4 +258,15 @@ def model_scaling(decision: ScalingDecision, bounds: ScalingBounds) -> types_pb2
         slot_utilization=rec.utilization,
         arrival_rate_per_second=decision.load.arrival_rate,
         reason=rec.reason,
+    )
+
+
+def status(snapshot: Snapshot) -> types_pb2.GetStatusResponse:
+    return types_pb2.GetStatusResponse(
+        queues=queue_depths(snapshot.queues),
+        workers=[worker_status(r, session, snapshot.now) for r, session in snapshot.workers],
+        active_leases=snapshot.active_leases,
+        total_slots=snapshot.total_slots,
+        scaling=[model_scaling(d, bounds) for d, bounds in snapshot.scaling],
+        models=[model_info(view) for view in snapshot.models],
     )

@@ -132,21 +132,11 @@ class SchedulerMetrics:
 
     def refresh(self, coordinator) -> None:
         """Copies queue, lease and device state into the gauges (event loop only)."""
-        core = coordinator.core
-        events = coordinator.events
-        for action, count in (
-            ("preempted", events.preempted),
-            ("dropped_late", events.dropped_late),
-            ("evicted", events.evicted),
-            ("cold_expired", events.cold_expired),
-        ):
-            if count:
-                self.scheduler_actions.labels(action).inc(count)
-        for command in events.commands:
-            self.scheduler_actions.labels(command).inc()
-        events.preempted = events.dropped_late = events.evicted = events.cold_expired = 0
-        events.commands.clear()
-        for priority, depth in core.queue_depths().items():
+        for action, count in coordinator.actions.items():
+            self.scheduler_actions.labels(action).inc(count)
+        coordinator.actions.clear()
+        snapshot = coordinator.snapshot()
+        for priority, depth in snapshot.queues.items():
             self.queue_depth.labels(priority_label(priority)).set(depth)
         for gauge in (
             self.leases,
@@ -157,20 +147,20 @@ class SchedulerMetrics:
             self.gpu_memory_total,
         ):
             gauge.clear()
-        for record in core.workers():
+        for record, session in snapshot.workers:
             self.leases.labels(record.worker_id).set(len(record.leases))
             self.slots.labels(record.worker_id).set(
                 sum(m.max_slots for m in record.models.values() if m.ready)
             )
             self.workers.labels(record.state.value).inc()
-            session = coordinator.session(record.worker_id)
             device = session.device if session else None
             if device is not None:
                 labels = (record.worker_id, device.gpu_id or record.gpu_id)
                 self.gpu_utilization.labels(*labels).set(device.utilization_percent / 100.0)
                 self.gpu_memory_used.labels(*labels).set(device.memory_used_bytes)
                 self.gpu_memory_total.labels(*labels).set(device.memory_total_bytes)
-        for model_id, decision in core.decisions.items():
+        for decision, _ in snapshot.scaling:
+            model_id = decision.model_id
             self.desired_workers.labels(model_id).set(decision.desired)
             self.model_workers.labels(model_id).set(decision.current)
             self.model_utilization.labels(model_id).set(decision.recommendation.utilization)

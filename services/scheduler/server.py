@@ -17,7 +17,6 @@ from services.scheduler import convert
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.coordinator import Coordinator, sweep_forever
 from services.scheduler.core.fairness import ServedTokens
-from services.scheduler.core.placement import make_policy
 from services.scheduler.core.scheduler import SchedulerCore
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.servicer import SchedulerServicer
@@ -44,27 +43,10 @@ class SchedulerServer:
 
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
-        heartbeat_s = config.heartbeat_interval_ms / 1000.0
         core = SchedulerCore(
-            catalog={k: convert.entry_from_spec(v) for k, v in config.catalog.items()},
-            queue_capacity=config.queue_capacity,
-            heartbeat_timeout_s=config.heartbeat_timeout_s,
-            clock=time.monotonic,
-            starvation_bound_s=config.starvation_bound_s,
-            placement=make_policy(config.placement),
-            rules=config.admission_rules(),
-            preemption=config.preemption,
-            rate_window_s=config.rate_window_s,
-            load_timeout_s=config.load_timeout_s,
-            scaling=config.scaling_policy(),
-            autoscaled=config.autoscaled_models(),
-            cold_start_timeout_s=config.cold_start_timeout_s,
-            arrival_window_s=config.arrival_window_s,
-            # UNAVAILABLE must reach the client before its deadline: two sweeps ahead, or more
-            cold_start_margin_s=max(0.5, heartbeat_s),
-            # reclaimed once the worker's heartbeats would have shown it running
-            lease_start_timeout_s=config.lease_start_timeout_s + 2 * heartbeat_s,
-            recovery_s=config.recovery_s,
+            {k: convert.entry_from_spec(v) for k, v in config.catalog.items()},
+            time.monotonic,
+            config.core_settings(),
             lease_prefix=f"lease-{os.urandom(4).hex()}",
         )
         self.metrics = SchedulerMetrics(ServedTokens(config.fairness_window_s, time.monotonic))
@@ -86,7 +68,7 @@ class SchedulerServer:
                 config.heartbeat_interval_ms,
                 self.metrics,
                 lease_key(config.internal_secret),
-                config.lease_start_timeout_s,
+                config.dispatch.lease_start_timeout_s,
                 lambda acquire: LeasedRun(acquire, self.workers, config.max_resumes),
             ),
             self.grpc.server,

@@ -19,9 +19,10 @@ from services.common import leased_run, logs, tracing
 from services.common.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from services.common.leased_run import LeasedRun
 from services.scheduler import convert
-from services.scheduler.coordinator import END_SESSION, Coordinator, Grant, Session
+from services.scheduler.coordinator import Coordinator, Grant
 from services.scheduler.core.admission import Shed
 from services.scheduler.metrics import SchedulerMetrics, priority_label
+from services.scheduler.sessions import END_SESSION, Session
 
 log = logging.getLogger(__name__)
 TRACER = tracing.tracer("services.scheduler")
@@ -66,36 +67,24 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         if not request.request_id or not request.model_id:
             raise InvalidArgument("request_id and model_id are required")
         logs.request_id.set(request.request_id)
-        priority = convert.priority(request.priority)
-        entry = self._coord.core.model(request.model_id)
-        default_tokens = entry.default_max_tokens if entry.kind == "generative" else 0
+        ticket = convert.ticket(request)
         again = convert.resubmission(request)
         if again is not None and again.previous_lease_id:
             self._metrics.resumed(again.previous_outcome)
         with TRACER.start_as_current_span("scheduler.queue_wait") as span:
             try:
-                grant = await self._coord.acquire(
-                    convert.scoped_id(request.tenant_id, request.request_id),
-                    request.model_id,
-                    priority,
-                    request.tenant_id,
-                    timeout_s,
-                    again,
-                    prompt_tokens=request.prompt_tokens,
-                    max_tokens=request.max_tokens or default_tokens,
-                    tenant_weight=request.tenant_weight or 1.0,
-                    affinity_key=request.affinity_key,
-                    allow_fallback=request.allow_fallback,
-                )
+                grant = await self._coord.acquire(ticket, timeout_s, again)
             except (ResourceExhausted, DeadlineExceeded) as exc:
                 reason = exc.reason if isinstance(exc, Shed) else "deadline"
-                self._metrics.shed.labels(request.tenant_id, priority_label(priority), reason).inc()
+                self._metrics.shed.labels(
+                    request.tenant_id, priority_label(ticket.priority), reason
+                ).inc()
                 raise
             span.set_attribute("inference.queue_time_ms", grant.queue_time_ms)
             span.set_attribute("inference.lease", grant.lease.lease_id)
             if grant.request.model_id != request.model_id:
                 span.set_attribute("inference.fallback_model", grant.request.model_id)
-        self._metrics.queue_wait.labels(priority_label(priority)).observe(
+        self._metrics.queue_wait.labels(priority_label(ticket.priority)).observe(
             grant.queue_time_ms / 1000
         )
         return grant
@@ -152,7 +141,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
     def _register(self, reg: scheduler_pb2.WorkerRegistration) -> Session:
         gpu_id = reg.device.gpu_id or "cpu-0"
-        now = self._coord.core.clock()
+        now = self._coord.now()
         return self._coord.open_session(
             reg.worker_id,
             reg.address,
@@ -201,37 +190,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self, request: types_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> types_pb2.ListModelsResponse:
         return types_pb2.ListModelsResponse(
-            models=[convert.model_info(view) for view in self._coord.core.models()]
+            models=[convert.model_info(view) for view in self._coord.models()]
         )
 
     async def GetStatus(
         self, request: types_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> types_pb2.GetStatusResponse:
-        core = self._coord.core
-        models = [convert.model_info(view) for view in core.models()]
-        if request.tenant_id:  # a tenant's own view: no workers, no other tenant's load
-            tenant = request.tenant_id
-            return types_pb2.GetStatusResponse(
-                queues=convert.queue_depths(core.queue_depths(tenant)),
-                active_leases=core.active_leases(tenant),
-                models=models,
-            )
-        now = core.clock()
-        workers = []
-        for record in core.workers():
-            session = self._coord.session(record.worker_id)
-            workers.append(convert.worker_status(record, session, now))
-        return types_pb2.GetStatusResponse(
-            queues=convert.queue_depths(core.queue_depths()),
-            workers=workers,
-            active_leases=core.active_leases(),
-            total_slots=core.total_slots(),
-            scaling=[
-                convert.model_scaling(d, core.scaling.bounds_of(m))
-                for m, d in sorted(core.decisions.items())
-            ],
-            models=models,
-        )
+        return convert.status(self._coord.snapshot(request.tenant_id))
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float:

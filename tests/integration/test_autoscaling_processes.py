@@ -9,8 +9,9 @@ from bench.sim_cluster import sim_cluster
 pytestmark = pytest.mark.slow
 
 SCHEDULER = """
-autoscaling = true
-scaling_warmup_s = 2.0
+[scheduler.autoscaling]
+enabled = true
+warmup_s = 2.0
 target_utilization = 1.0
 scale_up_cooldown_s = 3.0
 scale_down_cooldown_s = 4.0

@@ -27,7 +27,7 @@ async def test_scaled_to_zero_a_request_waits_for_a_worker_or_gets_unavailable_i
             assert "started in time" in exc.details()  # told before its 2 s deadline
         waiting = asyncio.ensure_future(stub.Infer(request("sim-zero", max_tokens=3), timeout=20))
         status = stack.scheduler_stub()
-        await wait_until(lambda: stack.scheduler.coordinator.core.queued() == 1)
+        await wait_until(lambda: stack.scheduler.coordinator.state.queued() == 1)
         await wait_until(lambda: _desired(stack) == 1)
         answer = await status.GetStatus(types_pb2.GetStatusRequest(), timeout=5)
         [scaling] = answer.scaling
@@ -54,7 +54,7 @@ async def reference_then_running(stack, prompt: str, tokens: int):
     running = asyncio.ensure_future(
         stub.Infer(request("sim-zero", prompt, max_tokens=tokens), timeout=20)
     )
-    await wait_until(lambda: stack.scheduler.coordinator.core.active_leases() == 1)
+    await wait_until(lambda: stack.scheduler.coordinator.state.active_leases() == 1)
     return reference, running
 
 
@@ -63,7 +63,7 @@ def _state(core, worker_id: str) -> WorkerState | None:
 
 
 def _desired(stack) -> int:
-    decision = stack.scheduler.coordinator.core.decisions.get("sim-zero")
+    decision = stack.scheduler.coordinator.state.decisions.get("sim-zero")
     return decision.desired if decision else -1
 
 
@@ -84,7 +84,7 @@ async def test_a_draining_worker_finishes_its_streams_and_takes_no_new_lease():
     stack = await start_stack([SCALABLE], workers=2, autoscaling=True)
     try:
         stub = stack.router_stub()
-        core = stack.scheduler.coordinator.core
+        core = stack.scheduler.coordinator.state
         reference, running = await reference_then_running(stack, "drain me gently", 40)
         [lease] = core.leases()
         leaving = next(w for w in stack.workers if w.worker_id == lease.worker_id)

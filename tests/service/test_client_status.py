@@ -10,7 +10,7 @@ from tests.stack import request
 
 async def test_status_table_shows_queue_workers_and_models(stack, capsys):
     await stack.router_stub().Infer(request(max_tokens=4))
-    await wait_until(lambda: stack.scheduler.coordinator.core.decisions)  # a sweep has run
+    await wait_until(lambda: stack.scheduler.coordinator.state.decisions)  # a sweep has run
     code = await asyncio.to_thread(main, ["--address", stack.router_address, "status"])
     out = capsys.readouterr().out
     assert code == 0

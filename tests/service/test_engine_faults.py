@@ -65,11 +65,11 @@ async def test_a_failing_model_step_marks_the_worker_unhealthy(stack):
             await asyncio.sleep(0.05)
         assert await says_not_serving()
     await wait_until(lambda: worker.exit_code == EXIT_UNHEALTHY)  # it retires itself
-    stack.scheduler.coordinator.core.autoscale()
-    [scaling] = stack.scheduler.coordinator.core.decisions.values()
+    stack.scheduler.coordinator.tick()
+    [scaling] = stack.scheduler.coordinator.state.decisions.values()
     assert scaling.current == 0  # an unhealthy worker is no capacity
     assert "internal" not in (info.value.details() or "").lower()
-    core = stack.scheduler.coordinator.core
+    core = stack.scheduler.coordinator.state
     await wait_until(lambda: core.workers()[0].state is WorkerState.UNHEALTHY)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Infer(request())

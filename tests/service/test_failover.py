@@ -51,7 +51,7 @@ async def test_a_stream_cut_by_a_dying_worker_resumes_on_another_without_repeats
         reference = [m async for m in stub.Generate(request("sim-slow", prompt, max_tokens=60))]
         call = stub.Generate(request("sim-slow", prompt, max_tokens=60))
         seen = await read_n(call, 6)
-        [lease] = stack.scheduler.coordinator.core.leases()
+        [lease] = stack.scheduler.coordinator.state.leases()
         victim = next(w for w in stack.workers if w.worker_id == lease.worker_id)
         stack.workers.remove(victim)
         await kill_worker(victim)
@@ -62,7 +62,7 @@ async def test_a_stream_cut_by_a_dying_worker_resumes_on_another_without_repeats
         assert summary.worker_id != victim.worker_id
         assert sum(m.delta.token_count for m in seen if m.HasField("delta")) == 60
         assert lost(stack, "worker_lost") == 1
-        core = stack.scheduler.coordinator.core
+        core = stack.scheduler.coordinator.state
         await wait_until(lambda: core.active_leases() == 0 and len(core.workers()) == 1)
     finally:
         await stack.close()
@@ -93,7 +93,7 @@ async def test_pressure_sheds_low_first_and_a_full_queue_evicts_low_for_high():
     stack = await start_stack([ONE_SLOT], queue_capacity=4, preemption=False)
     try:
         stub = stack.router_stub()
-        core = stack.scheduler.coordinator.core
+        core = stack.scheduler.coordinator.state
 
         def low(i):
             return request("sim-slow", f"low {i}", max_tokens=10, priority=types_pb2.PRIORITY_LOW)
@@ -152,7 +152,7 @@ async def test_a_cancelled_queued_request_leaves_the_queue_at_once():
     stack = await start_stack([ONE_SLOT])
     try:
         stub = stack.router_stub()
-        core = stack.scheduler.coordinator.core
+        core = stack.scheduler.coordinator.state
         running = stub.Generate(request("sim-slow", max_tokens=100))
         await running.read()
         waiting = stub.Generate(request("sim-slow", "second", max_tokens=5))

@@ -14,6 +14,7 @@ from inference.v1 import scheduler_pb2, types_pb2
 
 from services.common.status import RETRY_AFTER_KEY
 from services.router.config import TenantSpec
+from services.scheduler.config import with_overrides
 from services.scheduler.server import SchedulerServer
 from tests.service.test_scheduling import wait_until
 from tests.stack import request, sim_model, start_stack
@@ -45,7 +46,7 @@ async def test_a_worker_dying_mid_stream_gives_unavailable_and_frees_its_leases(
         while await call.read() != grpc.aio.EOF:
             pass
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    core = slow_stack.scheduler.coordinator.core
+    core = slow_stack.scheduler.coordinator.state
     await wait_until(lambda: not core.workers() and core.active_leases() == 0)
 
 
@@ -54,7 +55,7 @@ async def test_queued_requests_fail_fast_when_the_last_worker_of_their_model_lea
     running = [
         asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=200))) for _ in range(2)
     ]
-    core = slow_stack.scheduler.coordinator.core
+    core = slow_stack.scheduler.coordinator.state
     await wait_until(lambda: core.active_leases() == 2)
     waiting = asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=2)))
     await wait_until(lambda: sum(core.queue_depths().values()) == 1)
@@ -67,7 +68,7 @@ async def test_queued_requests_fail_fast_when_the_last_worker_of_their_model_lea
 
 async def test_no_worker_for_a_known_model_is_unavailable(slow_stack):
     await kill_worker(slow_stack.workers.pop())
-    core = slow_stack.scheduler.coordinator.core
+    core = slow_stack.scheduler.coordinator.state
     await wait_until(lambda: not core.workers())
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await slow_stack.router_stub().Infer(request("sim-slow"))
@@ -96,7 +97,7 @@ async def test_a_silent_worker_is_declared_dead(slow_stack):
     await outgoing.put(scheduler_pb2.WorkerSessionRequest(registration=registration))
     call = slow_stack.scheduler_stub().WorkerSession(messages())
     assert (await call.read()).HasField("accepted")
-    core = slow_stack.scheduler.coordinator.core
+    core = slow_stack.scheduler.coordinator.state
     assert any(w.worker_id == "mute" for w in core.workers())
     await wait_until(lambda: all(w.worker_id != "mute" for w in core.workers()), timeout_s=3)
     await outgoing.put(None)
@@ -106,7 +107,7 @@ async def test_a_silent_worker_is_declared_dead(slow_stack):
 async def test_a_draining_worker_finishes_its_streams_and_takes_no_new_work(slow_stack):
     stub = slow_stack.router_stub()
     in_flight = asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=15)))
-    core = slow_stack.scheduler.coordinator.core
+    core = slow_stack.scheduler.coordinator.state
     await wait_until(lambda: core.active_leases() == 1)
     worker = slow_stack.workers.pop()
     await wait_until(lambda: worker.host.active_sequences() == 1)
@@ -137,7 +138,7 @@ async def test_a_request_sent_while_the_scheduler_restarts_waits_and_is_served(s
     await asyncio.sleep(0.5)
     assert not waiting.done()  # held by the router, not failed
     # with its recovery window (the default): the worker re-registers before any refusal
-    config = replace(old.config, listen=slow_stack.scheduler_address, recovery_s=2.0)
+    config = with_overrides(old.config, listen=slow_stack.scheduler_address, recovery_s=2.0)
     restarted = SchedulerServer(config)
     await restarted.start()
     slow_stack.scheduler = restarted

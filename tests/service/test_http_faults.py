@@ -62,7 +62,7 @@ async def test_a_client_that_goes_away_stops_the_work(slow_http, stream, caplog)
     request.cancel()
     await session.close()  # the connection goes away
     await wait_until(lambda: engine.active_sequences() == 0)
-    core = stack.scheduler.coordinator.core
+    core = stack.scheduler.coordinator.state
     await wait_until(lambda: core.active_leases() == 0)
     gone = [r for r in caplog.records if "client went away" in r.getMessage()]
     assert gone and all(r.levelno == logging.INFO for r in gone)

@@ -67,7 +67,7 @@ async def test_a_granted_lease_runs_once_and_its_end_reaches_the_scheduler(stack
     run = worker_pb2.ExecuteRequest(lease_id=grant.lease_id, request=req, lease=grant.token)
     messages = await execute(stack, run)
     assert messages[-1].summary.completion_tokens == 4
-    core = stack.scheduler.coordinator.core
+    core = stack.scheduler.coordinator.state
     await wait_until(lambda: core.active_leases() == 0)  # the worker reported the end
     replay = await refused(stack, run)  # the same lease a second time
     assert replay.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -96,7 +96,7 @@ async def test_work_without_a_valid_lease_is_refused(stack):
 
 async def test_a_lease_never_presented_expires_and_frees_its_slot(stack):
     grant = await acquire(stack, request("sim-one", max_tokens=4, request_id="r-3"))
-    core = stack.scheduler.coordinator.core
+    core = stack.scheduler.coordinator.state
     assert core.active_leases() == 1
     await wait_until(lambda: core.active_leases() == 0, timeout_s=5)  # 0.5 s + heartbeats
     late = worker_pb2.ExecuteRequest(
@@ -140,7 +140,7 @@ async def test_a_client_cancelling_mid_stream_ends_the_lease_on_the_worker(stack
     assert (await call.read()).HasField("delta")
     call.cancel()
     engine = stack.workers[0].host.engines["sim-one"]
-    core = stack.scheduler.coordinator.core
+    core = stack.scheduler.coordinator.state
     await wait_until(lambda: engine.active_sequences() == 0 and core.active_leases() == 0)
     ends = stack.scheduler.metrics.registry.get_sample_value(
         "inference_scheduler_lease_ends_total", {"outcome": "cancelled"}

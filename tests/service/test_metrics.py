@@ -44,7 +44,7 @@ async def test_series_move_when_requests_flow(small_stack):
 
     await stub.Infer(request("sim-one", max_tokens=6))
     blocker = asyncio.ensure_future(stub.Infer(request("sim-one", max_tokens=60)))
-    core = stack.scheduler.coordinator.core
+    core = stack.scheduler.coordinator.state
     await wait_until(lambda: core.active_leases() == 1)
     queued = asyncio.ensure_future(stub.Infer(request("sim-one", max_tokens=1)))
     await wait_until(lambda: sum(core.queue_depths().values()) == 1)

@@ -21,7 +21,7 @@ async def stack_with_catalog():
 
 
 def models_on_worker(stack) -> dict[str, bool]:
-    [worker] = stack.scheduler.coordinator.core.workers()
+    [worker] = stack.scheduler.coordinator.state.workers()
     return {m: s.ready for m, s in worker.models.items()}
 
 
@@ -35,11 +35,11 @@ async def test_load_then_unload_on_command(stack_with_catalog):
         await stub.Infer(request("sim-b"))
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # known model, nobody serves it
 
-    assert coordinator.send_command(worker_id, LoadModel(worker_id, "sim-b"))
+    assert coordinator.sessions.send(worker_id, LoadModel(worker_id, "sim-b"))
     await wait_until(lambda: models_on_worker(stack).get("sim-b") is True)
     assert (await stub.Infer(request("sim-b", max_tokens=3))).completion_tokens == 3
 
-    coordinator.send_command(worker_id, UnloadModel(worker_id, "sim-a"))
+    coordinator.sessions.send(worker_id, UnloadModel(worker_id, "sim-a"))
     await wait_until(lambda: "sim-a" not in models_on_worker(stack))
     assert "sim-a" not in stack.workers[0].host.engines
     with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -50,6 +50,6 @@ async def test_load_then_unload_on_command(stack_with_catalog):
 async def test_a_model_outside_the_catalog_is_not_loaded(stack_with_catalog):
     stack = stack_with_catalog
     worker_id = stack.workers[0].worker_id
-    stack.scheduler.coordinator.send_command(worker_id, LoadModel(worker_id, "sim-z"))
+    stack.scheduler.coordinator.sessions.send(worker_id, LoadModel(worker_id, "sim-z"))
     await stack.wait_workers(1)
     assert models_on_worker(stack) == {"sim-a": True}

@@ -29,13 +29,13 @@ async def wait_until(predicate, timeout_s=5.0):
 
 
 def queued(stack) -> int:
-    return sum(stack.scheduler.coordinator.core.queue_depths().values())
+    return sum(stack.scheduler.coordinator.state.queue_depths().values())
 
 
 async def test_waiting_requests_are_served_high_then_medium_then_low(one_slot):
     stub = one_slot.router_stub()
     blocker = asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=10)))
-    await wait_until(lambda: one_slot.scheduler.coordinator.core.active_leases() == 1)
+    await wait_until(lambda: one_slot.scheduler.coordinator.state.active_leases() == 1)
     finished: list[str] = []
 
     async def run(name, priority):
@@ -53,7 +53,7 @@ async def test_waiting_requests_are_served_high_then_medium_then_low(one_slot):
 async def test_deadline_passing_in_the_queue_is_deadline_exceeded(one_slot):
     stub = one_slot.router_stub()
     blocker = asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=30)))
-    await wait_until(lambda: one_slot.scheduler.coordinator.core.active_leases() == 1)
+    await wait_until(lambda: one_slot.scheduler.coordinator.state.active_leases() == 1)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Infer(request("sim-slow", max_tokens=2), timeout=0.2)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -64,7 +64,7 @@ async def test_deadline_passing_in_the_queue_is_deadline_exceeded(one_slot):
 async def test_full_queue_is_resource_exhausted_with_retry_after(one_slot):
     stub = one_slot.router_stub()
     calls = [asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=20)))]
-    await wait_until(lambda: one_slot.scheduler.coordinator.core.active_leases() == 1)
+    await wait_until(lambda: one_slot.scheduler.coordinator.state.active_leases() == 1)
     calls += [
         asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=1))) for _ in range(3)
     ]
@@ -85,7 +85,7 @@ async def test_client_cancel_stops_the_work_on_the_worker_and_frees_the_lease(on
     assert engine.active_sequences() == 1
     call.cancel()
     await wait_until(lambda: engine.active_sequences() == 0)
-    await wait_until(lambda: one_slot.scheduler.coordinator.core.active_leases() == 0)
+    await wait_until(lambda: one_slot.scheduler.coordinator.state.active_leases() == 0)
     # the slot is usable again at once
     answer = await stub.Infer(request("sim-slow", max_tokens=2), timeout=5)
     assert answer.completion_tokens == 2
@@ -98,7 +98,7 @@ async def test_concurrent_streams_all_complete_and_every_lease_is_freed(stack):
     )
     assert all(a.completion_tokens == 8 for a in answers)
     # each lease ends when its worker reports it, just after the stream
-    await wait_until(lambda: stack.scheduler.coordinator.core.active_leases() == 0)
+    await wait_until(lambda: stack.scheduler.coordinator.state.active_leases() == 0)
 
 
 async def test_priority_unspecified_means_medium(one_slot):
@@ -115,13 +115,13 @@ async def test_a_deadline_passing_mid_stream_ends_it_and_stops_the_work(one_slot
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     engine = one_slot.workers[0].host.engines["sim-slow"]
     await wait_until(lambda: engine.active_sequences() == 0)
-    await wait_until(lambda: one_slot.scheduler.coordinator.core.active_leases() == 0)
+    await wait_until(lambda: one_slot.scheduler.coordinator.state.active_leases() == 0)
 
 
 async def test_a_duplicate_queued_request_id_is_invalid(one_slot):
     stub = one_slot.router_stub()
     blocker = asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=20)))
-    await wait_until(lambda: one_slot.scheduler.coordinator.core.active_leases() == 1)
+    await wait_until(lambda: one_slot.scheduler.coordinator.state.active_leases() == 1)
     first = asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=1, request_id="dup")))
     await wait_until(lambda: queued(one_slot) == 1)
     with pytest.raises(grpc.aio.AioRpcError) as info:

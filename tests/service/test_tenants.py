@@ -128,7 +128,7 @@ async def test_an_answer_cut_short_by_degradation_is_not_cached():
     )
     try:
         stub = stack.router_stub()
-        core = stack.scheduler.coordinator.core
+        core = stack.scheduler.coordinator.state
         blocker = asyncio.ensure_future(
             stub.Infer(request("sim-slow", max_tokens=20), metadata=key("a"))
         )

@@ -48,9 +48,9 @@ def test_the_default_config_loads_for_every_service():
 
 def test_environment_and_flags_override_the_file_in_that_order():
     data = read_toml(DEFAULT_CONFIG)
-    env = {"SCHEDULER_QUEUE_CAPACITY": "7", "SCHEDULER_LISTEN": "127.0.0.1:1"}
+    env = {"SCHEDULER_ADMISSION_QUEUE_CAPACITY": "7", "SCHEDULER_LISTEN": "127.0.0.1:1"}
     config = scheduler_config.load(data, env, {"listen": "127.0.0.1:2"})
-    assert config.queue_capacity == 7
+    assert config.admission.queue_capacity == 7
     assert config.listen == "127.0.0.1:2"
 
 

@@ -1,6 +1,7 @@
 """The autoscaling policy, driven through load steps with an injected clock."""
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
@@ -12,13 +13,15 @@ from services.scheduler.core.autoscaling import (
     ScalingPolicy,
     recommend,
 )
+from services.scheduler.core.changes import FailReason
 from services.scheduler.core.scheduler import SchedulerCore
-from services.scheduler.core.types import ModelCatalogEntry, ModelSlots, Priority
-from tests.factories import Clock
+from services.scheduler.core.types import ModelCatalogEntry, ModelSlots, Priority, WorkerState
+from tests.factories import Clock, make_core, ticket
 
 
 def policy(**kwargs) -> ScalingPolicy:
     kwargs.setdefault("default_bounds", ScalingBounds(0, 10))
+    kwargs.setdefault("warmup_s", 0.0)
     kwargs.setdefault("scale_down_cooldown_s", 60.0)
     kwargs.setdefault("scale_up_cooldown_s", 15.0)
     return ScalingPolicy(target_utilization=0.75, **kwargs)
@@ -133,34 +136,37 @@ def test_wait_bound_steps_up_once_per_cool_down_while_workers_start():
     assert max(desired) == 5
 
 
-def core_with(clock: Clock, **kwargs) -> SchedulerCore:
+def core_with(clock: Clock, **keys) -> SchedulerCore:
     catalog = {"m": ModelCatalogEntry("m", True, 2048, 512, 64, max_slots=4)}
-    return SchedulerCore(catalog, 100, 3.0, clock, scaling=policy(), **kwargs)
+    core, _ = make_core(catalog, clock)
+    settings = replace(core.settings, autoscaling=policy(**keys))
+    return SchedulerCore(catalog, clock, settings)
 
 
 def test_scaled_to_zero_requests_wait_for_a_worker_or_get_unavailable_before_the_deadline():
     clock = Clock()
-    core = core_with(clock, autoscaled=frozenset({"m"}), cold_start_margin_s=1.0)
-    core.enqueue("r1", "m", Priority.HIGH, "t", deadline=10.0)
-    core.enqueue("r2", "m", Priority.HIGH, "t", deadline=30.0)
-    [decision] = core.autoscale()
+    core = core_with(clock, enabled=True)  # an actuator starts workers: requests wait
+    core.submit(ticket("r1", priority=Priority.HIGH, deadline=10.0))
+    core.submit(ticket("r2", priority=Priority.HIGH, deadline=30.0))
+    [decision] = core.tick().scaling
     assert (decision.current, decision.desired) == (0, 1)
-    clock.now = 9.5
-    assert [r.request_id for r in core.drop_cold()] == ["r1"]  # told 0.5 s before its deadline
-    core.register_worker("w", "w:1", "gpu-0", [(core.model("m"), ModelSlots("m", 4, True))])
-    assert [r.request_id for r, _ in core.dispatch()] == ["r2"]
-    assert core.drop_cold() == []
+    clock.now = 9.5  # within a heartbeat (1 s) of r1's deadline
+    cold = core.tick().failed
+    assert [(f.request.request_id, f.reason) for f in cold] == [("r1", FailReason.COLD_EXPIRED)]
+    registered = core.register_worker(
+        "w", "w:1", "gpu-0", [(core.model("m"), ModelSlots("m", 4, True))]
+    )
+    assert [r.request_id for r, _ in registered.granted] == ["r2"]
+    assert core.tick().failed == []
 
 
 def test_a_model_nobody_starts_workers_for_is_refused_when_it_has_none():
     core = core_with(Clock())
     with pytest.raises(Unavailable):
-        core.enqueue("r1", "m", Priority.HIGH, "t")
+        core.submit(ticket("r1", priority=Priority.HIGH))
 
 
 def test_core_counts_loading_workers_and_not_draining_ones():
-    from services.scheduler.core.types import WorkerState
-
     clock = Clock()
     core = core_with(clock)
     entry = core.model("m")
@@ -168,7 +174,7 @@ def test_core_counts_loading_workers_and_not_draining_ones():
     core.register_worker("b", "b:1", "gpu-1", [(entry, ModelSlots("m", 4, False))])
     core.register_worker("c", "c:1", "gpu-2", [(entry, ModelSlots("m", 4, True))])
     core.heartbeat("c", WorkerState.DRAINING)
-    [decision] = core.autoscale()
+    [decision] = core.tick().scaling
     assert decision.current == 2
 
 
@@ -189,7 +195,7 @@ def test_after_a_restart_the_fleet_that_comes_back_is_kept_through_a_cool_down()
 def test_a_small_remainder_is_not_worth_another_worker():
     # 8.2 requests on 4-slot workers at 100 %: 2.05 workers → 2 (tolerance 0.1)
     full = policy(default_bounds=ScalingBounds(0, 10))
-    full = ScalingPolicy(target_utilization=1.0, default_bounds=full.default_bounds)
+    full = ScalingPolicy(target_utilization=1.0, warmup_s=0.0, default_bounds=full.default_bounds)
     rec = recommend(load(2, 8, arrival_rate=4.1, mean_service_s=2.0), full)
     assert rec.desired == 2
     rec = recommend(load(2, 8, arrival_rate=4.6, mean_service_s=2.0), full)

@@ -2,8 +2,6 @@
 for the tokens really generated, and a restarted scheduler rebuilds its table and its queue
 order from what workers and routers bring back."""
 
-from dataclasses import replace
-
 from services.scheduler.core.scheduler import SchedulerCore
 from services.scheduler.core.types import (
     Lease,
@@ -11,31 +9,35 @@ from services.scheduler.core.types import (
     ModelSlots,
     Outcome,
     Priority,
+    Resubmission,
     Usage,
 )
-from tests.factories import Clock
+from tests.factories import Clock, make_core, ticket
 
 
-def make(**kwargs) -> tuple[SchedulerCore, Clock]:
-    clock = Clock(100.0)
+def make(**keys) -> tuple[SchedulerCore, Clock]:
     catalog = {"m": ModelCatalogEntry("m", False, 4096, 512, 64)}
-    return SchedulerCore(catalog, 100, 3.0, clock, **kwargs), clock
+    return make_core(catalog, Clock(100.0), **keys)
 
 
 def worker(c: SchedulerCore, wid: str = "w1", slots: int = 1, running=()) -> list[Lease]:
     model = (c.catalog["m"], ModelSlots("m", slots, True))
-    return c.register_worker(wid, f"{wid}:1", "cpu-0", [model], running=running)
+    changes = c.register_worker(wid, f"{wid}:1", "cpu-0", [model], running=running)
+    return [e.lease for e in changes.ended]
 
 
 def service(c: SchedulerCore, tenant: str) -> float:
     return c._queue.fair.service(Priority.MEDIUM, tenant)
 
 
+def again(lease: Lease, outcome: Outcome, tokens: int, generated: int = 0) -> Resubmission:
+    return Resubmission(0.0, generated, lease.lease_id, lease.worker_id, outcome, tokens)
+
+
 def test_fairness_pays_the_tokens_generated_not_the_budget():
     c, _ = make()
     worker(c)
-    c.enqueue("r", "m", Priority.MEDIUM, "a", prompt_tokens=10, max_tokens=500)
-    [(_, lease)] = c.dispatch()
+    [(_, lease)] = c.submit(ticket("r", tenant_id="a", prompt_tokens=10, max_tokens=500)).granted
     assert service(c, "a") == 510  # the estimate, while it runs
     c.end_lease(lease.lease_id, Outcome.COMPLETED, Usage(prompt_tokens=12, completion_tokens=20))
     assert service(c, "a") == 32  # what the worker reports it took
@@ -44,14 +46,13 @@ def test_fairness_pays_the_tokens_generated_not_the_budget():
 def test_a_preempted_then_resumed_request_is_charged_once():
     c, _ = make()
     worker(c)
-    first = c.enqueue("r", "m", Priority.MEDIUM, "a", prompt_tokens=10, max_tokens=100)
-    [(_, lease)] = c.dispatch()
+    first = ticket("r", tenant_id="a", prompt_tokens=10, max_tokens=100)
+    [(_, lease)] = c.submit(first).granted
     c.end_lease(lease.lease_id, Outcome.PREEMPTED, Usage(prompt_tokens=10, completion_tokens=30))
     assert service(c, "a") == 40
-    c.resume(replace(first, resumed=True, resumed_tokens=30))
-    [(_, again)] = c.dispatch()
-    assert again.resumed and service(c, "a") == 40 + 70  # no prompt again; 70 may still come
-    c.end_lease(again.lease_id, Outcome.COMPLETED, Usage(prompt_tokens=40, completion_tokens=70))
+    [(_, resumed)] = c.resubmit(first, again(lease, Outcome.PREEMPTED, 30, 30)).granted
+    assert resumed.resumed and service(c, "a") == 40 + 70  # no prompt again; 70 may come
+    c.end_lease(resumed.lease_id, Outcome.COMPLETED, Usage(prompt_tokens=40, completion_tokens=70))
     assert service(c, "a") == 10 + 30 + 70  # the prompt once, each token once
 
 
@@ -59,39 +60,47 @@ def test_a_lost_lease_is_charged_the_tokens_its_router_saw():
     c, _ = make()
     worker(c, "w1")
     worker(c, "w2")
-    first = c.enqueue("r", "m", Priority.MEDIUM, "a", prompt_tokens=10, max_tokens=100)
-    [(_, lease)] = c.dispatch()
+    first = ticket("r", tenant_id="a", prompt_tokens=10, max_tokens=100)
+    [(_, lease)] = c.submit(first).granted
     c.remove_worker(lease.worker_id)  # died without a report: its prompt is charged
     assert service(c, "a") == 10
-    resumed = replace(first, resumed=True, resumed_tokens=25)
-    assert c.resubmitted(resumed, lease.lease_id, Outcome.FAILED, 25) is None
-    assert service(c, "a") == 35  # the 25 tokens the client got
-    c.resubmitted(resumed, lease.lease_id, Outcome.FAILED, 25)  # a second report pays nothing
-    assert service(c, "a") == 35
+    resubmitted = c.resubmit(first, again(lease, Outcome.FAILED, 25, 25))
+    assert resubmitted.ended == []  # the lease had ended already
+    [(_, resumed)] = resubmitted.granted
+    assert service(c, "a") == 35 + 75  # the 25 tokens the client got; 75 may still come
+    c.end_lease(resumed.lease_id, Outcome.CANCELLED)
+    c.withdraw("r")
+    c.resubmit(first, again(lease, Outcome.FAILED, 25, 25))  # a second report pays nothing
+    assert service(c, "a") == 35 + 75
 
 
 def test_a_lease_ends_once_whoever_notices_first():
     c, _ = make()
     worker(c)
-    c.enqueue("r", "m", Priority.MEDIUM, "a", max_tokens=10)
-    [(request, lease)] = c.dispatch()
-    ended = c.resubmitted(replace(request, resumed=True), lease.lease_id, Outcome.FAILED, 3)
-    assert ended == lease and c.active_leases() == 0  # the router noticed first
-    assert c.end_lease(lease.lease_id, Outcome.FAILED, Usage(completion_tokens=3)) is None
-    assert c.remove_worker("w1").reclaimed == []
+    first = ticket("r", tenant_id="a", max_tokens=10)
+    [(_, lease)] = c.submit(first).granted
+    resubmitted = c.resubmit(first, again(lease, Outcome.FAILED, 3))
+    [ended] = resubmitted.ended  # the router noticed first
+    assert ended.lease == lease and ended.outcome is Outcome.FAILED and ended.usage is None
+    assert not c.end_lease(lease.lease_id, Outcome.FAILED, Usage(completion_tokens=3)).ended
+    assert c.remove_worker("w1").ended == []
 
 
 def test_a_lease_never_seen_running_expires_after_its_start_timeout():
-    c, clock = make(lease_start_timeout_s=5.0)
+    c, clock = make(lease_start_timeout_s=3.0)  # + 2 heartbeats of 1 s: 5 s
     worker(c, slots=2)
-    for rid in ("a", "b"):
-        c.enqueue(rid, "m", Priority.MEDIUM, "t")
-    (_, started), (_, never) = c.dispatch()
-    c.heartbeat("w1", c.workers()[0].state, running=[started.lease_id])
-    clock.now += 4.0
-    assert c.expire_unstarted() == []
-    clock.now += 2.0
-    assert c.expire_unstarted() == [never]
+    c.submit(ticket("a"))
+    c.submit(ticket("b"))
+    started, never = c.leases()
+    state = c.workers()[0].state
+    for _ in range(4):
+        c.heartbeat("w1", state, running=[started.lease_id])
+        clock.now += 1.0
+    assert c.tick().ended == []
+    clock.now += 1.5
+    c.heartbeat("w1", state, running=[started.lease_id])
+    [expired] = c.tick().ended
+    assert expired.lease == never and expired.outcome is Outcome.EXPIRED
     assert [lease.lease_id for lease in c.leases()] == [started.lease_id]
 
 
@@ -101,21 +110,20 @@ def test_a_restarted_scheduler_adopts_running_leases_and_ends_the_vanished():
     worker(c, slots=2, running=[running])
     assert [lease.lease_id for lease in c.leases()] == ["old-1"]
     assert c.workers()[0].models["m"].active == 1
-    c.enqueue("r2", "m", Priority.MEDIUM, "t")
-    [(_, fresh)] = c.dispatch()
+    [(_, fresh)] = c.submit(ticket("r2")).granted
     c.heartbeat("w1", c.workers()[0].state, running=[fresh.lease_id, "old-1"])
     # the worker reconnects: old-1 ended while its session was down, fresh still runs
-    gone = worker(c, slots=2, running=[replace(fresh)])
+    gone = worker(c, slots=2, running=[fresh])
     assert [lease.lease_id for lease in gone] == ["old-1"]
     assert [lease.lease_id for lease in c.leases()] == [fresh.lease_id]
 
 
 def test_while_recovering_nothing_is_granted_and_resubmissions_regain_their_order():
     c, clock = make(recovery_s=2.0)
-    c.enqueue("young", "m", Priority.MEDIUM, "t")  # no worker yet: still queued
-    c.enqueue("old", "m", Priority.MEDIUM, "t", waited_s=30.0)  # waited before the restart
-    worker(c)
-    assert c.dispatch() == []  # workers may still be re-registering their leases
+    c.submit(ticket("young"))  # no worker yet: still queued
+    c.submit(ticket("old"), waited_s=30.0)  # waited before the restart
+    assert worker(c) == []
+    assert c.leases() == []  # workers may still be re-registering their leases
     clock.now += 2.0
-    [(first, _)] = c.dispatch()
+    [(first, _)] = c.tick().granted
     assert first.request_id == "old"

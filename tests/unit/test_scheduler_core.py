@@ -1,29 +1,18 @@
 import pytest
 
 from services.common.errors import NotFound, ResourceExhausted, Unavailable
+from services.scheduler.core.changes import FailReason
 from services.scheduler.core.scheduler import SchedulerCore
-from services.scheduler.core.types import (
-    ModelCatalogEntry,
-    ModelSlots,
-    Outcome,
-    Priority,
-    WorkerState,
-)
-from tests.factories import Clock
-
-
-def entry(model_id: str) -> ModelCatalogEntry:
-    return ModelCatalogEntry(model_id, False, 2048, 512, 64)
+from services.scheduler.core.types import ModelSlots, Outcome, Priority, WorkerState
+from tests.factories import Clock, entry, make_core, ticket
 
 
 def core(capacity: int = 8) -> tuple[SchedulerCore, Clock]:
-    clock = Clock()
-    c = SchedulerCore({"m": entry("m"), "other": entry("other")}, capacity, 3.0, clock)
-    return c, clock
+    return make_core({"m": entry("m"), "other": entry("other")}, queue_capacity=capacity)
 
 
-def add_worker(c: SchedulerCore, worker_id: str, slots: int, model: str = "m") -> None:
-    c.register_worker(
+def add_worker(c: SchedulerCore, worker_id: str, slots: int, model: str = "m"):
+    return c.register_worker(
         worker_id, f"{worker_id}:1", "cpu-0", [(entry(model), ModelSlots(model, slots, True))]
     )
 
@@ -31,31 +20,40 @@ def add_worker(c: SchedulerCore, worker_id: str, slots: int, model: str = "m") -
 def test_unknown_model_is_not_found_and_unserved_model_is_unavailable():
     c, _ = core()
     with pytest.raises(NotFound):
-        c.enqueue("r", "nope", Priority.HIGH, "t")
+        c.submit(ticket("r", "nope", Priority.HIGH))
     with pytest.raises(Unavailable):
-        c.enqueue("r", "m", Priority.HIGH, "t")
+        c.submit(ticket("r", "m", Priority.HIGH))
 
 
 def test_requests_wait_for_a_free_slot_and_go_in_priority_order():
     c, _ = core()
     add_worker(c, "w1", 1)
-    c.enqueue("low", "m", Priority.LOW, "t")
-    [(first, lease)] = c.dispatch()
+    [(first, lease)] = c.submit(ticket("low", "m", Priority.LOW)).granted
     assert first.request_id == "low"
-    c.enqueue("low2", "m", Priority.LOW, "t")
-    c.enqueue("high", "m", Priority.HIGH, "t")
-    assert c.dispatch() == []  # the one slot is held
-    c.end_lease(lease.lease_id, Outcome.CANCELLED)
-    [(nxt, _)] = c.dispatch()
+    assert c.submit(ticket("low2", "m", Priority.LOW)).granted == []  # the one slot is held
+    assert c.submit(ticket("high", "m", Priority.HIGH)).granted == []
+    [(nxt, _)] = c.end_lease(lease.lease_id, Outcome.CANCELLED).granted
     assert nxt.request_id == "high"
+
+
+def test_a_change_returns_every_follow_up_in_one_outcome():
+    c, _ = core()
+    add_worker(c, "w1", 1)
+    [(_, lease)] = c.submit(ticket("a", "m", Priority.LOW)).granted
+    c.submit(ticket("b", "m", Priority.MEDIUM))
+    ended = c.end_lease(lease.lease_id, Outcome.COMPLETED)
+    assert [e.lease for e in ended.ended] == [lease]  # the end, reported once
+    assert [r.request_id for r, _ in ended.granted] == ["b"]  # and the slot served again
+    assert not c.end_lease(lease.lease_id, Outcome.COMPLETED)  # a second end: no changes
 
 
 def test_queue_full_is_resource_exhausted_with_a_retry_hint():
     c, _ = core(capacity=1)
     add_worker(c, "w1", 1)
-    c.enqueue("a", "m", Priority.LOW, "t")
+    c.submit(ticket("a", "m", Priority.LOW))  # granted: the queue is empty again
+    c.submit(ticket("b", "m", Priority.LOW))
     with pytest.raises(ResourceExhausted) as info:
-        c.enqueue("b", "m", Priority.LOW, "t")
+        c.submit(ticket("c", "m", Priority.LOW))
     assert info.value.retry_after_ms > 0
 
 
@@ -63,15 +61,19 @@ def test_losing_the_last_worker_orphans_queued_requests_of_its_model():
     c, _ = core()
     add_worker(c, "w1", 1)
     add_worker(c, "w2", 1, model="other")
-    c.enqueue("r1", "m", Priority.MEDIUM, "t")
-    [(_, lease)] = c.dispatch()
-    c.enqueue("r2", "m", Priority.MEDIUM, "t")
-    c.enqueue("r3", "other", Priority.MEDIUM, "t")
-    c.enqueue("r4", "other", Priority.MEDIUM, "t")
+    [(_, lease)] = c.submit(ticket("r1", "m")).granted
+    c.submit(ticket("r2", "m"))
+    c.submit(ticket("r3", "other"))
+    c.submit(ticket("r4", "other"))
     removal = c.remove_worker("w1")
-    assert [lease.lease_id for lease in removal.reclaimed] == [lease.lease_id]
-    assert [r.request_id for r in removal.orphaned] == ["r2"]
-    assert c.end_lease(lease.lease_id, Outcome.CANCELLED) is None
+    assert [(e.lease.lease_id, e.outcome) for e in removal.ended] == [
+        (lease.lease_id, Outcome.LOST)
+    ]
+    assert [(f.request.request_id, f.reason) for f in removal.failed] == [
+        ("r2", FailReason.ORPHANED)
+    ]
+    assert isinstance(removal.failed[0].error, Unavailable)
+    assert not c.end_lease(lease.lease_id, Outcome.CANCELLED)
 
 
 def test_silent_workers_expire_after_the_timeout():
@@ -79,10 +81,10 @@ def test_silent_workers_expire_after_the_timeout():
     add_worker(c, "w1", 1)
     add_worker(c, "w2", 1)
     clock.now = 2.0
-    assert c.heartbeat("w2", WorkerState.READY)
+    assert not c.heartbeat("w2", WorkerState.READY).removed_workers
     clock.now = 3.5
-    assert [r.worker_id for r in c.expire_silent_workers()] == ["w1"]
-    assert not c.heartbeat("w1", WorkerState.READY)  # a dead worker must re-register
+    assert c.tick().removed_workers == ["w1"]
+    assert c.heartbeat("w1", WorkerState.READY).removed_workers == ["w1"]  # must re-register
 
 
 def test_models_view_counts_ready_workers():
@@ -94,30 +96,28 @@ def test_models_view_counts_ready_workers():
 
 
 def test_aging_bounds_how_long_a_low_request_starves_under_a_flood_of_high_ones():
-    clock = Clock()
-    c = SchedulerCore({"m": entry("m")}, 100, 3.0, clock, starvation_bound_s=10.0)
+    c, clock = make_core(starvation_bound_s=10.0)
     add_worker(c, "w1", 1)
-    c.enqueue("low", "m", Priority.LOW, "t")
+    [(_, lease)] = c.submit(ticket("first", "m", Priority.HIGH)).granted
+    c.submit(ticket("low", "m", Priority.LOW))
     served = []
     for i in range(30):  # one slot; a new high request arrives every second
         clock.now = float(i)
-        c.enqueue(f"high{i}", "m", Priority.HIGH, "t")
-        [(request, lease)] = c.dispatch()
+        c.submit(ticket(f"high{i}", "m", Priority.HIGH))
+        [(request, lease)] = c.end_lease(lease.lease_id, Outcome.CANCELLED).granted
         served.append((clock.now, request.request_id))
-        c.end_lease(lease.lease_id, Outcome.CANCELLED)
     low_at = next(t for t, rid in served if rid == "low")
     assert 10.0 < low_at <= 11.0  # served just after its wait passed the bound
     assert [rid for _, rid in served[:10]] == [f"high{i}" for i in range(10)]
 
 
 def test_without_a_bound_priority_is_strict():
-    clock = Clock()
-    c = SchedulerCore({"m": entry("m")}, 100, 3.0, clock)
+    c, clock = make_core(starvation_bound_s=0.0)
     add_worker(c, "w1", 1)
-    c.enqueue("low", "m", Priority.LOW, "t")
-    for i in range(20):
+    [(_, lease)] = c.submit(ticket("first", "m", Priority.HIGH)).granted
+    c.submit(ticket("low", "m", Priority.LOW))
+    for i in range(40):
         clock.now = float(i)
-        c.enqueue(f"high{i}", "m", Priority.HIGH, "t")
-        [(request, lease)] = c.dispatch()
+        c.submit(ticket(f"high{i}", "m", Priority.HIGH))
+        [(request, lease)] = c.end_lease(lease.lease_id, Outcome.CANCELLED).granted
         assert request.request_id != "low"
-        c.end_lease(lease.lease_id, Outcome.CANCELLED)

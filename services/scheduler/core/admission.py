@@ -15,10 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from services.common.config import require
 from services.common.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from services.scheduler.core.leases import LeaseTable
 from services.scheduler.core.queue import RequestQueue
-from services.scheduler.core.rates import ServiceRate
+from services.scheduler.core.rates import EventRates
 from services.scheduler.core.types import PendingRequest, Priority
 
 
@@ -30,21 +31,33 @@ class Shed(ResourceExhausted):
         self.reason = reason
 
 
-def _default_shed() -> dict[Priority, float]:
-    return {Priority.HIGH: 1.0, Priority.MEDIUM: 0.9, Priority.LOW: 0.7}
-
-
 @dataclass(frozen=True)
 class AdmissionRules:
-    shed_at: Mapping[Priority, float] = field(default_factory=_default_shed)  # queue fill
-    full_retry_after_ms: int = 1000  # hint when no service rate is measured yet
-    degrade_at: float = 0.5  # queue fill from which degradation rules apply
+    """`[scheduler.admission]`: who gets into the queue, and how requests are degraded."""
+
+    queue_capacity: int = 1024  # requests waiting at most, every model and class together
+    shed_low_at: float = 0.7  # queue fill from which new low requests are refused ...
+    shed_medium_at: float = 0.9  # ... and medium ones; high ones fill it, then evict lower
+    full_retry_after_ms: int = 1000  # retry hint when no service rate is measured yet
+    degrade_at: float = 0.5  # queue fill from which the degradation rules apply
     low_max_tokens_cap: int = 0  # cap on low priority's max_tokens under load; 0: off
     fallbacks: Mapping[str, str] = field(default_factory=dict)  # model → smaller model
+    rate_window_s: float = 30.0  # the service rates behind wait estimates cover this long
+
+    def __post_init__(self) -> None:
+        require(self.queue_capacity >= 1, "queue_capacity must be >= 1")
+        for name in ("shed_low_at", "shed_medium_at", "degrade_at"):
+            require(0 < getattr(self, name) <= 1, f"{name} must be in (0, 1]")
+
+    def shed_at(self, priority: Priority) -> float:
+        """The queue fill from which new requests of this class are refused."""
+        return {Priority.MEDIUM: self.shed_medium_at, Priority.LOW: self.shed_low_at}.get(
+            priority, 1.0
+        )
 
     def sheds(self, priority: Priority, queued: int, capacity: int) -> bool:
         """True when the queue is too full to admit another request of this class."""
-        return queued >= self.shed_at.get(priority, 1.0) * capacity
+        return queued >= self.shed_at(priority) * capacity
 
     def max_tokens(self, priority: Priority, max_tokens: int, queued: int, capacity: int) -> int:
         """max_tokens after degradation."""
@@ -76,7 +89,7 @@ class AdmissionControl:
         rules: AdmissionRules,
         queue: RequestQueue,
         leases: LeaseTable,
-        rate: ServiceRate,
+        rate: EventRates,
         available: Callable[[str], bool],
         warm: Callable[[str], bool],
     ) -> None:

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from services.common.config import require
 from services.scheduler.core.types import Priority
 
 
@@ -37,23 +38,47 @@ class ScalingBounds:
     max_workers: int = 1
 
 
-def _default_wait_bounds() -> dict[Priority, float]:
-    return {Priority.HIGH: 1.0, Priority.MEDIUM: 5.0, Priority.LOW: 30.0}
+# Fields set from elsewhere than the config file: the loader leaves them alone.
+NOT_CONFIGURED = {"config": False}
 
 
 @dataclass(frozen=True)
 class ScalingPolicy:
+    """`[scheduler.autoscaling]`: desired workers per model (metric and GetStatus) are always
+    computed; `enabled` says an actuator follows them, so a model with max_workers > 0 and no
+    worker is queued (a worker is coming) rather than refused."""
+
+    enabled: bool = False
     target_utilization: float = 0.7  # busy slots ÷ slots the fleet should run at
     tolerance: float = 0.1  # fractions of a worker this small are not worth one more (HPA's)
-    max_wait_s: Mapping[Priority, float] = field(default_factory=_default_wait_bounds)
+    max_wait_high_s: float = 1.0  # a class whose wait passes its bound adds a worker
+    max_wait_medium_s: float = 5.0
+    max_wait_low_s: float = 30.0
     scale_up_cooldown_s: float = 15.0  # between steps up made for a passed wait bound
     scale_down_cooldown_s: float = 60.0  # load must stay low this long before a step down
-    warmup_s: float = 0.0  # after a start, decisions are not settled for this long
-    default_bounds: ScalingBounds = field(default_factory=ScalingBounds)
-    bounds: Mapping[str, ScalingBounds] = field(default_factory=dict)  # per model
+    # after a start, decisions are not settled this long while workers re-register (their
+    # sessions retry every 5 s at most), so a restart does not scale the fleet down
+    warmup_s: float = 10.0
+    cold_start_timeout_s: float = 120.0  # longest wait for a model's first worker
+    arrival_window_s: float = 10.0  # arrival rates behind scaling decisions cover this long
+    # per model, from its [[models]] entry's min_workers / max_workers
+    bounds: Mapping[str, ScalingBounds] = field(default_factory=dict, metadata=NOT_CONFIGURED)
+    default_bounds: ScalingBounds = field(default_factory=ScalingBounds, metadata=NOT_CONFIGURED)
+
+    def __post_init__(self) -> None:
+        require(0 < self.target_utilization <= 1, "target_utilization must be in (0, 1]")
+        require(self.scale_down_cooldown_s >= 0, "scale_down_cooldown_s must be >= 0")
 
     def bounds_of(self, model_id: str) -> ScalingBounds:
         return self.bounds.get(model_id, self.default_bounds)
+
+    def max_wait_s(self, priority: Priority) -> float:
+        """The longest a class should wait before its model gets one more worker."""
+        return {
+            Priority.HIGH: self.max_wait_high_s,
+            Priority.MEDIUM: self.max_wait_medium_s,
+            Priority.LOW: self.max_wait_low_s,
+        }[priority]
 
 
 @dataclass(frozen=True)
@@ -125,7 +150,7 @@ def _wait_exceeded(load: ModelLoad, policy: ScalingPolicy) -> bool:
         ahead += queued
         if not queued:
             continue
-        bound = policy.max_wait_s.get(priority)
+        bound = policy.max_wait_s(priority)
         if bound is None:
             continue
         if load.oldest_wait_s.get(priority, 0.0) > bound:

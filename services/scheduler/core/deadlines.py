@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Container
 
 from services.scheduler.core.queue import RequestQueue
-from services.scheduler.core.rates import ServiceRate
+from services.scheduler.core.rates import EventRates
 from services.scheduler.core.types import PendingRequest
 
 
@@ -15,7 +15,7 @@ def take_late(
     queue: RequestQueue,
     room: Container[str],
     warm: Callable[[str], bool],
-    rate: ServiceRate,
+    rate: EventRates,
     now: float,
 ) -> list[PendingRequest]:
     """Removes and returns waiting requests that cannot start before their deadline at the

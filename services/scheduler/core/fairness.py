@@ -6,27 +6,20 @@ same, 1/n when one got everything.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
+
+from services.common.windowed import SlidingWindow
 
 
 class ServedTokens:
     def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
-        self.window_s = window_s
-        self._clock = clock
-        self._events: deque[tuple[float, str, int]] = deque()
+        self._served = SlidingWindow(window_s, clock)
 
     def add(self, tenant: str, tokens: int) -> None:
-        self._events.append((self._clock(), tenant, tokens))
+        self._served.add(tokens, tenant)
 
     def per_tenant(self) -> dict[str, int]:
-        horizon = self._clock() - self.window_s
-        while self._events and self._events[0][0] < horizon:
-            self._events.popleft()
-        totals: dict[str, int] = {}
-        for _, tenant, tokens in self._events:
-            totals[tenant] = totals.get(tenant, 0) + tokens
-        return totals
+        return {t: int(n) for t, n in self._served.totals_by_key().items()}
 
     def jain_index(self) -> float | None:
         """None when no tenant was served in the window."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 
-from services.scheduler.core.placement import LeastLoaded, PlacementPolicy
 from services.scheduler.core.types import (
     Lease,
     ModelSlots,
@@ -24,6 +23,7 @@ from services.scheduler.core.types import (
     WorkerRecord,
     WorkerState,
 )
+from services.scheduler.core.worker_choice import LeastLoaded, PlacementPolicy
 
 LATENCY_SMOOTHING = 0.2  # weight of the newest sample in a worker's latency average
 

@@ -1,13 +1,15 @@
-"""Builds each model's `ModelLoad` (the autoscaler's input) from the scheduler's state."""
+"""What the scheduler sees of each model: its `ModelLoad` (the autoscaler's input) and its
+`ModelView` (what ListModels shows), built from the scheduler's state."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
 from services.scheduler.core.autoscaling import ModelLoad
-from services.scheduler.core.rates import ServiceRate
+from services.scheduler.core.rates import EventRates
 from services.scheduler.core.types import (
     ModelCatalogEntry,
+    ModelView,
     Priority,
     WorkerRecord,
     WorkerState,
@@ -19,8 +21,8 @@ def model_loads(
     workers: Iterable[WorkerRecord],
     backlog: Mapping[tuple[Priority, str], tuple[int, float]],
     now: float,
-    arrivals: ServiceRate,
-    completions: ServiceRate,
+    arrivals: EventRates,
+    completions: EventRates,
 ) -> list[ModelLoad]:
     """One ModelLoad per catalog model. A worker counts for a model it has, ready or
     loading, unless it is draining (it is leaving) or unhealthy (it takes no leases and is
@@ -57,3 +59,15 @@ def model_loads(
         )
         for m in sorted(entries)
     ]
+
+
+def model_views(
+    entries: Mapping[str, ModelCatalogEntry], workers: Iterable[WorkerRecord]
+) -> list[ModelView]:
+    """Every known model with the workers ready to take its leases."""
+    ready = dict.fromkeys(entries, 0)
+    for worker in workers:
+        for slots in worker.models.values():
+            if worker.accepts_leases and slots.ready and slots.model_id in ready:
+                ready[slots.model_id] += 1
+    return [ModelView(entries[m], ready[m]) for m in sorted(entries)]

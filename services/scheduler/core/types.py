@@ -47,6 +47,11 @@ class ModelCatalogEntry:
     memory_bytes: int = 0  # device memory its weights need; 0: unknown (assumed to fit)
     max_slots: int = 4  # concurrent sequences per worker, until a worker reports its own
 
+    @property
+    def default_output_tokens(self) -> int:
+        """max_tokens of a request that names none (embeddings generate nothing)."""
+        return self.default_max_tokens if self.kind == "generative" else 0
+
 
 @dataclass(frozen=True)
 class PendingRequest:
@@ -180,15 +185,49 @@ class RevokeLease:
 
 
 @dataclass(frozen=True)
-class WorkerRemoval:
-    """What removing a worker left behind."""
-
-    worker_id: str
-    reclaimed: list[Lease]  # leases it held, now ended (LOST)
-    orphaned: list[PendingRequest]  # queued requests no remaining worker can serve
-
-
-@dataclass(frozen=True)
 class ModelView:
     entry: ModelCatalogEntry
     ready_workers: int
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A request as it asks for a lease: no prompt, its size (see inference.v1.AcquireRequest)."""
+
+    request_id: str  # unique among waiting requests (tenant-scoped by the caller)
+    model_id: str
+    priority: Priority
+    tenant_id: str
+    prompt_tokens: int = 0  # estimate, before the model's tokenizer has seen the prompt
+    max_tokens: int = 0  # 0: the model's default
+    tenant_weight: float = 1.0
+    deadline: float | None = None  # clock seconds
+    affinity_key: str = ""
+    allow_fallback: bool = False  # it may be served by a smaller model under load
+
+    def pending(self, enqueued_at: float, model_id: str, max_tokens: int) -> PendingRequest:
+        """The request as it waits in the queue, on the model and budget it was admitted to."""
+        return PendingRequest(
+            self.request_id,
+            model_id,
+            self.priority,
+            self.tenant_id,
+            enqueued_at,
+            prompt_tokens=self.prompt_tokens,
+            max_tokens=max_tokens,
+            tenant_weight=self.tenant_weight,
+            deadline=self.deadline,
+            affinity_key=self.affinity_key,
+        )
+
+
+@dataclass(frozen=True)
+class Resubmission:
+    """A request a router submits again (see inference.v1.Resubmission)."""
+
+    waited_s: float = 0.0  # since the router admitted it: keeps its place in arrival order
+    generated_tokens: int = 0  # streamed already; they count against max_tokens
+    previous_lease_id: str = ""  # empty: it never held a lease (its scheduler went away)
+    previous_worker_id: str = ""
+    previous_outcome: Outcome = Outcome.LOST
+    previous_lease_tokens: int = 0  # streamed under the previous lease
