@@ -98,68 +98,81 @@ async def load_step(
     settle_timeout_s: float = 120.0,
     sample_s: float = 0.2,
 ) -> StepResult:
-    result = StepResult(load_s=load_s)
+    """`clients` more clients for `load_s` over a `trickle` that never stops, then waits for
+    the fleet to settle back at `min_workers`."""
     scheduler = f"127.0.0.1:{cluster.ports['scheduler']}"
     async with (
         grpc.aio.insecure_channel(cluster.router_address) as router_channel,
         grpc.aio.insecure_channel(scheduler) as scheduler_channel,
     ):
-        router = router_pb2_grpc.RouterStub(router_channel)
         status_stub = scheduler_pb2_grpc.SchedulerStub(scheduler_channel)
-        result.initial_workers = {w.worker_id for w in (await _status(status_stub)).workers}
-        t0 = time.monotonic()
-        step_over = asyncio.Event()
-        settled = asyncio.Event()
-
-        async def one_request(i: int) -> None:
-            request = types_pb2.GenerateRequest(
-                model_id=MODEL_ID, prompt=f"load step {i}", max_tokens=max_tokens
-            )
-            worker = ""
-            try:
-                async for message in router.Generate(request, timeout=120):
-                    if message.HasField("summary"):
-                        worker = message.summary.worker_id
-                result.outcomes["OK"] += 1
-                result.served_by[worker] += 1
-                if worker not in result.initial_workers and result.first_new_token_s is None:
-                    # the summary arrives right after its last token: count from the first
-                    first = message.summary.time_to_first_token_ms / 1000.0
-                    took = message.summary.inference_time_ms / 1000.0
-                    result.first_new_token_s = time.monotonic() - t0 - took + first
-            except grpc.aio.AioRpcError as exc:
-                result.outcomes[exc.code().name] += 1
-
-        async def client(index: int, until: asyncio.Event) -> None:
-            n = 0
-            while not until.is_set():
-                await one_request(index * 100_000 + n)
-                n += 1
-
-        async def sampler() -> None:
-            while not settled.is_set():
-                status = await _status(status_stub)
-                sample = _sample(status, time.monotonic() - t0)
-                result.samples.append(sample)
-                if (
-                    step_over.is_set()
-                    and sample.current <= min_workers
-                    and sample.registered <= min_workers
-                ):
-                    result.ended_at_s = sample.t
-                    settled.set()
-                await asyncio.sleep(sample_s)
-
-        sampling = asyncio.create_task(sampler())
-        steady = [asyncio.create_task(client(i, settled)) for i in range(trickle)]
-        burst = [asyncio.create_task(client(trickle + i, step_over)) for i in range(clients)]
+        step = _LoadStep(
+            router_pb2_grpc.RouterStub(router_channel),
+            status_stub,
+            StepResult(load_s=load_s),
+            min_workers,
+            max_tokens,
+        )
+        step.result.initial_workers = {w.worker_id for w in (await _status(status_stub)).workers}
+        sampling = asyncio.create_task(step.sample(sample_s))
+        steady = [asyncio.create_task(step.client(i, step.settled)) for i in range(trickle)]
+        burst = [
+            asyncio.create_task(step.client(trickle + i, step.step_over)) for i in range(clients)
+        ]
         await asyncio.sleep(load_s)
-        step_over.set()
+        step.step_over.set()
         await asyncio.gather(*burst)
         try:
-            await asyncio.wait_for(settled.wait(), settle_timeout_s)
+            await asyncio.wait_for(step.settled.wait(), settle_timeout_s)
         except TimeoutError:
-            settled.set()
+            step.settled.set()
         await asyncio.gather(*steady)
         await sampling
-    return result
+    return step.result
+
+
+class _LoadStep:
+    def __init__(self, router, status_stub, result: StepResult, min_workers, max_tokens) -> None:
+        self.router, self.status_stub, self.result = router, status_stub, result
+        self.min_workers, self.max_tokens = min_workers, max_tokens
+        self.t0 = time.monotonic()
+        self.step_over = asyncio.Event()
+        self.settled = asyncio.Event()
+
+    async def one_request(self, i: int) -> None:
+        result = self.result
+        request = types_pb2.GenerateRequest(
+            model_id=MODEL_ID, prompt=f"load step {i}", max_tokens=self.max_tokens
+        )
+        worker = ""
+        try:
+            async for message in self.router.Generate(request, timeout=120):
+                if message.HasField("summary"):
+                    worker = message.summary.worker_id
+            result.outcomes["OK"] += 1
+            result.served_by[worker] += 1
+            if worker not in result.initial_workers and result.first_new_token_s is None:
+                # the summary arrives right after its last token: count from the first
+                first = message.summary.time_to_first_token_ms / 1000.0
+                took = message.summary.inference_time_ms / 1000.0
+                result.first_new_token_s = time.monotonic() - self.t0 - took + first
+        except grpc.aio.AioRpcError as exc:
+            result.outcomes[exc.code().name] += 1
+
+    async def client(self, index: int, until: asyncio.Event) -> None:
+        n = 0
+        while not until.is_set():
+            await self.one_request(index * 100_000 + n)
+            n += 1
+
+    async def sample(self, interval_s: float) -> None:
+        """Samples the fleet until it settled: the step is over and it is back at the
+        minimum."""
+        while not self.settled.is_set():
+            sample = _sample(await _status(self.status_stub), time.monotonic() - self.t0)
+            self.result.samples.append(sample)
+            low = self.min_workers
+            if self.step_over.is_set() and sample.current <= low and sample.registered <= low:
+                self.result.ended_at_s = sample.t
+                self.settled.set()
+            await asyncio.sleep(interval_s)

@@ -159,9 +159,15 @@ def main() -> None:
         seconds=args.seconds,
         queue_capacity=args.queue,
     )
+    print_table(result)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+def print_table(result: dict) -> None:
     print(
-        f"{args.workers} workers × {args.slots} slots, capacity {capacity:.0f} req/s, "
-        f"offered {capacity * args.load:.0f} req/s for {args.seconds:.0f} s: {result['sent']} sent"
+        f"{result['workers']} workers × {result['slots']} slots, capacity "
+        f"{result['capacity_rps']:.0f} req/s, offered {result['offered_rps']:.0f} req/s for "
+        f"{result['seconds']:.0f} s: {result['sent']} sent"
     )
     print(f"{'priority':<8} {'served':>7} {'wait p50 ms':>12} {'wait p99 ms':>12}")
     for name, row in result["queue_wait_ms"].items():
@@ -172,7 +178,6 @@ def main() -> None:
     util = result["slot_utilization"]
     print(f"slot utilization: {util:.1%}" if util is not None else "slot utilization: -")
     print(f"tokens per tenant: {result['tokens_per_tenant']}; Jain: {result['jain_index']:.4f}")
-    Path(args.out).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -85,35 +85,7 @@ class Launcher:
         self.echo = echo
 
     async def start(self, spec: LaunchSpec) -> ManagedWorker:
-        args = [
-            sys.executable,
-            "-u",
-            "-m",
-            "services.gpu_worker",
-            "--config",
-            self.config_path,
-            "--scheduler",
-            self.scheduler_address,
-            "--listen",
-            spec.listen,
-            "--metrics-listen",
-            spec.metrics_listen,
-            "--models",
-            spec.model_id,
-            "--worker-id",
-            spec.worker_id,
-        ]
-        env = {
-            **os.environ,
-            PARENT_PID_ENV: str(os.getpid()),  # an actuator that dies takes its workers along
-            "WORKER_LOAD_ON_COMMAND": "false",  # it serves the model it was started for
-            "WORKER_SHUTDOWN_GRACE_S": str(self.shutdown_grace_s),
-        }
-        if spec.device.startswith("gpu-"):
-            args += ["--gpu-index", spec.device.removeprefix("gpu-")]
-        else:
-            args += ["--device", "cpu"]
-            env["CUDA_VISIBLE_DEVICES"] = ""
+        args, env = self._command_line(spec)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         process = await asyncio.create_subprocess_exec(
             *args,
@@ -135,6 +107,25 @@ class Launcher:
             process.pid,
         )
         return worker
+
+    def _command_line(self, spec: LaunchSpec) -> tuple[list[str], dict[str, str]]:
+        """The worker's command line and environment."""
+        args = [sys.executable, "-u", "-m", "services.gpu_worker", "--config", self.config_path]
+        args += ["--scheduler", self.scheduler_address, "--listen", spec.listen]
+        args += ["--metrics-listen", spec.metrics_listen, "--models", spec.model_id]
+        args += ["--worker-id", spec.worker_id]
+        env = {
+            **os.environ,
+            PARENT_PID_ENV: str(os.getpid()),  # an actuator that dies takes its workers along
+            "WORKER_LOAD_ON_COMMAND": "false",  # it serves the model it was started for
+            "WORKER_SHUTDOWN_GRACE_S": str(self.shutdown_grace_s),
+        }
+        if spec.device.startswith("gpu-"):
+            args += ["--gpu-index", spec.device.removeprefix("gpu-")]
+        else:
+            args += ["--device", "cpu"]
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        return args, env
 
     async def _pump_output(self, worker: ManagedWorker) -> None:
         stream = worker.process.stdout

@@ -96,20 +96,15 @@ def load_section(
         key = f"{env_prefix}_{field.name.upper()}"
         hint = hints[field.name]
         if dataclasses.is_dataclass(hint):
-            nested = f"{name}.{field.name}"
-            values[field.name] = load_section(
-                hint, data.get(field.name, {}), env, key, None, nested
-            )
+            inner = data.get(field.name, {})
+            values[field.name] = load_section(hint, inner, env, key, None, f"{name}.{field.name}")
             continue
         raw = data.get(field.name, dataclasses.MISSING)
-        if key in env:
-            raw = env[key]
+        raw = env.get(key, raw)
         if overrides and overrides.get(field.name) is not None:
             raw = overrides[field.name]
-        if raw is dataclasses.MISSING:
-            continue
-        kind = _scalar_type(hint)
-        values[field.name] = raw if kind is None else _coerce(f"{name}.{field.name}", kind, raw)
+        if raw is not dataclasses.MISSING:
+            values[field.name] = _typed(f"{name}.{field.name}", hint, raw)
     try:
         return cls(**values, **extra)
     except TypeError as exc:
@@ -118,6 +113,11 @@ def load_section(
         if str(exc).startswith(("[", name)):
             raise
         raise ConfigError(f"[{name}] {exc}") from exc
+
+
+def _typed(name: str, hint: Any, raw: Any) -> Any:
+    kind = _scalar_type(hint)
+    return raw if kind is None else _coerce(name, kind, raw)
 
 
 def require(condition: bool, message: str) -> None:

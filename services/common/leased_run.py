@@ -26,7 +26,7 @@ from opentelemetry.trace import SpanKind
 
 from services.common import tracing
 from services.common.errors import DeadlineExceeded, Unavailable
-from services.common.status import LEASE_END_KEY, PREEMPTED, answered, trailer
+from services.common.status import LEASE_END_KEY, PREEMPTED, REQUEST_CODES, answered, trailer
 from services.common.tokens import estimate_tokens
 from services.common.worker_channels import WorkerChannels
 
@@ -36,14 +36,6 @@ TRACER = tracing.tracer("services.common.leased_run")
 # Given a ticket and the seconds left, waits for a lease (Scheduler.Acquire).
 Acquire = Callable[[scheduler_pb2.AcquireRequest, float], Awaitable[scheduler_pb2.LeaseGrant]]
 
-# Codes a worker answers that belong to the request, not to the worker or the lease.
-_REQUEST_CODES = frozenset(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
-)
 # A request whose leases failed on this many workers (the worker answered a failure, or its
 # process died under it) is not moved again: it may be what breaks them (poison).
 POISON_AFTER_FAILURES = 2
@@ -300,7 +292,7 @@ def _failure(exc: grpc.aio.AioRpcError, grant: scheduler_pb2.LeaseGrant) -> Exce
     DEADLINE_EXCEEDED, a revoked lease as LeaseLost(PREEMPTED), anything else (worker gone,
     model failed, lease refused) as LeaseLost."""
     code = exc.code()
-    if code in _REQUEST_CODES and answered(exc):
+    if code in REQUEST_CODES and answered(exc):
         return exc  # relayed unchanged by the error interceptor
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded("deadline passed while generating")

@@ -43,6 +43,32 @@ _CODES: dict[type[errors.ServiceError], grpc.StatusCode] = {
 # Codes a downstream service may hand us that we pass on unchanged.
 _RELAYED_CODES = frozenset(_CODES.values())
 
+# Codes a worker answers that belong to the request, not to the worker or the lease: the
+# request ends with them instead of moving to another worker.
+REQUEST_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+# The HTTP door's status for each gRPC code; any other is a 500 (a bug).
+_HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    return _HTTP_STATUS.get(code, 500)
+
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
     """Returns (code, client-safe details, trailing metadata) for an exception."""

@@ -6,6 +6,7 @@ from inference.v1 import scheduler_pb2, types_pb2, worker_pb2
 
 from services.common.catalog import ModelSpec
 from services.common.errors import InvalidArgument
+from services.gpu_worker.commands import Command, WorkerCommand
 from services.gpu_worker.engines.base import (
     Engine,
     Finished,
@@ -151,3 +152,22 @@ def heartbeat(
             lease_ids=lease_ids,
         )
     )
+
+
+# each command's field in WorkerSessionResponse, and the field of it that is its argument
+_COMMAND_ARGUMENTS = {
+    WorkerCommand.DRAIN: "reason",
+    WorkerCommand.LOAD_MODEL: "model_id",
+    WorkerCommand.UNLOAD_MODEL: "model_id",
+    WorkerCommand.REVOKE_LEASE: "lease_id",
+}
+
+
+def command(message: scheduler_pb2.WorkerSessionResponse) -> Command | None:
+    """The command a session message carries; None for another message or one unknown."""
+    field = message.WhichOneof("command")
+    try:
+        kind = WorkerCommand(field)
+    except ValueError:
+        return None
+    return Command(kind, getattr(getattr(message, field), _COMMAND_ARGUMENTS[kind]))

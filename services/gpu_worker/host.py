@@ -12,11 +12,17 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from services.common.catalog import ModelSpec
 from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.gpu_worker.engines import create_engine
-from services.gpu_worker.engines.base import Engine, ModelState
+from services.gpu_worker.engines.base import (
+    EmbeddingEngine,
+    Engine,
+    GenerativeEngine,
+    ModelState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +42,9 @@ class ModelHost:
         self.device = device
         self.device_name = device_name
         self._cache_dir = cache_dir
-        self.engines: dict[str, Engine] = {m: self._create(catalog[m]) for m in initial}
+        self.engines: dict[str, GenerativeEngine | EmbeddingEngine] = {
+            m: self._create(catalog[m]) for m in initial
+        }
         self._retiring: set[asyncio.Task] = set()
         self.draining = False
 
@@ -66,10 +74,19 @@ class ModelHost:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    def engine_for(self, model_id: str, kind: str = "generative") -> Engine:
-        """The ready engine for a model of that kind. Raises NotFound, InvalidArgument (wrong
-        kind) or Unavailable. A draining worker still runs what the scheduler leased before it
-        heard of the drain; the scheduler grants no new leases to a draining worker."""
+    def generative(self, model_id: str) -> GenerativeEngine:
+        """The ready engine of a generative model. Raises NotFound, InvalidArgument (an
+        embedding model) or Unavailable."""
+        return cast(GenerativeEngine, self._ready(model_id, "generative"))
+
+    def embedding(self, model_id: str) -> EmbeddingEngine:
+        """The ready engine of an embedding model. Raises NotFound, InvalidArgument (a
+        generative model) or Unavailable."""
+        return cast(EmbeddingEngine, self._ready(model_id, "embedding"))
+
+    def _ready(self, model_id: str, kind: str) -> GenerativeEngine | EmbeddingEngine:
+        """A draining worker still runs what the scheduler leased before it heard of the
+        drain; the scheduler grants no new leases to a draining worker."""
         engine = self.engines.get(model_id)
         if engine is None:
             raise NotFound(f"model {model_id!r} is not on this worker")
@@ -98,7 +115,7 @@ class ModelHost:
         for engine in self.engines.values():
             engine.close()
 
-    def _create(self, spec: ModelSpec) -> Engine:
+    def _create(self, spec: ModelSpec) -> GenerativeEngine | EmbeddingEngine:
         return create_engine(spec, self._cache_dir, self.device, self.device_name)
 
     async def _load(self, model_id: str, engine: Engine) -> None:

@@ -11,6 +11,7 @@ from inference.v1 import scheduler_pb2, worker_pb2, worker_pb2_grpc
 from services.common.metrics import MetricsEndpoint
 from services.common.server import GrpcService
 from services.gpu_worker import convert
+from services.gpu_worker.commands import Command, WorkerCommand
 from services.gpu_worker.config import WorkerConfig
 from services.gpu_worker.host import ModelHost
 from services.gpu_worker.leases import LeaseBook
@@ -134,18 +135,20 @@ class WorkerServer:
         if self.session is not None:
             self.session.report(message)
 
-    def _command(self, kind: str, argument: str) -> None:
-        """Obeys a scheduler command: load_model, unload_model, drain or revoke_lease."""
-        if kind == "revoke_lease":
-            self.leases.revoke(argument)
-            return
-        if kind == "drain":
-            self._drain(argument)
-        elif kind == "unload_model":
-            self.host.unload(argument)
-        elif kind == "load_model":
-            task = asyncio.create_task(self.host.load(argument))
-            task.add_done_callback(self._after_load)
+    def _command(self, command: Command) -> None:
+        """Obeys a scheduler command."""
+        argument = command.argument
+        match command.kind:
+            case WorkerCommand.REVOKE_LEASE:
+                self.leases.revoke(argument)
+                return
+            case WorkerCommand.DRAIN:
+                self._drain(argument)
+            case WorkerCommand.UNLOAD_MODEL:
+                self.host.unload(argument)
+            case WorkerCommand.LOAD_MODEL:
+                task = asyncio.create_task(self.host.load(argument))
+                task.add_done_callback(self._after_load)
         if self.session is not None:
             self.session.send_heartbeat_now()
 

@@ -90,7 +90,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         resume: worker_pb2.ResumeState | None,
         lease: RunningLease,
     ) -> AsyncIterator[types_pb2.GenerateResponse]:
-        engine = self._host.engine_for(req.model_id)
+        engine = self._host.generative(req.model_id)
         generation = convert.generation_input(req, engine.spec, resume, lease.claims.max_tokens)
         started, started_ns = time.monotonic(), time.time_ns()
         if generation.remaining_tokens <= 0:  # it had generated all it may before it moved
@@ -159,7 +159,7 @@ async def embed(
 ) -> types_pb2.EmbedResponse:
     """Runs one embedding request on the model's batching engine."""
     req = request.request
-    engine = host.engine_for(req.model_id, kind="embedding")
+    engine = host.embedding(req.model_id)
     loop = asyncio.get_running_loop()
     done: asyncio.Future = loop.create_future()
     started = time.monotonic()

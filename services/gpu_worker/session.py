@@ -20,6 +20,8 @@ from inference.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.common.internal_auth import internal_channel
 from services.common.server import CHANNEL_OPTIONS
 from services.common.tls import TlsFiles
+from services.gpu_worker import convert
+from services.gpu_worker.commands import Command
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ class SchedulerSession:
         scheduler_address: str,
         registration: Callable[[], scheduler_pb2.WorkerSessionRequest],
         heartbeat: Callable[[int], scheduler_pb2.WorkerSessionRequest],
-        on_command: Callable[[str, str], None],
+        on_command: Callable[[Command], None],
         internal_secret: str = "",
         tls: TlsFiles | None = None,
         on_accepted: Callable[[bytes], None] | None = None,
@@ -122,12 +124,8 @@ class SchedulerSession:
             self.send_heartbeat_now()  # first heartbeat now, then on the scheduler's interval
             self.connected.set()
             log.info("registered with the scheduler at %s", self._address)
-        elif kind == "drain":
-            self._on_command(kind, command.drain.reason)
-        elif kind in ("load_model", "unload_model"):
-            self._on_command(kind, getattr(command, kind).model_id)
-        elif kind == "revoke_lease":
-            self._on_command(kind, command.revoke_lease.lease_id)
+        elif (typed := convert.command(command)) is not None:
+            self._on_command(typed)
         else:
             log.warning("scheduler command %s is not supported by this worker", kind)
 

@@ -20,20 +20,10 @@ from google.protobuf import json_format
 from inference.v1 import router_pb2_grpc, types_pb2
 
 from services.common.errors import InvalidArgument, Unavailable
-from services.common.status import RETRY_AFTER_KEY, status_for
+from services.common.status import RETRY_AFTER_KEY, http_status, status_for
 from services.router import json_fields, openai_format
 from services.router.models import ModelDirectory
 
-HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
 PRIORITIES = {
     "high": types_pb2.PRIORITY_HIGH,
     "medium": types_pb2.PRIORITY_MEDIUM,
@@ -226,7 +216,7 @@ def error_body(exc: BaseException) -> tuple[dict[str, Any], int, dict[str, str]]
     if retry is not None:
         headers = {"Retry-After": str(math.ceil(int(retry) / 1000)), RETRY_AFTER_KEY: retry}
     error = {"message": details, "type": code.name.lower(), "code": code.name}
-    return {"error": error}, HTTP_STATUS.get(code, 500), headers
+    return {"error": error}, http_status(code), headers
 
 
 @web.middleware

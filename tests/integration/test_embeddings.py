@@ -7,7 +7,8 @@ import pytest
 from services.common.config import read_toml
 from services.common.errors import InvalidArgument
 from services.gpu_worker import config as worker_config
-from services.gpu_worker.engines.embedding import EmbeddingEngine, Embeddings
+from services.gpu_worker.engines.base import Embeddings
+from services.gpu_worker.engines.embedding import SentenceEmbeddingEngine
 
 pytestmark = pytest.mark.slow
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def engine():
     config = worker_config.load(read_toml("deploy/local/config.toml"), {}, {})
-    engine = EmbeddingEngine(config.catalog["minilm-l6-v2"], "cpu")
+    engine = SentenceEmbeddingEngine(config.catalog["minilm-l6-v2"], "cpu")
     engine.load()
     yield engine
     engine.close()

@@ -91,6 +91,19 @@ def test_a_request_is_one_trace_across_the_three_services(traced_system):
     while not wanted <= set(spans := collector.of_trace(TRACE_ID)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert wanted <= set(spans), sorted(spans)
+    _assert_span_tree(spans)
+    assert {spans[n][0] for n in wanted} == {"router", "scheduler", "gpu_worker"}
+
+    router = {a.key: a.value for a in spans["router.Generate"][1].attributes}
+    assert router["inference.model"].string_value == "smollm2-135m"
+    assert router["inference.tenant"].string_value == "anonymous"
+    assert router["inference.tokens_out"].int_value == messages[-1].summary.completion_tokens
+    assert router["inference.gpu_id"].string_value == "cpu-0"
+    assert router["rpc.grpc.status_code"].string_value == "OK"
+
+
+def _assert_span_tree(spans) -> None:
+    """One request's spans, each the child of the one that caused it."""
 
     def parent_of(name: str) -> str:
         return spans[name][1].parent_span_id.hex()
@@ -108,14 +121,6 @@ def test_a_request_is_one_trace_across_the_three_services(traced_system):
     assert parent_of("worker.Execute") == id_of("lease.execute")
     assert parent_of("worker.prefill") == id_of("worker.Execute")
     assert parent_of("worker.decode") == id_of("worker.Execute")
-    assert {spans[n][0] for n in wanted} == {"router", "scheduler", "gpu_worker"}
-
-    router = {a.key: a.value for a in spans["router.Generate"][1].attributes}
-    assert router["inference.model"].string_value == "smollm2-135m"
-    assert router["inference.tenant"].string_value == "anonymous"
-    assert router["inference.tokens_out"].int_value == messages[-1].summary.completion_tokens
-    assert router["inference.gpu_id"].string_value == "cpu-0"
-    assert router["rpc.grpc.status_code"].string_value == "OK"
 
 
 def test_a_failed_request_records_its_status_code(traced_system):

@@ -35,7 +35,16 @@ async def small_stack():
 
 
 async def test_series_move_when_requests_flow(small_stack):
-    stack = small_stack
+    ports = await _serve_shed_and_refuse(small_stack)
+    _assert_router_series(scrape(ports[0]))
+    _assert_scheduler_series(scrape(ports[1]), small_stack.workers[0].worker_id)
+    _assert_worker_series(scrape(ports[2]))
+
+
+async def _serve_shed_and_refuse(stack) -> tuple[int, int, int]:
+    """3 requests served (67 tokens), 1 shed (a queue of one is full), 1 for an unknown
+    model; returns the router's, scheduler's and worker's metrics ports once the series
+    have caught up."""
     router_port = stack.router.metrics_endpoint.port
     scheduler_port = stack.scheduler.metrics_endpoint.port
     worker_port = stack.workers[0].metrics_endpoint.port
@@ -70,8 +79,10 @@ async def test_series_move_when_requests_flow(small_stack):
             and value(scrape(scheduler_port), SERVED, tenant="anonymous") == 67
         )
     )
+    return router_port, scheduler_port, worker_port
 
-    router = scrape(router_port)
+
+def _assert_router_series(router) -> None:
     assert (
         value(router, "inference_router_requests_total", rpc="Infer", model="sim-one", code="OK")
         == 3
@@ -102,7 +113,8 @@ async def test_series_move_when_requests_flow(small_stack):
         value(router, "inference_router_inter_token_latency_seconds_count", model="sim-one") == 64
     )
 
-    scheduler = scrape(scheduler_port)
+
+def _assert_scheduler_series(scheduler, worker_id: str) -> None:
     assert (
         value(
             scheduler,
@@ -123,7 +135,8 @@ async def test_series_move_when_requests_flow(small_stack):
         > 0
     )
 
-    worker = scrape(worker_port)
+
+def _assert_worker_series(worker) -> None:
     assert value(worker, "inference_worker_generated_tokens_total", model="sim-one") == 67
     assert value(worker, "inference_worker_gpu_memory_total_bytes", gpu_id="cpu-0") > 0
     assert value(worker, "inference_worker_kv_cache_capacity_tokens", model="sim-one") > 0

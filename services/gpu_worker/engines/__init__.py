@@ -1,14 +1,16 @@
-"""Model engines behind one interface (see base.py)."""
+"""Model engines behind one interface per kind (see base.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from services.common.catalog import ModelSpec
-from services.gpu_worker.engines.base import Engine
+from services.gpu_worker.engines.base import EmbeddingEngine, GenerativeEngine
 
 
-def create_engine(spec: ModelSpec, cache_dir: Path, device: str, device_name: str = "") -> Engine:
+def create_engine(
+    spec: ModelSpec, cache_dir: Path, device: str, device_name: str = ""
+) -> GenerativeEngine | EmbeddingEngine:
     """The engine the spec names. Weights are loaded later, by `engine.load()`.
     `device_name` (e.g. "NVIDIA H100 80GB HBM3") picks a simulated model's GPU profile."""
     if spec.engine == "simulated":
@@ -16,9 +18,9 @@ def create_engine(spec: ModelSpec, cache_dir: Path, device: str, device_name: st
 
         return SimulatedEngine(spec, device_name)
     if spec.engine == "embedding":
-        from services.gpu_worker.engines.embedding import EmbeddingEngine
+        from services.gpu_worker.engines.embedding import SentenceEmbeddingEngine
 
-        return EmbeddingEngine(spec, device)
+        return SentenceEmbeddingEngine(spec, device)
     from services.gpu_worker.engines.transformers_engine import TransformersEngine
 
     return TransformersEngine(spec, cache_dir, device)

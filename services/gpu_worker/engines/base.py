@@ -1,9 +1,11 @@
-"""The engine interface: what every model engine (real or simulated) offers the worker.
+"""The engine interfaces: what model engines (real or simulated) offer the worker, by kind.
 
-An engine runs sequences on its own thread or task and reports each sequence's progress to a
-`Sink`: zero or more `TextDelta`, then exactly one `Finished` or one exception
-(`services.common.errors.ServiceError` for a request problem, anything else for an engine
-fault). A sink must be safe to call from any thread.
+Every engine implements `Engine` (load, health, stats, close) and exactly one kind:
+`GenerativeEngine` runs sequences (`submit`), `EmbeddingEngine` embeds texts (`embed`).
+An engine works on its own thread or task and reports each request's progress to a `Sink`:
+for a sequence zero or more `TextDelta`, then exactly one `Finished`; for an embedding one
+`Embeddings`; or else one exception (`services.common.errors.ServiceError` for a request
+problem, anything else for an engine fault). A sink must be safe to call from any thread.
 """
 
 from __future__ import annotations
@@ -76,6 +78,17 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class Embeddings:
+    """The final event of an embedding request."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+RATE_WINDOW_S = 5.0  # an engine's tokens (or texts) per second cover this long
+
+
+@dataclass(frozen=True)
 class EngineStats:
     """Figures an engine reports in heartbeats."""
 
@@ -86,7 +99,7 @@ class EngineStats:
     memory_bytes: int  # weights (and fixed buffers) the model holds on its device
 
 
-Event = TextDelta | Finished | BaseException
+Event = TextDelta | Finished | Embeddings | BaseException
 Sink = Callable[[Event], None]
 
 
@@ -96,6 +109,8 @@ class SequenceHandle(Protocol):
 
 
 class Engine(Protocol):
+    """What the worker needs of any engine, whatever its kind."""
+
     spec: ModelSpec
     state: ModelState
     healthy: bool  # False after a device or runtime fault: the worker stops taking work
@@ -103,14 +118,21 @@ class Engine(Protocol):
     def load(self) -> None:
         """Loads weights. Blocking: the worker calls it in a thread."""
 
-    def submit(self, request: GenerationInput, sink: Sink) -> SequenceHandle:
-        """Starts a sequence; returns at once. Progress goes to `sink`."""
-
     def active_sequences(self) -> int:
-        """Sequences admitted and not yet finished."""
+        """Requests admitted and not yet finished."""
 
     def stats(self) -> EngineStats:
         """Current figures for heartbeats."""
 
     def close(self) -> None:
-        """Stops the engine; running sequences get an error event."""
+        """Stops the engine; running requests get an error event."""
+
+
+class GenerativeEngine(Engine, Protocol):
+    def submit(self, request: GenerationInput, sink: Sink) -> SequenceHandle:
+        """Starts a sequence; returns at once. Progress goes to `sink`."""
+
+
+class EmbeddingEngine(Engine, Protocol):
+    def embed(self, texts: list[str], sink: Sink) -> SequenceHandle:
+        """Queues texts; returns at once. The sink gets one `Embeddings` or an error."""

@@ -15,22 +15,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.catalog import ModelSpec
-from services.common.errors import InvalidArgument, Unavailable
-from services.gpu_worker.engines.base import EngineStats, ModelState, Sink
+from services.common.errors import Unavailable
+from services.common.windowed import SlidingWindow
+from services.gpu_worker.engines.admission import admit_in_order, input_error
+from services.gpu_worker.engines.base import (
+    RATE_WINDOW_S,
+    Embeddings,
+    EngineStats,
+    ModelState,
+    Sink,
+)
 from services.gpu_worker.engines.isolation import is_device_fault, request_error
 from services.gpu_worker.engines.threaded import ThreadedEngine
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH_INPUTS = 64
-
-
-@dataclass(frozen=True)
-class Embeddings:
-    """The final event of an embedding request."""
-
-    vectors: list[list[float]]
-    prompt_tokens: int
 
 
 @dataclass
@@ -43,13 +43,15 @@ class _EmbedRequest:
         self.cancelled.set()
 
 
-class EmbeddingEngine(ThreadedEngine):
+class SentenceEmbeddingEngine(ThreadedEngine):
+    """An `EmbeddingEngine` (engines.base)."""
+
     def __init__(self, spec: ModelSpec, device: str) -> None:
         super().__init__(spec, device)
         self._tokenizer: Any = None
         self._model: Any = None
         self._queue: deque[_EmbedRequest] = deque()
-        self._done: deque[tuple[float, int]] = deque()  # (time, texts) for the rate
+        self._done = SlidingWindow(RATE_WINDOW_S)  # texts embedded
 
     def load(self) -> None:
         import torch
@@ -83,13 +85,11 @@ class EmbeddingEngine(ThreadedEngine):
         return len(self._queue)
 
     def stats(self) -> EngineStats:
-        now = time.monotonic()
-        recent = sum(n for t, n in list(self._done) if now - t <= 5.0)
         return EngineStats(
             running=len(self._queue),
             kv_tokens_used=0,
             kv_tokens_capacity=0,
-            tokens_per_second=recent / 5.0,  # texts embedded per second
+            tokens_per_second=self._done.per_second(),  # texts embedded per second
             memory_bytes=self.weights_bytes,
         )
 
@@ -114,14 +114,13 @@ class EmbeddingEngine(ThreadedEngine):
                 self._embed_batch(batch)
 
     def _take_batch(self) -> list[_EmbedRequest]:
-        batch: list[_EmbedRequest] = []
-        size = 0
-        while self._queue and (not batch or size + len(self._queue[0].texts) <= MAX_BATCH_INPUTS):
-            request = self._queue.popleft()
-            if not request.cancelled.is_set():
-                batch.append(request)
-                size += len(request.texts)
-        return batch
+        return admit_in_order(
+            self._queue,
+            MAX_BATCH_INPUTS,
+            0,
+            size=lambda r: len(r.texts),
+            cancelled=lambda r: r.cancelled.is_set(),
+        )
 
     def _embed_batch(self, batch: list[_EmbedRequest]) -> None:
         limit = self.spec.max_context_tokens
@@ -132,13 +131,9 @@ class EmbeddingEngine(ThreadedEngine):
             except Exception as exc:  # noqa: BLE001 - this request's input, alone
                 request.sink(request_error(self.spec.model_id, exc))
                 continue
-            if max(lengths) > limit:
-                request.sink(
-                    InvalidArgument(
-                        f"an input has {max(lengths)} tokens; {self.spec.model_id} takes at most "
-                        f"{limit}"
-                    )
-                )
+            error = input_error(self.spec.model_id, max(lengths), limit)
+            if error is not None:
+                request.sink(error)
             else:
                 accepted.append((request, sum(lengths)))
         if not accepted:
@@ -149,7 +144,7 @@ class EmbeddingEngine(ThreadedEngine):
         except Exception as exc:  # noqa: BLE001 - whose fault it is is found below
             self._isolate(exc, accepted)
             return
-        self._done.append((time.monotonic(), len(texts)))
+        self._done.add(len(texts))
         start = 0
         for request, tokens in accepted:
             end = start + len(request.texts)

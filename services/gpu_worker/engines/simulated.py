@@ -19,9 +19,12 @@ import time
 from dataclasses import dataclass, field
 
 from services.common.catalog import GpuProfile, ModelSpec
-from services.common.errors import InvalidArgument, Unavailable
+from services.common.errors import Unavailable
 from services.common.tokens import estimate_tokens
+from services.common.windowed import SlidingWindow
+from services.gpu_worker.engines.admission import admit_in_order, context_error
 from services.gpu_worker.engines.base import (
+    RATE_WINDOW_S,
     EngineStats,
     Finished,
     FinishReason,
@@ -32,7 +35,6 @@ from services.gpu_worker.engines.base import (
 )
 from services.gpu_worker.engines.text import StopMatcher
 
-RATE_WINDOW_S = 5.0
 log = logging.getLogger(__name__)
 
 WORDS = [
@@ -125,7 +127,7 @@ class SimulatedEngine:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closed = False
-        self._produced: collections.deque[float] = collections.deque()  # token times
+        self._produced = SlidingWindow(RATE_WINDOW_S)  # tokens
 
     def load(self) -> None:
         self.state = ModelState.READY
@@ -143,14 +145,11 @@ class SimulatedEngine:
         return len(self._running) + len(self._waiting)
 
     def stats(self) -> EngineStats:
-        now = time.monotonic()
-        while self._produced and now - self._produced[0] > RATE_WINDOW_S:
-            self._produced.popleft()
         return EngineStats(
             running=self.active_sequences(),
             kv_tokens_used=sum(s.prompt_tokens + s.generated for s in self._running),
             kv_tokens_capacity=self.profile.kv_capacity_tokens,
-            tokens_per_second=len(self._produced) / RATE_WINDOW_S,
+            tokens_per_second=self._produced.per_second(),
             memory_bytes=self.spec.simulation.memory_bytes,
         )
 
@@ -171,13 +170,10 @@ class SimulatedEngine:
         if self._closed:
             sink(Unavailable(f"model {self.spec.model_id} is shutting down"))
             return seq
-        if prompt_tokens + request.remaining_tokens > self.spec.max_context_tokens:
-            sink(
-                InvalidArgument(
-                    f"prompt ({prompt_tokens} tokens) plus max_tokens ({request.remaining_tokens}) "
-                    f"exceeds the context of {self.spec.model_id} ({self.spec.max_context_tokens})"
-                )
-            )
+        limit = self.spec.max_context_tokens
+        error = context_error(self.spec.model_id, prompt_tokens, request.remaining_tokens, limit)
+        if error is not None:
+            sink(error)
             return seq
         self._waiting.append(seq)
         if self._task is None or self._task.done():
@@ -218,15 +214,14 @@ class SimulatedEngine:
     def _admit(self) -> None:
         """Moves waiting sequences into the batch while the KV capacity allows."""
         free = self.profile.kv_capacity_tokens - sum(s.kv_tokens for s in self._running)
-        while self._waiting:
-            seq = self._waiting[0]
-            if seq.cancelled:
-                self._waiting.popleft()
-                continue
-            if seq.kv_tokens > free and self._running:
-                return  # wait for room; a lone sequence always runs
-            self._waiting.popleft()
-            free -= seq.kv_tokens
+        joining = admit_in_order(
+            self._waiting,
+            free,
+            len(self._running),
+            size=lambda s: s.kv_tokens,
+            cancelled=lambda s: s.cancelled,
+        )
+        for seq in joining:
             seq.ready_at = time.monotonic() + seq.prompt_tokens / self.profile.prefill_tokens_per_s
             self._running.append(seq)
 
@@ -234,7 +229,7 @@ class SimulatedEngine:
         word = seq.rng.choice(WORDS)
         piece = word.capitalize() if seq.generated == 0 else " " + word
         seq.generated += 1
-        self._produced.append(time.monotonic())
+        self._produced.add()
         text, stopped = seq.stops.push(piece)
         if not stopped and seq.generated >= seq.request.max_tokens:
             text += seq.stops.flush()

@@ -17,15 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from services.common.catalog import ModelSpec
-from services.common.errors import InvalidArgument, Unavailable
-from services.gpu_worker.engines.base import EngineStats, GenerationInput, ModelState, Sink
+from services.common.errors import Unavailable
+from services.common.windowed import SlidingWindow
+from services.gpu_worker.engines.admission import admit_in_order, context_error
+from services.gpu_worker.engines.base import (
+    RATE_WINDOW_S,
+    EngineStats,
+    GenerationInput,
+    ModelState,
+    Sink,
+)
 from services.gpu_worker.engines.isolation import FaultStreak
 from services.gpu_worker.engines.sequence import Sequence
 from services.gpu_worker.engines.threaded import ThreadedEngine
 
 log = logging.getLogger(__name__)
-
-RATE_WINDOW_S = 5.0  # tokens/s is measured over this window
 
 
 class TransformersEngine(ThreadedEngine):
@@ -46,7 +52,7 @@ class TransformersEngine(ThreadedEngine):
         self._streak = FaultStreak()
         self._active = 0  # sequences submitted and not finished (read from other threads)
         self._kv_tokens = 0
-        self._produced: collections.deque[tuple[float, int]] = collections.deque()
+        self._produced = SlidingWindow(RATE_WINDOW_S)  # tokens
 
     # -- lifecycle -------------------------------------------------------------------------
     def load(self) -> None:
@@ -82,13 +88,11 @@ class TransformersEngine(ThreadedEngine):
         return self._active
 
     def stats(self) -> EngineStats:
-        now = time.monotonic()
-        recent = sum(n for t, n in list(self._produced) if now - t <= RATE_WINDOW_S)
         return EngineStats(
             running=self._active,
             kv_tokens_used=self._kv_tokens,
             kv_tokens_capacity=self.spec.max_batch_tokens,
-            tokens_per_second=recent / RATE_WINDOW_S,
+            tokens_per_second=self._produced.per_second(),
             memory_bytes=self.weights_bytes,
         )
 
@@ -255,14 +259,10 @@ class TransformersEngine(ThreadedEngine):
             self._fail_request(seq, exc)
             return False
         limit = self.spec.max_context_tokens
-        if len(ids) + request.remaining_tokens > limit:
+        error = context_error(self.spec.model_id, len(ids), request.remaining_tokens, limit)
+        if error is not None:
             self._finished(1)
-            seq.sink(
-                InvalidArgument(
-                    f"prompt ({len(ids)} tokens) plus max_tokens ({request.remaining_tokens}) "
-                    f"exceeds the context of {self.spec.model_id} ({limit} tokens)"
-                )
-            )
+            seq.sink(error)
             return False
         seq.prompt_ids = ids
         seq.generated = request.resume_tokens
@@ -273,16 +273,11 @@ class TransformersEngine(ThreadedEngine):
 
     def _admit(self) -> list[Sequence]:
         """Waiting sequences that fit the free slots and the KV-token budget, in order."""
-        rows, waiting = self._rows, self._waiting
+        rows = self._rows
         budget = self.spec.max_batch_tokens - sum(s.kv_tokens for s in rows)
-        joining: list[Sequence] = []
-        while waiting and len(rows) + len(joining) < self.spec.max_slots:
-            if waiting[0].kv_tokens > budget and (rows or joining):
-                break  # wait for room; a lone sequence always runs
-            seq = waiting.popleft()
-            budget -= seq.kv_tokens
-            joining.append(seq)
-        return joining
+        return admit_in_order(
+            self._waiting, budget, len(rows), lambda s: s.kv_tokens, self.spec.max_slots
+        )
 
     def _drop_cancelled(self) -> None:
         from services.gpu_worker.engines import kv_batch
@@ -320,10 +315,7 @@ class TransformersEngine(ThreadedEngine):
         return tokens
 
     def _produced_tokens(self, count: int) -> None:
-        now = time.monotonic()
-        self._produced.append((now, count))
-        while self._produced and now - self._produced[0][0] > RATE_WINDOW_S:
-            self._produced.popleft()
+        self._produced.add(count)
 
     def _finished(self, count: int) -> None:
         if count:
