@@ -2,7 +2,8 @@
 
     python -m bench.scheduler_core [--workers 256] [--out bench/results/scheduler_core.json]
 
-256 workers with 4 slots each for 4 models, every slot held; the queue holds N requests over
+W workers (256, then 1,024 and 4,096 at 10,000 queued) with 4 slots each for 4 models, every
+slot held; the queue holds N requests (1,000, 10,000, 100,000) over
 3 priorities and 8 tenants. One decision = `end_lease()`: a lease is released, the next
 request is picked and granted a lease, and the preemption check runs (fairness, aging, KV
 fit and worker choice included: the core's one outcome for that change). The cost should
@@ -100,14 +101,25 @@ def main() -> None:
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--out", default="bench/results/scheduler_core.json")
     args = parser.parse_args()
-    rows = [measure(n, args.workers, args.decisions) for n in (1_000, 10_000, 100_000)]
+    sizes = [(n, args.workers) for n in (1_000, 10_000, 100_000)]
+    sizes += [(10_000, w) for w in (1024, 4096) if w != args.workers]
+    rows = [measure(n, w, args.decisions) for n, w in sizes]
     print(f"{'queued':>8} {'workers':>8} {'mean µs':>9} {'p50 µs':>8} {'p99 µs':>8}")
     for r in rows:
         print(
             f"{r['queued']:>8} {r['workers']:>8} {r['mean_us']:>9.1f} "
             f"{r['p50_us']:>8.1f} {r['p99_us']:>8.1f}"
         )
-    Path(args.out).write_text(json.dumps(rows, indent=2))
+    by_size = {(r["queued"], r["workers"]): r for r in rows}
+    base, big = by_size.get((10_000, 256)), by_size.get((10_000, 4096))
+    summary = {}
+    if base is not None:
+        summary["target_p50_under_30us"] = base["p50_us"] < 30
+        summary["target_p99_under_100us"] = base["p99_us"] < 100
+    if base is not None and big is not None:
+        summary["p50_growth_256_to_4096"] = big["p50_us"] / base["p50_us"]
+        print(f"p50 at 4096 workers ÷ p50 at 256: {summary['p50_growth_256_to_4096']:.2f}×")
+    Path(args.out).write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
 
 
 if __name__ == "__main__":

@@ -8,9 +8,20 @@ def pending(rid: str, priority: Priority = Priority.MEDIUM, model: str = "m") ->
     return PendingRequest(rid, model, priority, "t", enqueued_at=0.0)
 
 
+class Room(dict):
+    """Every model has room, except those `can_serve` refuses."""
+
+    def __init__(self, can_serve) -> None:
+        super().__init__()
+        self._can_serve = can_serve
+
+    def get(self, model_id, default=None):
+        return float("inf") if self._can_serve(model_id) else default
+
+
 def drain(queue: RequestQueue, can_serve=lambda m: True) -> list[str]:
     out = []
-    while (r := queue.pop_next(lambda request: can_serve(request.model_id))) is not None:
+    while (r := queue.pop_next(Room(can_serve))) is not None:
         out.append(r.request_id)
     return out
 
@@ -70,3 +81,18 @@ def test_duplicate_ids_are_refused():
     q.push(pending("a"))
     with pytest.raises(ValueError):
         q.push(pending("a"))
+
+
+def test_a_tenant_whose_service_falls_moves_up_at_once():
+    q = RequestQueue(capacity=10)
+    for rid, tenant in (("a1", "a"), ("b1", "b"), ("b2", "b")):
+        q.push(PendingRequest(rid, "m", Priority.MEDIUM, tenant, enqueued_at=0.0))
+    q.fair.charge(Priority.MEDIUM, "a", 1.0, 100)
+    q.fair.charge(Priority.MEDIUM, "b", 1.0, 50)
+    assert drain_one(q) == "b1"  # a has had more service
+    q.fair.charge(Priority.MEDIUM, "a", 1.0, -80)  # a correction: a took less than charged
+    assert drain_one(q) == "a1"  # 20 < 50
+
+
+def drain_one(queue: RequestQueue) -> str:
+    return queue.pop_next(Room(lambda m: True)).request_id

@@ -13,8 +13,9 @@ away) and is reclaimed (`expired`).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
+from services.scheduler.core.room_index import RoomIndex
 from services.scheduler.core.types import (
     Lease,
     ModelSlots,
@@ -28,9 +29,31 @@ from services.scheduler.core.worker_choice import LeastLoaded, PlacementPolicy
 LATENCY_SMOOTHING = 0.2  # weight of the newest sample in a worker's latency average
 
 
-def fits(room: dict[str, float]) -> Callable[[PendingRequest], bool]:
-    """Whether a request fits some worker, given the lease table's `room()`."""
-    return lambda request: request.kv_tokens <= room.get(request.model_id, -1)
+class Room(Mapping[str, float]):
+    """Per model, the most KV tokens one more lease may reserve on any worker; a model is
+    absent when no worker has a free slot for it. Read from the index when asked."""
+
+    def __init__(self, index: RoomIndex, models: Callable[[], Iterable[str]]) -> None:
+        self._index, self._models = index, models
+
+    def __getitem__(self, model_id: str) -> float:
+        room = self._index.room(model_id)
+        if room < 0:
+            raise KeyError(model_id)
+        return room
+
+    def get(self, model_id: str, default=None):
+        room = self._index.room(model_id)
+        return room if room >= 0 else default
+
+    def __contains__(self, model_id: object) -> bool:
+        return isinstance(model_id, str) and self._index.room(model_id) >= 0
+
+    def __iter__(self):
+        return (m for m in self._models() if m in self)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 class LeaseTable:
@@ -40,10 +63,14 @@ class LeaseTable:
         self._placement = placement or LeastLoaded()
         self._ids = itertools.count(1)
         self._id_prefix = id_prefix  # unique per scheduler start: ids never repeat
-        self._by_class: dict[tuple[str, Priority], dict[str, Lease]] = {}  # (model, class)
-        self._serving: dict[str, list[WorkerRecord]] | None = None  # model → its workers
-        self._room: dict[str, float] | None = None  # cache of room(); None: all stale
-        self._stale: set[str] = set()  # models whose room changed since it was cached
+        # (model, class) → its leases in grant order, those being preempted left out
+        self._by_class: dict[tuple[str, Priority], dict[str, Lease]] = {}
+        self._preempting: dict[str, int] = {}  # model → leases being preempted
+        self._preempted: set[str] = set()
+        self._serving: dict[str, dict[str, WorkerRecord]] = {}  # model → its workers
+        self._index = RoomIndex(self._workers.get)
+        self._room = Room(self._index, lambda: self._serving)
+        self._by_beat: dict[str, None] = {}  # workers, the longest silent first
         self._unstarted: dict[str, float] = {}  # lease → start-by time, in grant order
 
     # -- workers ---------------------------------------------------------------------------
@@ -51,19 +78,25 @@ class LeaseTable:
         self, worker_id: str, address: str, gpu_id: str, models: Iterable[ModelSlots], now: float
     ) -> WorkerRecord:
         """Registers a worker, or refreshes its models keeping the leases it holds."""
-        self._room, self._serving = None, None
         record = self._workers.get(worker_id)
         slots = {m.model_id: m for m in models}
         if record is None:
             record = WorkerRecord(worker_id, address, gpu_id, slots, now)
             self._workers[worker_id] = record
-            return record
-        for model_id, fresh in slots.items():
-            old = record.models.get(model_id)
-            if old is not None:
-                fresh.active, fresh.kv_reserved = old.active, old.kv_reserved
-        record.models, record.address, record.gpu_id = slots, address, gpu_id
-        record.last_heartbeat = now
+        else:
+            for model_id, fresh in slots.items():
+                old = record.models.get(model_id)
+                if old is not None:
+                    fresh.active, fresh.kv_reserved = old.active, old.kv_reserved
+            gone = [m for m in record.models if m not in slots]
+            for model_id in gone:
+                self._serving.get(model_id, {}).pop(worker_id, None)
+            self._index.forget(worker_id, iter(gone))
+            record.models, record.address, record.gpu_id = slots, address, gpu_id
+        for model_id in slots:
+            self._serving.setdefault(model_id, {})[worker_id] = record
+        self._beat(record, now)
+        self._index.touch(record)
         return record
 
     def heartbeat(self, worker_id: str, now: float, state: WorkerState) -> bool:
@@ -71,32 +104,51 @@ class LeaseTable:
         record = self._workers.get(worker_id)
         if record is None:
             return False
-        record.last_heartbeat = now
+        self._beat(record, now)
         if record.state is not state or record.suspect:
-            record.state, record.suspect, self._room = state, False, None
+            record.state, record.suspect = state, False
+            self._index.touch(record)
         return True
+
+    def _beat(self, record: WorkerRecord, now: float) -> None:
+        record.last_heartbeat = now
+        self._by_beat.pop(record.worker_id, None)
+        self._by_beat[record.worker_id] = None
 
     def suspect(self, worker_id: str) -> None:
         """Takes no new leases on a worker that just failed a call, until its next
         heartbeat says how it is."""
         record = self._workers.get(worker_id)
         if record is not None and not record.suspect:
-            record.suspect, self._room = True, None
+            record.suspect = True
+            self._index.touch(record)
 
     def remove_worker(self, worker_id: str) -> list[Lease]:
         """Forgets a worker and returns the leases it held, now reclaimed."""
         record = self._workers.pop(worker_id, None)
         if record is None:
             return []
-        self._room, self._serving = None, None
+        for model_id in record.models:
+            self._serving.get(model_id, {}).pop(worker_id, None)
+        self._index.forget(worker_id, iter(record.models))
+        self._by_beat.pop(worker_id, None)
         reclaimed = [self._leases.pop(lease_id) for lease_id in sorted(record.leases)]
         for lease in reclaimed:
             self._by_class[(lease.model_id, lease.priority)].pop(lease.lease_id, None)
             self._unstarted.pop(lease.lease_id, None)
+            if lease.lease_id in self._preempted:
+                self._preempted.discard(lease.lease_id)
+                self._preempting[lease.model_id] -= 1
         return reclaimed
 
     def silent_workers(self, now: float, timeout_s: float) -> list[str]:
-        return [w.worker_id for w in self._workers.values() if now - w.last_heartbeat > timeout_s]
+        """Workers silent longer than the timeout: the front of the heartbeat order."""
+        silent = []
+        for worker_id in self._by_beat:
+            if now - self._workers[worker_id].last_heartbeat <= timeout_s:
+                break
+            silent.append(worker_id)
+        return silent
 
     def workers(self) -> list[WorkerRecord]:
         return list(self._workers.values())
@@ -117,39 +169,34 @@ class LeaseTable:
         """True if some live worker has the model (ready or loading)."""
         return any(w.state is not WorkerState.UNHEALTHY for w in self._workers_of(model_id))
 
-    def room(self) -> dict[str, float]:
+    def room(self) -> Room:
         """Per model, the most KV tokens one more lease may reserve on any worker (absent
-        when no worker has a free slot): a request fits iff its kv_tokens <= this. Cached
-        until a lease, a worker or a model changes."""
-        if self._room is None:
-            self._room, self._stale = self._compute_room(), set()
-        for model_id in self._stale:
-            room = self._compute_room(model_id).get(model_id)
-            if room is None:
-                self._room.pop(model_id, None)
-            else:
-                self._room[model_id] = room
-        self._stale.clear()
+        when no worker has a free slot): a request fits iff its kv_tokens <= this."""
         return self._room
-
-    def _compute_room(self, only: str | None = None) -> dict[str, float]:
-        best: dict[str, float] = {}
-        workers = self._workers.values() if only is None else self._workers_of(only)
-        for worker in workers:
-            if not worker.accepts_leases:
-                continue
-            models = worker.models.items() if only is None else [(only, worker.models[only])]
-            for model_id, slots in models:
-                room = slots.kv_room()
-                if room >= 0 and room > best.get(model_id, -1):
-                    best[model_id] = room
-        return best
 
     def grant(
         self, request: PendingRequest, now: float, start_by: float | None = None
     ) -> Lease | None:
         """Leases a slot for the request on the worker the placement policy picks; the
         lease must be seen running by `start_by` (None: no such bound)."""
+        worker = self._choose(request)
+        if worker is None:
+            return None
+        lease = _lease(f"{self._id_prefix}-{next(self._ids)}", request, worker, now)
+        self._hold(lease, worker)
+        if start_by is not None:
+            self._unstarted[lease.lease_id] = start_by
+        return lease
+
+    def _choose(self, request: PendingRequest) -> WorkerRecord | None:
+        """The least loaded worker from the index in O(log W); any other policy (or a
+        request the index's pick does not suit) looks at every worker of the model."""
+        if type(self._placement) is LeastLoaded:  # the index holds its order
+            worker = self._index.least_loaded(
+                request.model_id, request.kv_tokens, request.avoid_worker
+            )
+            if worker is not None:
+                return worker
         candidates, serving = [], []
         for worker in self._workers_of(request.model_id):
             slots = worker.models[request.model_id]
@@ -160,27 +207,7 @@ class LeaseTable:
         if not candidates:
             return None
         elsewhere = [w for w in candidates if w.worker_id != request.avoid_worker]
-        worker = self._placement.choose(elsewhere or candidates, request, serving)
-        lease = Lease(
-            lease_id=f"{self._id_prefix}-{next(self._ids)}",
-            request_id=request.request_id,
-            worker_id=worker.worker_id,
-            worker_address=worker.address,
-            gpu_id=worker.gpu_id,
-            model_id=request.model_id,
-            granted_at=now,
-            priority=request.priority,
-            tenant_id=request.tenant_id,
-            kv_tokens=request.kv_tokens,
-            tenant_weight=request.tenant_weight,
-            charged=request.charge_estimate,
-            resumed=request.resumed,
-            max_tokens=request.max_tokens,
-        )
-        self._hold(lease, worker)
-        if start_by is not None:
-            self._unstarted[lease.lease_id] = start_by
-        return lease
+        return self._placement.choose(elsewhere or candidates, request, serving)
 
     def adopt(self, lease: Lease) -> bool:
         """Takes in a lease its worker reports running (a scheduler that restarted rebuilds
@@ -199,7 +226,7 @@ class LeaseTable:
         worker.leases.add(lease.lease_id)
         self._leases[lease.lease_id] = lease
         self._by_class.setdefault((lease.model_id, lease.priority), {})[lease.lease_id] = lease
-        self._stale.add(lease.model_id)
+        self._index.touch(worker)
 
     def confirm(self, lease_ids: Iterable[str]) -> None:
         """Leases a worker shows running have started."""
@@ -230,7 +257,9 @@ class LeaseTable:
             return None
         self._unstarted.pop(lease_id, None)
         self._by_class[(lease.model_id, lease.priority)].pop(lease_id, None)
-        self._stale.add(lease.model_id)
+        if lease_id in self._preempted:
+            self._preempted.discard(lease_id)
+            self._preempting[lease.model_id] -= 1
         worker = self._workers.get(lease.worker_id)
         if worker is not None:
             worker.leases.discard(lease_id)
@@ -238,6 +267,7 @@ class LeaseTable:
             if slots is not None:
                 slots.active = max(0, slots.active - 1)
                 slots.kv_reserved = max(0, slots.kv_reserved - lease.kv_tokens)
+            self._index.touch(worker)
         return lease
 
     def lease(self, lease_id: str) -> Lease | None:
@@ -246,18 +276,30 @@ class LeaseTable:
     def leases(self) -> list[Lease]:
         return list(self._leases.values())
 
-    def leases_of(self, model_id: str, priority: Priority) -> Iterable[Lease]:
-        """Leases held now for one model by requests of one class."""
-        return self._by_class.get((model_id, priority), {}).values()
+    def mark_preempted(self, lease_id: str) -> None:
+        """A lease chosen to be preempted: no longer a candidate, counted as being freed."""
+        lease = self._leases.get(lease_id)
+        if lease is not None and lease_id not in self._preempted:
+            self._preempted.add(lease_id)
+            self._by_class[(lease.model_id, lease.priority)].pop(lease_id, None)
+            self._preempting[lease.model_id] = self._preempting.get(lease.model_id, 0) + 1
 
-    def _workers_of(self, model_id: str) -> list[WorkerRecord]:
-        """Workers that have the model (any state), from an index rebuilt on changes."""
-        if self._serving is None:
-            self._serving = {}
-            for worker in self._workers.values():
-                for m in worker.models:
-                    self._serving.setdefault(m, []).append(worker)
-        return self._serving.get(model_id, [])
+    def holds(self, model_id: str, priority: Priority) -> bool:
+        """Whether requests of the class hold leases of the model (not being preempted)."""
+        return bool(self._by_class.get((model_id, priority)))
+
+    def preempting(self, model_id: str) -> int:
+        """Leases of the model chosen to be preempted and not released yet."""
+        return self._preempting.get(model_id, 0)
+
+    def youngest_first(self, model_id: str, priority: Priority) -> Iterator[Lease]:
+        """Leases held now for one model by requests of one class, the latest granted
+        first (they are kept in grant order), except those being preempted."""
+        return reversed(self._by_class.get((model_id, priority), {}).values())
+
+    def _workers_of(self, model_id: str) -> Iterable[WorkerRecord]:
+        """Workers that have the model (any state)."""
+        return self._serving.get(model_id, {}).values()
 
     def active_leases(self, tenant: str | None = None) -> int:
         """Leases held (by one tenant's requests, when given)."""
@@ -273,3 +315,22 @@ class LeaseTable:
             for m in w.models.values()
             if m.ready
         )
+
+
+def _lease(lease_id: str, request: PendingRequest, worker: WorkerRecord, now: float) -> Lease:
+    return Lease(
+        lease_id=lease_id,
+        request_id=request.request_id,
+        worker_id=worker.worker_id,
+        worker_address=worker.address,
+        gpu_id=worker.gpu_id,
+        model_id=request.model_id,
+        granted_at=now,
+        priority=request.priority,
+        tenant_id=request.tenant_id,
+        kv_tokens=request.kv_tokens,
+        tenant_weight=request.tenant_weight,
+        charged=request.charge_estimate,
+        resumed=request.resumed,
+        max_tokens=request.max_tokens,
+    )

@@ -30,8 +30,8 @@ class Ledger:
         as far as is known (0 when unreported)."""
         prompt = 0 if lease.resumed else _prompt_of(lease, usage)
         generated = usage.completion_tokens if usage is not None else 0
-        self._charge(lease.priority, lease.tenant_id, lease.tenant_weight, prompt + generated)
-        self._fair_undo(lease)
+        correction = prompt + generated - lease.charged  # what it took, less the estimate
+        self._charge(lease.priority, lease.tenant_id, lease.tenant_weight, correction)
         self._remember(lease.lease_id, usage is not None)
         return generated
 
@@ -48,10 +48,6 @@ class Ledger:
     def _charge(self, priority, tenant: str, weight: float, tokens: float) -> None:
         if tokens:
             self._fair.charge(priority, tenant, weight, tokens)
-
-    def _fair_undo(self, lease: Lease) -> None:
-        if lease.charged:
-            self._fair.charge(lease.priority, lease.tenant_id, lease.tenant_weight, -lease.charged)
 
     def _remember(self, lease_id: str, reported: bool) -> None:
         self._ends[lease_id] = reported

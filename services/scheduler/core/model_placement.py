@@ -11,7 +11,7 @@ the demand (models with requests waiting that no worker has room for):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from services.scheduler.core.types import WorkerRecord
@@ -129,3 +129,47 @@ def _place(
         if best is None or key < best[:2]:
             best = (*key, worker, evict)
     return None if best is None else (best[2], best[3])
+
+
+class ModelPlacer:
+    """The workers that may load models on command (a memory budget and a loadable list),
+    the loads under way, and the commands that give starved models a worker. Workers that
+    cannot load anything are never looked at, so a fleet of fixed workers costs nothing here."""
+
+    def __init__(self, load_timeout_s: float, worker: Callable[[str], WorkerRecord | None]):
+        self.loading = PendingLoads(load_timeout_s)
+        self._worker = worker
+        self._placeable: set[str] = set()
+
+    def worker_changed(self, record: WorkerRecord) -> None:
+        if record.loadable and record.memory_budget:
+            self._placeable.add(record.worker_id)
+        else:
+            self._placeable.discard(record.worker_id)
+
+    def worker_left(self, worker_id: str) -> None:
+        self._placeable.discard(worker_id)
+
+    def can_host(self, model_id: str, catalog_bytes: Mapping[str, int]) -> bool:
+        """Some worker could load the model."""
+        return any(can_host(w, model_id, catalog_bytes) for w in self._workers())
+
+    def plan(
+        self, waiting: set[str], room: Container[str], catalog_bytes: Mapping[str, int], now: float
+    ) -> list[Command]:
+        """Load (and unload) commands that give starved models (waiting, no room anywhere,
+        none loading) a worker. A load stays pending until a heartbeat shows the model on
+        the worker, or the timeout."""
+        if not self._placeable:
+            return []
+        self.loading.expire(self._worker, now)
+        starved = {m for m in waiting if m not in room and m not in self.loading}
+        if not starved:
+            return []
+        loading = self.loading.models()
+        commands = plan(self._workers(), starved, waiting, loading, catalog_bytes)
+        self.loading.sent(commands, now)
+        return commands
+
+    def _workers(self) -> list[WorkerRecord]:
+        return [w for w in map(self._worker, sorted(self._placeable)) if w is not None]

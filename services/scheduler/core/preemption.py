@@ -8,33 +8,31 @@ elsewhere would not help).
 
 from __future__ import annotations
 
-import heapq
-from collections import Counter
-from collections.abc import Mapping
+import itertools
 
-from services.scheduler.core.leases import LeaseTable, fits
+from services.scheduler.core.leases import LeaseTable
 from services.scheduler.core.queue import RequestQueue
 from services.scheduler.core.types import Lease, Priority
 
 
-def choose_victims(
-    queue: RequestQueue, leases: LeaseTable, freeing: Mapping[str, str]
-) -> list[Lease]:
-    """The low leases to preempt now. `freeing`: lease → model of preemptions under way."""
-    blocked = queue.blocked_heads(fits(leases.room()))
-    models = {h.model_id for h in blocked if h.priority is Priority.HIGH}
+def choose_victims(queue: RequestQueue, leases: LeaseTable) -> list[Lease]:
+    """The low leases to preempt now (then marked so in the lease table, until released).
+    The cheap tests go first: most calls find no low lease to take, or enough being freed."""
     victims: list[Lease] = []
-    freeing_by_model = Counter(freeing.values())
-    for model_id in sorted(models):
-        wanted = queue.ahead_of(model_id, Priority.HIGH) - freeing_by_model[model_id]
-        if wanted <= 0:
+    for model_id, high in queue.waiting(Priority.HIGH):
+        wanted = high - leases.preempting(model_id)
+        if wanted <= 0 or not leases.holds(model_id, Priority.LOW):
+            continue
+        if not queue.blocked(Priority.HIGH, model_id, leases.room()):
             continue
         low = (
             lease
-            for lease in leases.leases_of(model_id, Priority.LOW)
-            if lease.lease_id not in freeing and _accepts(leases, lease.worker_id)
+            for lease in leases.youngest_first(model_id, Priority.LOW)
+            if _accepts(leases, lease.worker_id)
         )
-        victims += heapq.nlargest(wanted, low, key=lambda lease: lease.granted_at)
+        victims += itertools.islice(low, wanted)
+    for lease in victims:
+        leases.mark_preempted(lease.lease_id)
     return victims
 
 

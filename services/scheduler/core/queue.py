@@ -6,21 +6,28 @@ and one tenant's backlog never sits in front of another's.
 
 Choosing the next request looks only at lane heads: aging first (a head older than the
 starvation bound goes before everything younger), then the highest class, then within it the
-tenant with the least weighted service (`FairShare`), oldest head first. A decision costs
-O(lanes), independent of how many requests wait; removal is O(1) (lazy: a removed request
-stays in its lane until it reaches the head).
+tenant with the least weighted service (`FairShare`), oldest head first. The heads are indexed
+per (class, model) in two heaps, by fairness and by age, kept current as heads and services
+change (stale entries are skipped when they surface), so a decision costs O(classes × models ×
+log lanes): independent of how many requests wait and of the fleet's size. Removal is O(1)
+(lazy: a removed request stays in its lane until it reaches the head).
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 
 from services.scheduler.core.types import PendingRequest, Priority
 
 Lane = deque[PendingRequest]
+LaneKey = tuple[Priority, str, str]  # (class, model, tenant)
+
+
+_AT_OR_ABOVE = {p: tuple(q for q in Priority if q <= p) for p in Priority}
 
 
 class QueueFull(Exception):
@@ -35,30 +42,45 @@ class FairShare:
 
     def __init__(self) -> None:
         self._service: dict[Priority, dict[str, float]] = {p: {} for p in Priority}
+        # told when a tenant's service falls (a rise is picked up lazily, see RequestQueue)
+        self.on_fall: Callable[[Priority, str], None] = lambda priority, tenant: None
 
     def service(self, priority: Priority, tenant: str) -> float:
         return self._service[priority].get(tenant, 0.0)
 
+    def services(self, priority: Priority) -> Mapping[str, float]:
+        return self._service[priority]
+
     def joined(self, priority: Priority, tenant: str, backlogged: Iterator[str]) -> None:
         floor = min((self.service(priority, t) for t in backlogged), default=None)
-        if floor is not None:
-            self._service[priority][tenant] = max(self.service(priority, tenant), floor)
+        if floor is not None and floor > self.service(priority, tenant):
+            self._service[priority][tenant] = floor
 
     def charge(self, priority: Priority, tenant: str, weight: float, tokens: float) -> None:
         """Adds `tokens` (negative: a correction) of service, divided by the weight."""
         table = self._service[priority]
         table[tenant] = table.get(tenant, 0.0) + tokens / max(weight, 1e-6)
+        if tokens < 0:
+            self.on_fall(priority, tenant)
 
 
 class RequestQueue:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._lanes: dict[Priority, dict[tuple[str, str], Lane]] = {p: {} for p in Priority}
+        self._lanes: dict[LaneKey, Lane] = {}
         self._by_id: dict[str, PendingRequest] = {}
         self._backlog: dict[Priority, dict[str, int]] = {p: {} for p in Priority}
         self._per_model: dict[tuple[Priority, str], int] = {}
         self._sequence = itertools.count()
+        # per (class, model): lane heads by (service, arrival) and by arrival; an entry holds
+        # its lane's version when pushed and is stale once the lane's head or service moved
+        self._by_fairness: dict[tuple[Priority, str], list] = {}
+        self._by_age: dict[tuple[Priority, str], list] = {}
+        self._versions: dict[LaneKey, int] = {}
+        self._tenant_models: dict[tuple[Priority, str], set[str]] = {}  # lanes of a tenant
+        self._stamp = itertools.count()
         self.fair = FairShare()
+        self.fair.on_fall = self._service_fell
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -75,16 +97,24 @@ class RequestQueue:
         if request.request_id in self._by_id:
             raise ValueError(f"request {request.request_id} already queued")
         queued = replace(request, sequence=next(self._sequence))
-        p, tenant = queued.priority, queued.tenant_id
+        p, model, tenant = queued.priority, queued.model_id, queued.tenant_id
         backlog = self._backlog[p]
-        if not backlog.get(tenant):
-            self.fair.joined(p, tenant, (t for t, n in backlog.items() if n))
+        joining = not backlog.get(tenant)
         backlog[tenant] = backlog.get(tenant, 0) + 1
-        key = (p, queued.model_id)
+        key = (p, model)
         self._per_model[key] = self._per_model.get(key, 0) + 1
-        lane = self._lanes[p].setdefault((queued.model_id, tenant), deque())
-        _insert_in_order(lane, queued)
         self._by_id[queued.request_id] = queued
+        lane_key = (p, model, tenant)
+        lane = self._lanes.get(lane_key)
+        if lane is None:
+            lane = self._lanes[lane_key] = deque()
+            self._tenant_models.setdefault((p, tenant), set()).add(model)
+        head = lane[0] if lane else None
+        _insert_in_order(lane, queued)
+        if joining:  # may raise its service (picked up lazily)
+            self.fair.joined(p, tenant, (t for t, n in backlog.items() if n and t != tenant))
+        if lane[0] is not head:
+            self._index(lane_key)
         return queued
 
     def remove(self, request_id: str) -> PendingRequest | None:
@@ -93,28 +123,51 @@ class RequestQueue:
         if request is not None:
             self._backlog[request.priority][request.tenant_id] -= 1
             self._per_model[(request.priority, request.model_id)] -= 1
+            lane_key = (request.priority, request.model_id, request.tenant_id)
+            lane = self._lanes.get(lane_key)
+            if lane and lane[0] is request:
+                self._index(lane_key)
         return request
 
     def pop_next(
         self,
-        can_serve: Callable[[PendingRequest], bool],
+        room: Mapping[str, float],
         now: float = 0.0,
         starvation_bound_s: float | None = None,
     ) -> PendingRequest | None:
-        """Removes and returns the request to serve next among those `can_serve` accepts."""
-        heads = {p: [h for h in self._heads(p) if can_serve(h)] for p in Priority}
+        """Removes and returns the request to serve next among those that fit `room` (per
+        model, the most KV tokens one more lease may take; absent: no slot free)."""
+        rooms: dict[str, float] = {}
+        open_keys = []
+        for key, n in self._per_model.items():
+            if n:
+                model = key[1]
+                free = (
+                    rooms[model] if model in rooms else rooms.setdefault(model, room.get(model, -1))
+                )
+                if free >= 0:
+                    open_keys.append((key, free))
         if starvation_bound_s is not None:
             starved = [
-                h for hs in heads.values() for h in hs if now - h.enqueued_at > starvation_bound_s
+                head
+                for key, free in open_keys
+                if (head := self._oldest(key)) is not None
+                and now - head.enqueued_at > starvation_bound_s
+                and head.kv_tokens <= free
             ]
             if starved:
                 return self._take(min(starved, key=lambda r: r.order))
-        for priority in Priority:
-            if heads[priority]:
-                fair = self.fair.service
-                chosen = min(heads[priority], key=lambda r: (fair(priority, r.tenant_id), r.order))
-                return self._take(chosen)
-        return None
+        best, best_key = None, None
+        for (priority, model), free in open_keys:
+            if best is not None and priority > best.priority:
+                continue
+            head = self._fairest(priority, model, free)
+            if head is None:
+                continue
+            key = (priority, self.fair.service(priority, head.tenant_id), head.order)
+            if best_key is None or key < best_key:
+                best, best_key = head, key
+        return self._take(best) if best is not None else None
 
     def evict_newest(self, below: Priority) -> PendingRequest | None:
         """Sheds one request of a class lower than `below`, the lowest class first: the newest
@@ -126,8 +179,8 @@ class RequestQueue:
                 continue
             tails = [
                 tail
-                for (_, lane_tenant), lane in self._lanes[priority].items()
-                if lane_tenant == tenant and (tail := self._live_tail(lane)) is not None
+                for model in self._tenant_models.get((priority, tenant), ())
+                if (tail := self._live_tail((priority, model, tenant))) is not None
             ]
             if tails:
                 return self.remove(max(tails, key=lambda r: r.order).request_id)
@@ -140,17 +193,20 @@ class RequestQueue:
 
     def ahead_of(self, model_id: str, priority: Priority) -> int:
         """Requests for the model waiting in `priority` or a higher class."""
-        return sum(self._per_model.get((p, model_id), 0) for p in Priority if p <= priority)
+        count, get = 0, self._per_model.get
+        for p in _AT_OR_ABOVE[priority]:
+            count += get((p, model_id), 0)
+        return count
 
     def backlog(self) -> dict[tuple[Priority, str], tuple[int, float]]:
         """Per (class, model) with requests waiting: how many, and the arrival time of the
-        oldest (a lane head: lanes are FIFO). O(lanes), not O(requests)."""
-        oldest: dict[tuple[Priority, str], float] = {}
-        for priority in Priority:
-            for head in self._heads(priority):
-                key = (priority, head.model_id)
-                oldest[key] = min(oldest.get(key, head.enqueued_at), head.enqueued_at)
-        return {key: (n, oldest[key]) for key, n in self._per_model.items() if n and key in oldest}
+        oldest (a lane head: lanes are FIFO). O(classes × models)."""
+        counts = {}
+        for key, n in self._per_model.items():
+            oldest = self._oldest(key) if n else None
+            if oldest is not None:
+                counts[key] = (n, oldest.enqueued_at)
+        return counts
 
     def requests(self) -> Iterator[PendingRequest]:
         """Every waiting request, in no particular order."""
@@ -173,36 +229,97 @@ class RequestQueue:
         """Models with at least one waiting request."""
         return {m for (_, m), n in self._per_model.items() if n}
 
-    def blocked_heads(self, can_serve: Callable[[PendingRequest], bool]) -> list[PendingRequest]:
-        """Lane heads that cannot be served now, highest class first."""
-        return [h for p in Priority for h in self._heads(p) if not can_serve(h)]
+    def waiting(self, priority: Priority) -> Iterator[tuple[str, int]]:
+        """(model, requests waiting) for each model with requests of this class."""
+        return ((m, n) for (p, m), n in self._per_model.items() if p is priority and n)
 
+    def blocked(self, priority: Priority, model: str, room: Mapping[str, float]) -> bool:
+        """Whether the fairest waiting request of (class, model) does not fit `room` (a
+        model's most KV tokens one more lease may take; absent: no slot free)."""
+        head = self._fairest(priority, model, float("inf"))
+        return head is not None and head.kv_tokens > room.get(model, -1)
+
+    # -- the head indexes ------------------------------------------------------------------
     def _take(self, request: PendingRequest) -> PendingRequest:
-        lane = self._lanes[request.priority][(request.model_id, request.tenant_id)]
-        lane.popleft()
+        lane_key = (request.priority, request.model_id, request.tenant_id)
+        self._lanes[lane_key].popleft()
         self.remove(request.request_id)
+        self._index(lane_key)
         self.fair.charge(
             request.priority, request.tenant_id, request.tenant_weight, request.charge_estimate
         )
         return request
 
-    def _heads(self, priority: Priority) -> list[PendingRequest]:
-        lanes = self._lanes[priority]
-        heads = []
-        for key in list(lanes):
-            lane = lanes[key]
-            while lane and self._by_id.get(lane[0].request_id) is not lane[0]:
-                lane.popleft()  # removed earlier
-            if lane:
-                heads.append(lane[0])
-            else:
-                del lanes[key]
-        return heads
+    def _live_head(self, lane_key: LaneKey) -> PendingRequest | None:
+        lane = self._lanes.get(lane_key)
+        while lane and self._by_id.get(lane[0].request_id) is not lane[0]:
+            lane.popleft()  # removed earlier
+        return lane[0] if lane else None
 
-    def _live_tail(self, lane: Lane) -> PendingRequest | None:
+    def _live_tail(self, lane_key: LaneKey) -> PendingRequest | None:
+        lane = self._lanes.get(lane_key)
         while lane and self._by_id.get(lane[-1].request_id) is not lane[-1]:
             lane.pop()
         return lane[-1] if lane else None
+
+    def _index(self, lane_key: LaneKey) -> None:
+        """Indexes a lane's live head again (its head or its tenant's service changed)."""
+        version = next(self._stamp)
+        self._versions[lane_key] = version
+        head = self._live_head(lane_key)
+        p, model, tenant = lane_key
+        if head is None:
+            del self._lanes[lane_key]
+            del self._versions[lane_key]
+            self._tenant_models[(p, tenant)].discard(model)
+            return
+        service = self.fair.service(p, tenant)
+        heapq.heappush(
+            self._by_fairness.setdefault((p, model), []), (service, head.order, version, tenant)
+        )
+        heapq.heappush(self._by_age.setdefault((p, model), []), (head.order, version, tenant))
+
+    def _service_fell(self, priority: Priority, tenant: str) -> None:
+        """Its lanes move up: indexed again now. (A service that rises moves a lane down;
+        its entries are re-keyed when they reach the top.)"""
+        for model in list(self._tenant_models.get((priority, tenant), ())):
+            self._index((priority, model, tenant))
+
+    def _fairest(self, priority: Priority, model: str, room: float) -> PendingRequest | None:
+        """The head of least service (then oldest) among the lanes of (class, model) whose
+        KV tokens fit `room`."""
+        heap = self._by_fairness.get((priority, model))
+        services = self.fair.services(priority)
+        passed, found = [], None
+        while heap:
+            entry = heap[0]
+            tenant = entry[3]
+            if self._versions.get((priority, model, tenant)) != entry[2]:
+                heapq.heappop(heap)  # stale: its lane was indexed again since
+                continue
+            service = services.get(tenant, 0.0)
+            if service != entry[0]:  # its tenant was served since: re-keyed, looked at later
+                heapq.heapreplace(heap, (service, *entry[1:]))
+                continue
+            head = self._lanes[(priority, model, tenant)][0]
+            if head.kv_tokens <= room:
+                found = head
+                break
+            passed.append(heapq.heappop(heap))
+        for entry in passed:
+            heapq.heappush(heap, entry)
+        return found
+
+    def _oldest(self, key: tuple[Priority, str]) -> PendingRequest | None:
+        """The oldest head among the lanes of (class, model)."""
+        heap = self._by_age.get(key)
+        priority, model = key
+        while heap:
+            _, version, tenant = heap[0]
+            if self._versions.get((priority, model, tenant)) == version:
+                return self._lanes[(priority, model, tenant)][0]
+            heapq.heappop(heap)
+        return None
 
 
 def _insert_in_order(lane: Lane, request: PendingRequest) -> None:

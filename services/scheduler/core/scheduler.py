@@ -18,13 +18,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from services.common.errors import NotFound, Unavailable
-from services.scheduler.core import deadlines, model_placement, preemption
+from services.scheduler.core import deadlines, preemption
 from services.scheduler.core.admission import AdmissionControl
 from services.scheduler.core.autoscaling import Autoscaler, ScalingDecision
 from services.scheduler.core.changes import Changes, EndedLease, FailReason
-from services.scheduler.core.leases import LeaseTable, fits
+from services.scheduler.core.leases import LeaseTable
 from services.scheduler.core.ledger import Ledger
 from services.scheduler.core.load_signals import model_loads, model_views
+from services.scheduler.core.model_placement import ModelPlacer
 from services.scheduler.core.queue import RequestQueue
 from services.scheduler.core.rates import EventRates
 from services.scheduler.core.settings import CoreSettings
@@ -65,9 +66,8 @@ class SchedulerCore:
             admission, self._queue, self._leases, self._rate, self._available, self._warm
         )
         self._autoscaler = Autoscaler(settings.autoscaling, clock)
-        self._loading = model_placement.PendingLoads(dispatch.load_timeout_s)
+        self._placer = ModelPlacer(dispatch.load_timeout_s, self._leases.worker)
         self._advertised: dict[str, ModelCatalogEntry] = {}
-        self._preempting: dict[str, str] = {}  # lease → model
         # models an actuator starts workers for: with no worker they are queued, not refused
         self._autoscaled = frozenset(
             m
@@ -190,6 +190,7 @@ class SchedulerCore:
         record = self._leases.upsert_worker(worker_id, address, gpu_id, slots, self.clock())
         record.loadable = dict(loadable or {})
         record.memory_budget = memory_budget
+        self._placer.worker_changed(record)
         running = list(running)
         gone = self._leases.started_on(worker_id) - {lease.lease_id for lease in running}
         for lease in running:
@@ -287,18 +288,19 @@ class SchedulerCore:
         changed), serving the queue in order while requests fit somewhere (not while
         recovering), and the preemption check."""
         if place:
-            changes.commands += self._plan_placement()
+            changes.commands += self._placer.plan(
+                self._queue.models(), self._leases.room(), self._catalog_bytes(), self.clock()
+            )
         if not self.recovering():
             now = self.clock()
             start_by = now + self.settings.lease_expiry_s
             bound = self.settings.dispatch.starvation_bound_s or None  # 0: strict priority
-            while request := self._queue.pop_next(fits(self._leases.room()), now, bound):
+            while request := self._queue.pop_next(self._leases.room(), now, bound):
                 lease = self._leases.grant(request, now, start_by)
                 assert lease is not None  # pop_next only returns requests that fit
                 changes.granted.append((request, lease))
         if self.settings.dispatch.preemption:
-            victims = preemption.choose_victims(self._queue, self._leases, self._preempting)
-            self._preempting.update((lease.lease_id, lease.model_id) for lease in victims)
+            victims = preemption.choose_victims(self._queue, self._leases)
             changes.commands += [RevokeLease(v.worker_id, v.lease_id) for v in victims]
         return changes
 
@@ -312,7 +314,6 @@ class SchedulerCore:
     ) -> Lease | None:
         """Ends one lease, once; None if it had ended already. `reported`: the usage is the
         worker's (else it is what a router says it streamed, charged but not reported)."""
-        self._preempting.pop(lease_id, None)
         lease = self._leases.release(lease_id)
         if lease is None:
             return None
@@ -329,6 +330,7 @@ class SchedulerCore:
         for lease_id in sorted(record.leases) if record is not None else []:
             self._end(lease_id, Outcome.LOST, None, changes)
         self._leases.remove_worker(worker_id)
+        self._placer.worker_left(worker_id)
         self._take_orphans(changes)
 
     def _take_orphans(self, changes: Changes) -> None:
@@ -340,23 +342,6 @@ class SchedulerCore:
             for r in self._queue.take_waiting(m)
         ]
         changes.fail(orphans, FailReason.ORPHANED)
-
-    def _plan_placement(self) -> list[model_placement.Command]:
-        """Load (and unload) commands that give starved models a worker. A load stays
-        pending until a heartbeat shows the model on the worker, or `load_timeout_s`."""
-        now = self.clock()
-        self._loading.expire(self._leases.worker, now)
-        waiting = self._queue.models()
-        if not waiting:
-            return []
-        room = self._leases.room()
-        starved = {m for m in waiting if m not in room and m not in self._loading}
-        if not starved:
-            return []
-        workers, loading = self._leases.workers(), self._loading.models()
-        commands = model_placement.plan(workers, starved, waiting, loading, self._catalog_bytes())
-        self._loading.sent(commands, now)
-        return commands
 
     def _autoscale(self) -> list[ScalingDecision]:
         """Desired worker counts per catalog model (see core.autoscaling); the settled ones
@@ -379,14 +364,11 @@ class SchedulerCore:
         starts workers for it; or workers may still be re-registering (recovering)."""
         if self._warm(model_id) or model_id in self._autoscaled or self.recovering():
             return True
-        catalog_bytes = self._catalog_bytes()
-        return any(
-            model_placement.can_host(w, model_id, catalog_bytes) for w in self._leases.workers()
-        )
+        return self._placer.can_host(model_id, self._catalog_bytes())
 
     def _warm(self, model_id: str) -> bool:
         """Some live worker has the model (ready or loading) or was told to load it."""
-        return self._leases.serves(model_id) or model_id in self._loading
+        return self._leases.serves(model_id) or model_id in self._placer.loading
 
     def _entries(self) -> dict[str, ModelCatalogEntry]:
         """Every known model: the catalog, and models workers advertised beyond it."""

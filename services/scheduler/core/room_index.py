@@ -1,0 +1,86 @@
+"""Where one more lease fits, per model, kept current as leases and workers change.
+
+Per model two heaps of the workers that take leases for it now (accepting, model ready, a
+slot free): one by KV room (the most KV tokens one more lease may reserve: does a request
+fit anywhere?) and one by load (the least loaded worker, the default placement). A worker is
+indexed again when its slots, its leases or its state change (`touch`), an O(models of the
+worker × log W) step; entries it had before are stale and skipped when they reach the top.
+So a decision asks the index in O(log W) instead of scanning the model's workers, and a
+heartbeat that changes nothing costs nothing here.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Iterator
+
+from services.scheduler.core.types import WorkerRecord
+
+COMPACT_FACTOR = 4  # a heap with this many times more entries than workers is rebuilt
+
+
+class RoomIndex:
+    def __init__(self, worker: Callable[[str], WorkerRecord | None]) -> None:
+        self._worker = worker
+        self._versions: dict[tuple[str, str], int] = {}  # (worker, model) → last indexed
+        self._by_room: dict[str, list] = {}  # model → [(-kv_room, version, worker)]
+        self._by_load: dict[str, list] = {}  # model → [(-free, -kv_room, leases, v, worker)]
+        self._stamp = itertools.count()
+
+    def touch(self, worker: WorkerRecord) -> None:
+        """Indexes a worker again for each of its models."""
+        for model_id in worker.models:
+            self._index(worker, model_id)
+
+    def forget(self, worker_id: str, models: Iterator[str]) -> None:
+        """A worker left, or stopped serving these models: its entries become stale."""
+        for model_id in models:
+            self._versions.pop((worker_id, model_id), None)
+
+    def room(self, model_id: str) -> float:
+        """The most KV tokens one more lease of the model may reserve on any worker; -1
+        when no worker has a free slot for it."""
+        heap = self._by_room.get(model_id)
+        while heap:
+            negative_room, version, worker_id = heap[0]
+            if self._versions.get((worker_id, model_id)) == version:
+                return -negative_room
+            heapq.heappop(heap)
+        return -1
+
+    def least_loaded(self, model_id: str, kv_tokens: int, avoid: str) -> WorkerRecord | None:
+        """The worker with the most free slots, then KV room, then fewest leases, if it fits
+        `kv_tokens` and is not `avoid`; None otherwise (the caller then looks further)."""
+        heap = self._by_load.get(model_id)
+        while heap:
+            entry = heap[0]
+            worker_id = entry[4]
+            if self._versions.get((worker_id, model_id)) != entry[3]:
+                heapq.heappop(heap)
+                continue
+            fits = -entry[1] >= kv_tokens and worker_id != avoid
+            return self._worker(worker_id) if fits else None
+        return None
+
+    def _index(self, worker: WorkerRecord, model_id: str) -> None:
+        key = (worker.worker_id, model_id)
+        version = next(self._stamp)
+        self._versions[key] = version
+        slots = worker.models[model_id]
+        room = slots.kv_room() if worker.accepts_leases and slots.ready else -1
+        if room < 0:
+            return
+        by_room = self._by_room.setdefault(model_id, [])
+        by_load = self._by_load.setdefault(model_id, [])
+        heapq.heappush(by_room, (-room, version, worker.worker_id))
+        entry = (-slots.free, -room, len(worker.leases), version, worker.worker_id)
+        heapq.heappush(by_load, entry)
+        if len(by_load) > COMPACT_FACTOR * len(self._versions) + 64:
+            self._compact(model_id)
+
+    def _compact(self, model_id: str) -> None:
+        for heaps in (self._by_room, self._by_load):
+            live = [e for e in heaps[model_id] if self._versions.get((e[-1], model_id)) == e[-2]]
+            heapq.heapify(live)
+            heaps[model_id] = live
