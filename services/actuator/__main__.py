@@ -56,7 +56,11 @@ async def main(config: ActuatorConfig) -> None:
         devices_from(config.gpus, config.cpu_slot_count, config.cpu_fallback, config.cpu_per_model),
         SchedulerStatus(config),
         Launcher(
-            config_path, config.scheduler_address, Path(config.log_dir), config.stop_timeout_s
+            config_path,
+            config.scheduler_address,
+            Path(config.log_dir),
+            config.stop_timeout_s,
+            cpu_threads=config.cpu_threads_per_worker,
         ),
     )
     stop = asyncio.Event()

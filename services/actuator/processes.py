@@ -77,7 +77,9 @@ class Launcher:
         log_dir: Path,
         shutdown_grace_s: float,
         echo: bool = True,
+        cpu_threads: int = 0,  # threads of a CPU worker's model; 0: torch's default
     ) -> None:
+        self.cpu_threads = cpu_threads
         self.config_path = config_path
         self.scheduler_address = scheduler_address
         self.log_dir = log_dir
@@ -125,6 +127,8 @@ class Launcher:
         else:
             args += ["--device", "cpu"]
             env["CUDA_VISIBLE_DEVICES"] = ""
+            if self.cpu_threads:
+                env["WORKER_TORCH_THREADS"] = str(self.cpu_threads)
         return args, env
 
     async def _pump_output(self, worker: ManagedWorker) -> None:

@@ -63,3 +63,15 @@ def test_a_real_model_gets_no_second_cpu_worker_but_a_simulated_one_does():
         Start("m", "gpu-0"),
         Start("m", "cpu"),
     ]
+
+
+def test_cpu_workers_of_a_real_model_are_bounded_by_the_cores_and_their_threads():
+    from services.actuator.config import cpu_workers_for
+
+    assert cpu_workers_for(cores=2, threads_per_worker=0) == 1  # torch's default: every core
+    assert cpu_workers_for(cores=64, threads_per_worker=0) == 1
+    assert cpu_workers_for(cores=64, threads_per_worker=8) == 8
+    assert cpu_workers_for(cores=2, threads_per_worker=4) == 1
+    bounded = Devices((), 16, cpu_per_model=cpu_workers_for(cores=16, threads_per_worker=8))
+    started = reconcile({"m": 5}, [], bounded)
+    assert started == [Start("m", "cpu"), Start("m", "cpu")]  # 16 cores hold two 8-thread workers
