@@ -11,7 +11,7 @@ setup:            ## create .venv and install everything (idempotent)
 protos: setup     ## generate Python stubs and .pyi files into gen/
 	./scripts/gen_protos.sh
 
-up: protos        ## start scheduler, $(WORKERS) worker(s) and router on localhost; Ctrl-C stops
+up: protos        ## start the system on localhost (WORKERS=N fixed workers, POOLS=N pools); Ctrl-C stops
 	./scripts/up.sh
 
 test: protos      ## unit, service and integration tests (real model on CPU)

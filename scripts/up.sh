@@ -5,10 +5,13 @@
 # call it, and stops everything cleanly on Ctrl-C (workers drain first). WORKERS=N instead
 # starts N fixed workers serving every model, with autoscaling off. Every process runs under
 # scripts/supervise.py: one that dies is restarted, the others keep serving. Logs go to the
-# terminal (prefixed) and to $RUN_DIR/<service>.log (default .run).
+# terminal (prefixed) and to $RUN_DIR/<service>.log (default .run). POOLS=N splits the models
+# into N pools (scripts/pools_config.py), each with its own scheduler and actuator; the router
+# sends each model to its pool's scheduler.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKERS="${WORKERS:-}"
+POOLS="${POOLS:-1}"
 CONFIG="${CONFIG:-deploy/local/config.toml}"
 RUN_DIR="${RUN_DIR:-.run}"
 WORKER_BASE_PORT="${WORKER_BASE_PORT:-50061}"
@@ -26,19 +29,36 @@ gpus=0
 if command -v nvidia-smi >/dev/null 2>&1; then gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true); fi
 
 service() { echo "$1=$PY -u -m $2 --config $CONFIG ${*:3}"; }
-procs=(--process "$(service scheduler services.scheduler)")
-if [[ -n "$WORKERS" ]]; then
+# models with min_workers >= 1 are started at once; the others scale from zero on demand
+kept_warm() { "$PY" -c 'import sys, tomllib; print(",".join(m["id"] for m in tomllib.load(open(sys.argv[1], "rb"))["models"] if m.get("min_workers", 1) >= 1))' "$CONFIG"; }
+procs=()
+warm=()
+if (( POOLS > 1 )); then
+  [[ -z "$WORKERS" ]] || { echo "POOLS and WORKERS do not mix: a pool's workers follow its actuator" >&2; exit 2; }
+  "$PY" scripts/pools_config.py --pools "$POOLS" --config "$CONFIG" --out "$RUN_DIR/pools.toml" >"$RUN_DIR/pools.txt"
+  CONFIG="$RUN_DIR/pools.toml"
+  k=0
+  while read -r name port models; do
+    pool=""; [[ "$name" == default ]] || pool="$name"
+    step=$((k * 100))
+    procs+=(--process "$(service "scheduler-$name" services.scheduler "--pool '$pool' --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$((9092 + step))")")
+    procs+=(--process "actuator-$name=env ACTUATOR_WORKER_BASE_PORT=$((WORKER_BASE_PORT + step)) ACTUATOR_METRICS_BASE_PORT=$((WORKER_METRICS_BASE_PORT + step)) ACTUATOR_WORKER_ID_PREFIX=local-$name ACTUATOR_POOL=$pool $PY -u -m services.actuator --config $CONFIG --scheduler 127.0.0.1:$port")
+    echo "==> pool $name: scheduler 127.0.0.1:$port, models $models"
+    k=$((k + 1))
+  done <"$RUN_DIR/pools.txt"
+  warm=(--models "$(kept_warm)")
+elif [[ -n "$WORKERS" ]]; then
+  procs+=(--process "$(service scheduler services.scheduler)")
   export SCHEDULER_AUTOSCALING_ENABLED=false
   for ((i=0; i<WORKERS; i++)); do
     args="--listen 127.0.0.1:$((WORKER_BASE_PORT + i)) --metrics-listen 127.0.0.1:$((WORKER_METRICS_BASE_PORT + i))"
     if (( gpus > 0 )); then args+=" --gpu-index $((i % gpus))"; fi
     procs+=(--process "$(service "worker-$i" services.gpu_worker "$args")")
   done
-  warm=()
 else
+  procs+=(--process "$(service scheduler services.scheduler)")
   procs+=(--process "$(service actuator services.actuator)")  # its workers log to .run/<id>.log
-  # models with min_workers >= 1 are started at once; the others scale from zero on demand
-  warm=(--models "$("$PY" -c 'import sys, tomllib; print(",".join(m["id"] for m in tomllib.load(open(sys.argv[1], "rb"))["models"] if m.get("min_workers", 1) >= 1))' "$CONFIG")")
+  warm=(--models "$(kept_warm)")
 fi
 procs+=(--process "$(service router services.router)")
 

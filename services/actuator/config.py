@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.catalog import ModelSpec, parse_catalog
+from services.common.catalog import ModelSpec, pool_catalog
 from services.common.config import load_section, require
 from services.common.tls import SecuritySettings
 
@@ -26,6 +26,7 @@ class ActuatorConfig(SecuritySettings):
     # default, every core, so one such worker already uses the whole machine
     cpu_threads_per_worker: int = 0
     worker_id_prefix: str = "local"  # workers are named <prefix>-<model>-<n>
+    pool: str = ""  # it starts workers for the [[models]] of this pool ("": the default one)
     worker_host: str = "127.0.0.1"  # workers listen (and are reached) on this host
     worker_base_port: int = 50061  # workers listen on base, base+1, ...; 0: any free port
     metrics_base_port: int = 9093  # workers' /metrics on base, base+1, ...; 0: none
@@ -68,11 +69,6 @@ def cpu_workers_for(cores: int, threads_per_worker: int) -> int:
 def load(
     data: Mapping[str, Any], env: Mapping[str, str], overrides: Mapping[str, Any]
 ) -> ActuatorConfig:
-    return load_section(
-        ActuatorConfig,
-        data.get("actuator", {}),
-        env,
-        "ACTUATOR",
-        overrides,
-        catalog=parse_catalog(data.get("models", [])),
-    )
+    section = data.get("actuator", {})
+    catalog = pool_catalog(data, section, env, "ACTUATOR", overrides)
+    return load_section(ActuatorConfig, section, env, "ACTUATOR", overrides, catalog=catalog)

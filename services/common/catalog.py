@@ -69,6 +69,7 @@ class ModelSpec:
     memory_bytes: int = 0  # device memory the weights need, for placement; 0: unknown
     min_workers: int = 1  # autoscaling bounds on the workers serving it; 0: scale to zero
     max_workers: int = 1
+    pool: str = ""  # the pool of schedulers and workers that serves it; "": the default pool
     # transformers engine
     source: str = ""  # "package:<python package>" or a local model directory
     gguf_file: str = ""
@@ -144,3 +145,16 @@ def parse_catalog(entries: list[Mapping[str, Any]]) -> dict[str, ModelSpec]:
             raise ConfigError(f"[[models]] duplicate id {spec.model_id!r}")
         specs[spec.model_id] = spec
     return specs
+
+
+def pool_catalog(
+    data: Mapping[str, Any],
+    section: Mapping[str, Any],
+    env: Mapping[str, str],
+    env_prefix: str,
+    overrides: Mapping[str, Any],
+) -> dict[str, ModelSpec]:
+    """The [[models]] of the pool a scheduler or an actuator serves: its `pool` from the
+    flags, `<PREFIX>_POOL` or its section, in that order ("": the default pool)."""
+    pool = overrides.get("pool") or env.get(f"{env_prefix}_POOL") or section.get("pool", "")
+    return {m: s for m, s in parse_catalog(data.get("models", [])).items() if s.pool == pool}

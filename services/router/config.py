@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.catalog import parse_catalog
 from services.common.config import ConfigError, is_loopback, load_section, require
 from services.common.tls import SecuritySettings, TlsFiles
 from services.router.ratelimit import Limits
@@ -44,7 +45,11 @@ class RouterConfig(SecuritySettings):
     http_listen: str = "127.0.0.1:8000"  # JSON and OpenAI-compatible HTTP API; empty: off
     cache_max_entries: int = 0  # response cache for greedy requests, per tenant; 0: off
     cache_ttl_s: float = 300.0
-    scheduler_address: str = "127.0.0.1:50052"
+    scheduler_address: str = "127.0.0.1:50052"  # the scheduler of the default pool
+    # [router.pools]: the scheduler of each other pool (name = "host:port"); a model goes to
+    # the pool its [[models]] entry names
+    pools: dict[str, str] = field(default_factory=dict)
+    model_pools: dict[str, str] = field(default_factory=dict)  # from [[models]] pool
     default_deadline_s: float = 120.0  # when the client sets none
     max_deadline_s: float = 600.0  # longer client deadlines are cut to this
     model_refresh_s: float = 2.0  # how long the model list from the scheduler is reused
@@ -99,11 +104,20 @@ class RouterConfig(SecuritySettings):
         require(self.replicas >= 1, "router.replicas must be >= 1")
         require(self.max_resumes >= 0, "router.max_resumes must be >= 0")
         require(self.scheduler_wait_s >= 0, "router.scheduler_wait_s must be >= 0")
+        for model_id, pool in self.model_pools.items():
+            require(
+                not pool or pool in self.pools,
+                f"model {model_id!r} is in pool {pool!r}, which [router.pools] does not name",
+            )
         public = [a for a in (self.listen, self.http_listen) if a and not is_loopback(a)]
         if self.allow_anonymous and public:
             raise ConfigError(
                 f"router.allow_anonymous is only allowed on loopback addresses, not {public[0]}"
             )
+
+    def scheduler_addresses(self) -> dict[str, str]:
+        """Each pool's scheduler, the default pool ("") included."""
+        return {"": self.scheduler_address, **self.pools}
 
 
 def load(
@@ -112,8 +126,18 @@ def load(
     section = dict(data.get("router", {}))
     tenants = tuple(_tenant(raw) for raw in section.pop("tenants", []))
     defaults = _limits(section.pop("default_limits", {}), "[router.default_limits]")
+    pools = {str(k): str(v) for k, v in section.pop("pools", {}).items()}
+    catalog = parse_catalog(data.get("models", []))
     return load_section(
-        RouterConfig, section, env, "ROUTER", overrides, tenants=tenants, default_limits=defaults
+        RouterConfig,
+        section,
+        env,
+        "ROUTER",
+        overrides,
+        tenants=tenants,
+        default_limits=defaults,
+        pools=pools,
+        model_pools={m: spec.pool for m, spec in catalog.items() if spec.pool},
     )
 
 

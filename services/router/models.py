@@ -1,41 +1,43 @@
-"""What the router asks the scheduler about, reused for a short while: the model list (while
-the scheduler cannot be reached, the last list it gave is used: models rarely change, and a
-request for a known model waits for the scheduler rather than failing at the door; an
-unknown id costs no scheduler call while the list is fresh), and the status views."""
+"""What the router asks the schedulers about, reused for a short while: the model list (while
+a pool's scheduler cannot be reached, the last list it gave is used: models rarely change, and
+a request for a known model waits for its scheduler rather than failing at the door; an
+unknown id costs no scheduler call while the list is fresh), and the status views. With
+several pools (router.pools) both are merged from every pool's scheduler."""
 
 from __future__ import annotations
 
 import time
 
-import grpc
-from inference.v1 import scheduler_pb2_grpc, types_pb2
+from inference.v1 import types_pb2
 
 from services.common.errors import NotFound, Unavailable
+from services.router.pools import Pools, merge_status
+from services.router.scheduler_client import RETRY_AFTER_MS
 
-RETRY_AFTER_MS = 2000  # a scheduler that restarts is back in about this long
 MAX_VIEWS = 4096  # status views kept (one per tenant that asked)
 
 
 class ModelDirectory:
-    def __init__(self, scheduler: scheduler_pb2_grpc.SchedulerStub, refresh_s: float) -> None:
-        self._scheduler = scheduler
+    def __init__(self, pools: Pools, refresh_s: float) -> None:
+        self._pools = pools
         self._refresh_s = refresh_s
-        self._models: dict[str, types_pb2.ModelInfo] = {}
+        self._lists: dict[str, dict[str, types_pb2.ModelInfo]] = {}  # pool → its models
+        self._models: dict[str, types_pb2.ModelInfo] = {}  # every pool's, merged
         self._fetched_at = float("-inf")
 
     async def get(self, model_id: str) -> types_pb2.ModelInfo:
-        """The model's info. Raises NotFound, or Unavailable when the scheduler is down and
-        no list was ever fetched."""
+        """The model's info. Raises NotFound, or Unavailable when its pool's scheduler is
+        down and never gave a list."""
         if self._stale():  # an unknown id costs no scheduler call while the list is fresh
-            try:
-                await self.refresh()
-            except Unavailable:
-                if not self._models:
-                    raise
+            await self._refresh_quietly()
         model = self._models.get(model_id)
-        if model is None:
-            raise NotFound(f"unknown model {model_id!r}; ListModels shows the served models")
-        return model
+        if model is not None:
+            return model
+        pool = self._pools.pool_of(model_id)
+        if pool not in self._lists and (self._pools.configured(model_id) or not self._lists):
+            where = f"pool {pool!r}" if pool else "the scheduler"
+            raise Unavailable(f"{where} has not answered yet; retry later", RETRY_AFTER_MS)
+        raise NotFound(f"unknown model {model_id!r}; ListModels shows the served models")
 
     def known(self, model_id: str) -> bool:
         """Whether the last fetched list has the model (no refresh; for metric labels)."""
@@ -43,32 +45,41 @@ class ModelDirectory:
 
     async def list(self) -> types_pb2.ListModelsResponse:
         if self._stale():
-            try:
-                await self.refresh()
-            except Unavailable:
-                if not self._models:
-                    raise
+            await self._refresh_quietly()
         return types_pb2.ListModelsResponse(models=list(self._models.values()))
 
     async def refresh(self) -> None:
-        try:
-            response = await self._scheduler.ListModels(types_pb2.ListModelsRequest(), timeout=5)
-        except grpc.aio.AioRpcError as exc:
-            raise Unavailable(
-                f"scheduler unavailable ({exc.code().name}); retry later", RETRY_AFTER_MS
-            ) from None
-        self._models = {m.model_id: m for m in response.models}
+        """Asks every pool's scheduler; a pool that does not answer keeps its last list.
+        Raises Unavailable when no pool answered and none ever did."""
+        answers = await self._pools.ask_all("ListModels", types_pb2.ListModelsRequest())
+        failure = None
+        for pool, answer in answers.items():
+            if isinstance(answer, Unavailable):
+                failure = answer
+            else:
+                self._lists[pool] = {m.model_id: m for m in answer.models}
+        self._models = {m: info for models in self._lists.values() for m, info in models.items()}
+        if failure is not None and not self._lists:
+            raise failure
         self._fetched_at = time.monotonic()
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except Unavailable:
+            if not self._models:
+                raise
 
     def _stale(self) -> bool:
         return time.monotonic() - self._fetched_at > self._refresh_s
 
 
 class StatusViews:
-    """GetStatus answers, per view (a tenant's own, or "" for the fleet), reused `ttl_s`."""
+    """GetStatus answers, per view (a tenant's own, or "" for the fleet), merged from every
+    pool that answers, reused `ttl_s`."""
 
-    def __init__(self, scheduler: scheduler_pb2_grpc.SchedulerStub, ttl_s: float) -> None:
-        self._scheduler = scheduler
+    def __init__(self, pools: Pools, ttl_s: float) -> None:
+        self._pools = pools
         self._ttl_s = ttl_s
         self._views: dict[str, tuple[float, types_pb2.GetStatusResponse]] = {}
 
@@ -76,14 +87,13 @@ class StatusViews:
         cached = self._views.get(tenant_id)
         if cached is not None and time.monotonic() - cached[0] <= self._ttl_s:
             return cached[1]
-        try:
-            answer = await self._scheduler.GetStatus(
-                types_pb2.GetStatusRequest(tenant_id=tenant_id), timeout=5
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise Unavailable(
-                f"scheduler unavailable ({exc.code().name}); retry later", RETRY_AFTER_MS
-            ) from None
+        answers = await self._pools.ask_all(
+            "GetStatus", types_pb2.GetStatusRequest(tenant_id=tenant_id)
+        )
+        views = [a for a in answers.values() if not isinstance(a, Unavailable)]
+        if not views:
+            raise next(iter(answers.values()))
+        answer = views[0] if len(answers) == 1 else merge_status(views)
         if len(self._views) > MAX_VIEWS:
             self._views.clear()
         self._views[tenant_id] = (time.monotonic(), answer)

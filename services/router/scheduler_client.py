@@ -19,11 +19,11 @@ from inference.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.common import tracing
 from services.common.errors import DeadlineExceeded, Unavailable
 from services.common.status import answered
-from services.router.models import RETRY_AFTER_MS
 
 log = logging.getLogger(__name__)
 
 RETRY_DELAY_S = (0.05, 0.5)  # first and longest pause between resubmissions
+RETRY_AFTER_MS = 2000  # a scheduler that restarts is back in about this long
 
 
 class SchedulerClient:

@@ -20,6 +20,7 @@ from services.router.door import DoorInterceptor, door_options
 from services.router.http_gateway import HttpGateway
 from services.router.metrics import RouterMetrics
 from services.router.models import ModelDirectory
+from services.router.pools import Pools
 from services.router.scheduler_client import SchedulerClient
 from services.router.servicer import RouterServicer
 
@@ -30,19 +31,24 @@ SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 class RouterServer:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
-        self.channel = internal_channel(
-            config.scheduler_address,
-            config.internal_secret,
-            CHANNEL_OPTIONS,
-            config.tls(),
-            peer_role="scheduler",
-        )
-        scheduler = SchedulerClient(
-            scheduler_pb2_grpc.SchedulerStub(self.channel), config.scheduler_wait_s
+        self.channels = {
+            pool: internal_channel(
+                address, config.internal_secret, CHANNEL_OPTIONS, config.tls(), "scheduler"
+            )
+            for pool, address in config.scheduler_addresses().items()
+        }
+        self.pools = Pools(
+            {
+                pool: SchedulerClient(
+                    scheduler_pb2_grpc.SchedulerStub(channel), config.scheduler_wait_s
+                )
+                for pool, channel in self.channels.items()
+            },
+            config.model_pools,
         )
         self.workers = WorkerChannels(config.internal_secret, config.tls())
-        runner = LeasedRun(scheduler.acquire, self.workers, config.max_resumes)
-        self.models = ModelDirectory(scheduler.stub, config.model_refresh_s)
+        runner = LeasedRun(self.pools.acquire, self.workers, config.max_resumes)
+        self.models = ModelDirectory(self.pools, config.model_refresh_s)
         self.metrics = RouterMetrics()
         admission = Admission(config, self.metrics)
         self.grpc = GrpcService(
@@ -62,7 +68,7 @@ class RouterServer:
         router_pb2_grpc.add_RouterServicer_to_server(
             RouterServicer(
                 config,
-                scheduler,
+                self.pools,
                 runner,
                 self.models,
                 admission,
@@ -101,6 +107,7 @@ class RouterServer:
         if self.http is not None:
             await self.http.stop()
         await self.grpc.stop(grace_s)
-        await self.channel.close()
+        for channel in self.channels.values():
+            await channel.close()
         await self.workers.close()
         self.metrics_endpoint.stop()

@@ -24,7 +24,7 @@ from services.router.cache import ResponseCache
 from services.router.config import RouterConfig
 from services.router.metrics import RouterMetrics, StreamObserver
 from services.router.models import ModelDirectory, StatusViews
-from services.router.scheduler_client import SchedulerClient
+from services.router.pools import Pools
 
 REQUEST_ID_HEADER = "x-request-id"
 TRACER = tracing.tracer("services.router")
@@ -35,7 +35,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     def __init__(
         self,
         config: RouterConfig,
-        scheduler: SchedulerClient,
+        pools: Pools,
         runner: LeasedRun,
         models: ModelDirectory,
         admission: Admission,
@@ -43,11 +43,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     ) -> None:
         self._metrics = metrics
         self._config = config
-        self._scheduler = scheduler
         self._runner = runner
         self._models = models
         self._admission = admission
-        self._status = StatusViews(scheduler.stub, config.status_cache_s)
+        self._status = StatusViews(pools, config.status_cache_s)
         self._cache = ResponseCache(config.cache_max_entries, config.cache_ttl_s, time.monotonic)
 
     async def Generate(

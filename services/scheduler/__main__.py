@@ -21,4 +21,6 @@ async def main(config: SchedulerConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_service("scheduler", base_parser("Inference scheduler"), load, main)
+    parser = base_parser("Inference scheduler")
+    parser.add_argument("--pool", help="the pool whose [[models]] this scheduler serves")
+    run_service("scheduler", parser, load, main)

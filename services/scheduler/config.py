@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from services.common.catalog import ModelSpec, parse_catalog
+from services.common.catalog import ModelSpec, pool_catalog
 from services.common.config import ConfigError, load_section, require
 from services.common.tls import SecuritySettings
 from services.scheduler.core.admission import AdmissionRules
@@ -36,6 +36,7 @@ class SchedulerConfig(SecuritySettings):
     heartbeat_interval_ms: int = 1000
     heartbeat_misses: int = 3  # a worker silent this many intervals is declared dead
     max_resumes: int = 3  # for Schedule (deprecated); routers have their own max_resumes
+    pool: str = ""  # this scheduler serves the [[models]] of this pool ("": the default one)
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
     log_format: str = "json"  # json (one object per line) or text
@@ -72,14 +73,9 @@ class SchedulerConfig(SecuritySettings):
 def load(
     data: Mapping[str, Any], env: Mapping[str, str], overrides: Mapping[str, Any]
 ) -> SchedulerConfig:
-    return load_section(
-        SchedulerConfig,
-        nest_flat_keys(data.get("scheduler", {})),
-        env,
-        "SCHEDULER",
-        overrides,
-        catalog=parse_catalog(data.get("models", [])),
-    )
+    section = nest_flat_keys(data.get("scheduler", {}))
+    catalog = pool_catalog(data, section, env, "SCHEDULER", overrides)
+    return load_section(SchedulerConfig, section, env, "SCHEDULER", overrides, catalog=catalog)
 
 
 def nest_flat_keys(section: Mapping[str, Any], warn: bool = True) -> dict[str, Any]:

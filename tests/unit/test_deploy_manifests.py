@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from services.actuator import config as actuator_config
+from services.common.catalog import parse_catalog
 from services.common.config import ConfigError, read_toml
 from services.gpu_worker import config as worker_config
 from services.router import config as router_config
@@ -62,8 +63,12 @@ def worker_model(deployment: dict) -> str:
     return next(e["value"] for e in container["env"] if e["name"] == "WORKER_MODELS")
 
 
+def every_model() -> dict:
+    return parse_catalog(read_toml(CLUSTER_CONFIG)["models"])
+
+
 def test_each_model_has_a_worker_deployment_scaled_by_keda_within_its_bounds(rendered):
-    catalog = scheduler_config.load(read_toml(CLUSTER_CONFIG), {}, SECRET).catalog
+    catalog = every_model()
     workers = {
         name: d
         for name, d in by_kind(rendered, "Deployment").items()
@@ -90,8 +95,41 @@ def test_each_model_has_a_worker_deployment_scaled_by_keda_within_its_bounds(ren
         assert trigger["metadata"]["ignoreNullValues"] == "false"  # no value: keep replicas
 
 
+def test_each_pool_has_its_scheduler_and_its_workers_register_with_it(rendered):
+    router = router_config.load(_with_real_key(read_toml(CLUSTER_CONFIG)), {}, SECRET)
+    schedulers = {
+        name: d
+        for name, d in by_kind(rendered, "Deployment").items()
+        if d["metadata"]["labels"]["app.kubernetes.io/name"] == "scheduler"
+    }
+    services = by_kind(rendered, "Service")
+    for pool, address in router.scheduler_addresses().items():
+        name = address.split(":")[0]
+        [container] = schedulers[name]["spec"]["template"]["spec"]["containers"]
+        assert (
+            container["args"][-2:] == ["--pool", pool]
+            if pool
+            else "--pool" not in container["args"]
+        )
+        selector = services[name]["spec"]["selector"]
+        assert selector["inference.example.com/pool"] == (pool or "default")
+    for deployment in by_kind(rendered, "Deployment").values():
+        if deployment["metadata"]["labels"].get("app.kubernetes.io/name") != "worker":
+            continue
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        pool = every_model()[worker_model(deployment)].pool
+        expected = router.scheduler_addresses()[pool]
+        assert env.get("WORKER_SCHEDULER_ADDRESS", "scheduler:50052") == expected
+
+
+def _with_real_key(data: dict) -> dict:
+    data["router"]["tenants"][0]["api_key_sha256"] = hashlib.sha256(b"a real key").hexdigest()
+    return data
+
+
 def test_gpu_workers_request_one_gpu_each_and_drain_within_their_grace(rendered):
-    catalog = scheduler_config.load(read_toml(CLUSTER_CONFIG), {}, SECRET).catalog
+    catalog = every_model()
     grace = worker_config.load(read_toml(CLUSTER_CONFIG), {}, SECRET).shutdown_grace_s
     for deployment in by_kind(rendered, "Deployment").values():
         pod = deployment["spec"]["template"]["spec"]
@@ -113,11 +151,10 @@ def test_the_cluster_config_loads_for_every_service_once_its_placeholders_are_re
         router_config.load(data, {}, SECRET)
     with pytest.raises(ConfigError, match="INFERENCE_INTERNAL_SECRET"):  # no secret given
         scheduler_config.load(data, {}, {})
-    data["router"]["tenants"][0]["api_key_sha256"] = hashlib.sha256(b"a real key").hexdigest()
-    router = router_config.load(data, {}, SECRET)
+    router = router_config.load(_with_real_key(data), {}, SECRET)
     assert not router.allow_anonymous and router.tenants
     scheduler = scheduler_config.load(data, {}, SECRET)
-    assert scheduler.autoscaling
+    assert scheduler.autoscaling.enabled
     worker = worker_config.load(data, {"WORKER_MODELS": "smollm2-135m"}, SECRET)
     assert worker.model_ids == ["smollm2-135m"] and not worker.load_on_command
     actuator_config.load(data, {}, {})

@@ -99,3 +99,21 @@ def test_flat_keys_of_earlier_releases_still_load_with_a_deprecation_warning(cap
 def test_bad_keys_give_a_clear_error(section, message):
     with pytest.raises(ConfigError, match=message):
         load(section)
+
+
+def test_a_scheduler_serves_the_models_of_its_pool_and_a_router_knows_every_pool():
+    from services.router import config as router_config
+
+    models = [
+        {"id": "a", "engine": "simulated"},
+        {"id": "b", "engine": "simulated", "pool": "big"},
+    ]
+    default = scheduler_config.load({"models": models}, {}, {})
+    big = scheduler_config.load({"models": models}, {"SCHEDULER_POOL": "big"}, {})
+    assert set(default.catalog) == {"a"} and set(big.catalog) == {"b"}
+    router = {"allow_anonymous": True, "pools": {"big": "127.0.0.1:50053"}}
+    config = router_config.load({"router": router, "models": models}, {}, {})
+    assert config.model_pools == {"b": "big"}
+    assert config.scheduler_addresses() == {"": "127.0.0.1:50052", "big": "127.0.0.1:50053"}
+    with pytest.raises(ConfigError, match="does not name"):
+        router_config.load({"router": {"allow_anonymous": True}, "models": models}, {}, {})
