@@ -76,7 +76,8 @@ class RequestQueue:
         # its lane's version when pushed and is stale once the lane's head or service moved
         self._by_fairness: dict[tuple[Priority, str], list] = {}
         self._by_age: dict[tuple[Priority, str], list] = {}
-        self._versions: dict[LaneKey, int] = {}
+        self._versions: dict[LaneKey, int] = {}  # of its head: the age entry's
+        self._fair_versions: dict[LaneKey, int] = {}  # of its head and service
         self._tenant_models: dict[tuple[Priority, str], set[str]] = {}  # lanes of a tenant
         self._stamp = itertools.count()
         self.fair = FairShare()
@@ -263,27 +264,33 @@ class RequestQueue:
         return lane[-1] if lane else None
 
     def _index(self, lane_key: LaneKey) -> None:
-        """Indexes a lane's live head again (its head or its tenant's service changed)."""
-        version = next(self._stamp)
-        self._versions[lane_key] = version
+        """Indexes a lane's live head again (its head changed)."""
         head = self._live_head(lane_key)
         p, model, tenant = lane_key
         if head is None:
             del self._lanes[lane_key]
-            del self._versions[lane_key]
+            self._versions.pop(lane_key, None)
+            self._fair_versions.pop(lane_key, None)
             self._tenant_models[(p, tenant)].discard(model)
             return
-        service = self.fair.service(p, tenant)
-        heapq.heappush(
-            self._by_fairness.setdefault((p, model), []), (service, head.order, version, tenant)
-        )
+        version = next(self._stamp)
+        self._versions[lane_key] = version
         heapq.heappush(self._by_age.setdefault((p, model), []), (head.order, version, tenant))
+        self._index_fairness(lane_key, head)
+
+    def _index_fairness(self, lane_key: LaneKey, head: PendingRequest) -> None:
+        p, model, tenant = lane_key
+        version = next(self._stamp)
+        self._fair_versions[lane_key] = version
+        entry = (self.fair.service(p, tenant), head.order, version, tenant)
+        heapq.heappush(self._by_fairness.setdefault((p, model), []), entry)
 
     def _service_fell(self, priority: Priority, tenant: str) -> None:
-        """Its lanes move up: indexed again now. (A service that rises moves a lane down;
-        its entries are re-keyed when they reach the top.)"""
-        for model in list(self._tenant_models.get((priority, tenant), ())):
-            self._index((priority, model, tenant))
+        """Its lanes move up: their fairness entries are indexed again now. (A service that
+        rises moves a lane down; its entries are re-keyed when they reach the top.)"""
+        for model in self._tenant_models.get((priority, tenant), ()):
+            lane_key = (priority, model, tenant)
+            self._index_fairness(lane_key, self._lanes[lane_key][0])
 
     def _fairest(self, priority: Priority, model: str, room: float) -> PendingRequest | None:
         """The head of least service (then oldest) among the lanes of (class, model) whose
@@ -294,7 +301,7 @@ class RequestQueue:
         while heap:
             entry = heap[0]
             tenant = entry[3]
-            if self._versions.get((priority, model, tenant)) != entry[2]:
+            if self._fair_versions.get((priority, model, tenant)) != entry[2]:
                 heapq.heappop(heap)  # stale: its lane was indexed again since
                 continue
             service = services.get(tenant, 0.0)
