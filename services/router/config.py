@@ -68,6 +68,11 @@ class RouterConfig(SecuritySettings):
     # a request waits this long at most for an unreachable scheduler (restarting) before
     # UNAVAILABLE, within its deadline; about a scheduler restart on Kubernetes
     scheduler_wait_s: float = 30.0
+    # requests this router keeps waiting for a lease from one scheduler at once (a tenth kept
+    # for high priority); more get RESOURCE_EXHAUSTED with a retry hint. One gRPC server
+    # cancels some of its waiting calls past one to two thousand (bench.grpc_waiting_calls):
+    # the routers of a pool together should stay under that
+    max_waiting_per_scheduler: int = 1000
     allow_anonymous: bool = False  # only while listening on loopback (make up turns it on)
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
@@ -104,6 +109,7 @@ class RouterConfig(SecuritySettings):
         require(self.replicas >= 1, "router.replicas must be >= 1")
         require(self.max_resumes >= 0, "router.max_resumes must be >= 0")
         require(self.scheduler_wait_s >= 0, "router.scheduler_wait_s must be >= 0")
+        require(self.max_waiting_per_scheduler >= 1, "router.max_waiting_per_scheduler >= 1")
         for model_id, pool in self.model_pools.items():
             require(
                 not pool or pool in self.pools,

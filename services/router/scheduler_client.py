@@ -11,30 +11,59 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 
 import grpc
-from inference.v1 import scheduler_pb2, scheduler_pb2_grpc
+from inference.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
 from services.common import tracing
-from services.common.errors import DeadlineExceeded, Unavailable
+from services.common.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from services.common.status import answered
 
 log = logging.getLogger(__name__)
 
 RETRY_DELAY_S = (0.05, 0.5)  # first and longest pause between resubmissions
 RETRY_AFTER_MS = 2000  # a scheduler that restarts is back in about this long
+WAITING_RETRY_AFTER_MS = 1000  # when this router's waiting calls are at their cap
+HIGH_RESERVE = 0.1  # of the cap on waiting calls, kept for high-priority requests
 
 
 class SchedulerClient:
-    def __init__(self, stub: scheduler_pb2_grpc.SchedulerStub, wait_s: float) -> None:
+    def __init__(
+        self, stub: scheduler_pb2_grpc.SchedulerStub, wait_s: float, max_waiting: int = 1000
+    ) -> None:
         self.stub = stub
         self._wait_s = wait_s
+        self._max_waiting = max_waiting
+        self._waiting = 0  # Acquire calls this router has open now
 
     async def acquire(
         self, ticket: scheduler_pb2.AcquireRequest, timeout_s: float
     ) -> scheduler_pb2.LeaseGrant:
-        """Scheduler.Acquire, submitted again whenever the scheduler cannot be reached."""
+        """Scheduler.Acquire, submitted again whenever the scheduler cannot be reached.
+        Raises ResourceExhausted when `max_waiting` calls wait already (gRPC would cancel
+        some of the calls of a server holding too many: bench.grpc_waiting_calls)."""
+        if self._waiting >= self._limit(ticket.priority):
+            raise ResourceExhausted(
+                f"{self._waiting} requests are waiting for a lease already; retry later",
+                WAITING_RETRY_AFTER_MS,
+            )
+        self._waiting += 1
+        try:
+            return await self._acquire(ticket, timeout_s)
+        finally:
+            self._waiting -= 1
+
+    def _limit(self, priority: int) -> int:
+        """High-priority requests may use the whole cap; the others leave a share of it."""
+        if priority == types_pb2.PRIORITY_HIGH:
+            return self._max_waiting
+        return max(1, self._max_waiting - math.ceil(self._max_waiting * HIGH_RESERVE))
+
+    async def _acquire(
+        self, ticket: scheduler_pb2.AcquireRequest, timeout_s: float
+    ) -> scheduler_pb2.LeaseGrant:
         started = time.monotonic()
         base_ms = ticket.resubmission.waited_ms if ticket.HasField("resubmission") else 0.0
         delay = RETRY_DELAY_S[0]

@@ -40,7 +40,9 @@ class RouterServer:
         self.pools = Pools(
             {
                 pool: SchedulerClient(
-                    scheduler_pb2_grpc.SchedulerStub(channel), config.scheduler_wait_s
+                    scheduler_pb2_grpc.SchedulerStub(channel),
+                    config.scheduler_wait_s,
+                    config.max_waiting_per_scheduler,
                 )
                 for pool, channel in self.channels.items()
             },

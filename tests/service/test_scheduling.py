@@ -128,3 +128,28 @@ async def test_a_duplicate_queued_request_id_is_invalid(one_slot):
         await stub.Infer(request("sim-slow", max_tokens=1, request_id="dup"))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     await asyncio.gather(blocker, first)
+
+
+async def test_a_router_keeps_at_most_its_cap_of_requests_waiting_for_a_lease():
+    # a cap of 3: medium and low requests may take 2 of it, high ones all 3
+    stack = await start_stack([SLOW], router_overrides={"max_waiting_per_scheduler": 3})
+    try:
+        stub = stack.router_stub()
+        running = asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=20)))
+        await wait_until(lambda: stack.scheduler.coordinator.state.active_leases() == 1)
+        waiting = [
+            asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=1))) for _ in range(2)
+        ]
+        await wait_until(lambda: queued(stack) == 2)
+        with pytest.raises(grpc.aio.AioRpcError) as info:  # a third medium would wait: refused
+            await stub.Infer(request("sim-slow", max_tokens=1))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "waiting for a lease" in info.value.details()
+        assert int(dict(info.value.trailing_metadata())[RETRY_AFTER_KEY]) > 0
+        high = request("sim-slow", max_tokens=1, priority=types_pb2.PRIORITY_HIGH)
+        waiting.append(asyncio.ensure_future(stub.Infer(high)))  # the reserve takes it
+        await asyncio.gather(running, *waiting)
+        answer = await stub.Infer(request("sim-slow", max_tokens=1))  # room again
+        assert answer.completion_tokens == 1
+    finally:
+        await stack.close()
