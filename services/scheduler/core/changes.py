@@ -37,7 +37,7 @@ class Failure:
     error: ServiceError  # what its caller gets
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built per decision; see Lease
 class EndedLease:
     lease: Lease
     outcome: Outcome

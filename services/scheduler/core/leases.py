@@ -13,7 +13,8 @@ away) and is reclaimed (`expired`).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
 
 from services.scheduler.core.room_index import RoomIndex
 from services.scheduler.core.types import (
@@ -29,33 +30,6 @@ from services.scheduler.core.worker_choice import LeastLoaded, PlacementPolicy
 LATENCY_SMOOTHING = 0.2  # weight of the newest sample in a worker's latency average
 
 
-class Room(Mapping[str, float]):
-    """Per model, the most KV tokens one more lease may reserve on any worker; a model is
-    absent when no worker has a free slot for it. Read from the index when asked."""
-
-    def __init__(self, index: RoomIndex, models: Callable[[], Iterable[str]]) -> None:
-        self._index, self._models = index, models
-
-    def __getitem__(self, model_id: str) -> float:
-        room = self._index.room(model_id)
-        if room < 0:
-            raise KeyError(model_id)
-        return room
-
-    def get(self, model_id: str, default=None):
-        room = self._index.room(model_id)
-        return room if room >= 0 else default
-
-    def __contains__(self, model_id: object) -> bool:
-        return isinstance(model_id, str) and self._index.room(model_id) >= 0
-
-    def __iter__(self):
-        return (m for m in self._models() if m in self)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
 class LeaseTable:
     def __init__(self, placement: PlacementPolicy | None = None, id_prefix: str = "lease") -> None:
         self._workers: dict[str, WorkerRecord] = {}
@@ -69,7 +43,7 @@ class LeaseTable:
         self._preempted: set[str] = set()
         self._serving: dict[str, dict[str, WorkerRecord]] = {}  # model → its workers
         self._index = RoomIndex(self._workers.get)
-        self._room = Room(self._index, lambda: self._serving)
+        self._rooms = MappingProxyType(self._index.rooms)  # a read-only live view
         self._by_beat: dict[str, None] = {}  # workers, the longest silent first
         self._unstarted: dict[str, float] = {}  # lease → start-by time, in grant order
 
@@ -169,10 +143,11 @@ class LeaseTable:
         """True if some live worker has the model (ready or loading)."""
         return any(w.state is not WorkerState.UNHEALTHY for w in self._workers_of(model_id))
 
-    def room(self) -> Room:
+    def room(self) -> Mapping[str, float]:
         """Per model, the most KV tokens one more lease may reserve on any worker (absent
-        when no worker has a free slot): a request fits iff its kv_tokens <= this."""
-        return self._room
+        when no worker has a free slot): a request fits iff its kv_tokens <= this. Kept
+        current by the index."""
+        return self._rooms
 
     def grant(
         self, request: PendingRequest, now: float, start_by: float | None = None

@@ -12,8 +12,6 @@ each token it was sent, never twice.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from services.scheduler.core.queue import FairShare
 from services.scheduler.core.types import Lease, PendingRequest, Usage
 
@@ -23,7 +21,7 @@ REMEMBERED_ENDS = 16_384  # recent lease ends kept to settle resubmissions
 class Ledger:
     def __init__(self, fair: FairShare) -> None:
         self._fair = fair
-        self._ends: OrderedDict[str, bool] = OrderedDict()  # lease → reported by its worker
+        self._ends: dict[str, bool] = {}  # lease → reported by its worker, oldest end first
 
     def settle(self, lease: Lease, usage: Usage | None) -> int:
         """Corrects the grant-time charge of an ended lease; returns the tokens it generated
@@ -50,10 +48,11 @@ class Ledger:
             self._fair.charge(priority, tenant, weight, tokens)
 
     def _remember(self, lease_id: str, reported: bool) -> None:
-        self._ends[lease_id] = reported
-        self._ends.move_to_end(lease_id)
-        while len(self._ends) > REMEMBERED_ENDS:
-            self._ends.popitem(last=False)
+        ends = self._ends
+        ends.pop(lease_id, None)  # a lease ends once: this is for a resubmission after it
+        ends[lease_id] = reported
+        if len(ends) > REMEMBERED_ENDS:
+            del ends[next(iter(ends))]
 
 
 def _prompt_of(lease: Lease, usage: Usage | None) -> int:

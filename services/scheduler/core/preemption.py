@@ -19,11 +19,12 @@ def choose_victims(queue: RequestQueue, leases: LeaseTable) -> list[Lease]:
     """The low leases to preempt now (then marked so in the lease table, until released).
     The cheap tests go first: most calls find no low lease to take, or enough being freed."""
     victims: list[Lease] = []
+    room = leases.room()
     for model_id, high in queue.waiting(Priority.HIGH):
         wanted = high - leases.preempting(model_id)
         if wanted <= 0 or not leases.holds(model_id, Priority.LOW):
             continue
-        if not queue.blocked(Priority.HIGH, model_id, leases.room()):
+        if not queue.blocked(Priority.HIGH, model_id, room):
             continue
         low = (
             lease

@@ -7,10 +7,11 @@ and one tenant's backlog never sits in front of another's.
 Choosing the next request looks only at lane heads: aging first (a head older than the
 starvation bound goes before everything younger), then the highest class, then within it the
 tenant with the least weighted service (`FairShare`), oldest head first. The heads are indexed
-per (class, model) in two heaps, by fairness and by age, kept current as heads and services
-change (stale entries are skipped when they surface), so a decision costs O(classes × models ×
-log lanes): independent of how many requests wait and of the fleet's size. Removal is O(1)
-(lazy: a removed request stays in its lane until it reaches the head).
+in heaps, by fairness per (class, model) and by age per model, kept current as heads and
+services change (stale entries are skipped when they surface). So a decision costs
+O(classes × models with room × log lanes): independent of how many requests wait and of the
+fleet's size. Removal is O(1) (lazy: a removed request stays in its lane until it reaches
+the head).
 """
 
 from __future__ import annotations
@@ -70,15 +71,20 @@ class RequestQueue:
         self._lanes: dict[LaneKey, Lane] = {}
         self._by_id: dict[str, PendingRequest] = {}
         self._backlog: dict[Priority, dict[str, int]] = {p: {} for p in Priority}
-        self._per_model: dict[tuple[Priority, str], int] = {}
+        # model → requests waiting for it: [all, high, medium, low] (a Priority indexes it);
+        # a model leaves when none wait
+        self._waiting: dict[str, list[int]] = {}
         self._sequence = itertools.count()
-        # per (class, model): lane heads by (service, arrival) and by arrival; an entry holds
-        # its lane's version when pushed and is stale once the lane's head or service moved
+        # lane heads by (service, arrival) per (class, model), and by arrival per model; an
+        # entry holds its lane's version when pushed and is stale once the lane's head (or
+        # service) moved
         self._by_fairness: dict[tuple[Priority, str], list] = {}
-        self._by_age: dict[tuple[Priority, str], list] = {}
+        self._by_age: dict[str, list] = {}
         self._versions: dict[LaneKey, int] = {}  # of its head: the age entry's
         self._fair_versions: dict[LaneKey, int] = {}  # of its head and service
         self._tenant_models: dict[tuple[Priority, str], set[str]] = {}  # lanes of a tenant
+        # per (class, model): tenants whose service fell since its fairness heap saw them
+        self._fallen: dict[tuple[Priority, str], set[str]] = {}
         self._stamp = itertools.count()
         self.fair = FairShare()
         self.fair.on_fall = self._service_fell
@@ -102,8 +108,11 @@ class RequestQueue:
         backlog = self._backlog[p]
         joining = not backlog.get(tenant)
         backlog[tenant] = backlog.get(tenant, 0) + 1
-        key = (p, model)
-        self._per_model[key] = self._per_model.get(key, 0) + 1
+        counts = self._waiting.get(model)
+        if counts is None:
+            counts = self._waiting[model] = [0, 0, 0, 0]
+        counts[0] += 1
+        counts[p] += 1
         self._by_id[queued.request_id] = queued
         lane_key = (p, model, tenant)
         lane = self._lanes.get(lane_key)
@@ -123,7 +132,11 @@ class RequestQueue:
         request = self._by_id.pop(request_id, None)
         if request is not None:
             self._backlog[request.priority][request.tenant_id] -= 1
-            self._per_model[(request.priority, request.model_id)] -= 1
+            counts = self._waiting[request.model_id]
+            counts[0] -= 1
+            counts[request.priority] -= 1
+            if not counts[0]:
+                del self._waiting[request.model_id]
             lane_key = (request.priority, request.model_id, request.tenant_id)
             lane = self._lanes.get(lane_key)
             if lane and lane[0] is request:
@@ -137,38 +150,49 @@ class RequestQueue:
         starvation_bound_s: float | None = None,
     ) -> PendingRequest | None:
         """Removes and returns the request to serve next among those that fit `room` (per
-        model, the most KV tokens one more lease may take; absent: no slot free)."""
-        rooms: dict[str, float] = {}
-        open_keys = []
-        for key, n in self._per_model.items():
-            if n:
-                model = key[1]
-                free = (
-                    rooms[model] if model in rooms else rooms.setdefault(model, room.get(model, -1))
-                )
-                if free >= 0:
-                    open_keys.append((key, free))
+        model, the most KV tokens one more lease may take; absent: no slot free). Looks only
+        at the models with requests waiting and room, class by class from the highest."""
+        get = room.get
+        open_models = [(m, free) for m in self._waiting if (free := get(m, -1)) >= 0]
+        if not open_models:
+            return None
         if starvation_bound_s is not None:
-            starved = [
-                head
-                for key, free in open_keys
-                if (head := self._oldest(key)) is not None
-                and now - head.enqueued_at > starvation_bound_s
+            starved = self._starved(open_models, now - starvation_bound_s)
+            if starved is not None:
+                return self._take(starved)
+        waiting = self._waiting
+        for priority in Priority:
+            best, best_key = None, None
+            services = self.fair.services(priority)
+            for model, free in open_models:
+                if not waiting[model][priority]:
+                    continue
+                head = self._fairest(priority, model, free)
+                if head is None:
+                    continue
+                key = (services.get(head.tenant_id, 0.0), head.order)
+                if best_key is None or key < best_key:
+                    best, best_key = head, key
+            if best is not None:
+                return self._take(best)
+        return None
+
+    def _starved(
+        self, open_models: list[tuple[str, float]], arrived_before: float
+    ) -> PendingRequest | None:
+        """Among the models' oldest requests, the oldest that arrived before the time and
+        fits its model's room."""
+        oldest = None
+        for model, free in open_models:
+            head = self._oldest(model)
+            if (
+                head is not None
+                and head.enqueued_at < arrived_before
                 and head.kv_tokens <= free
-            ]
-            if starved:
-                return self._take(min(starved, key=lambda r: r.order))
-        best, best_key = None, None
-        for (priority, model), free in open_keys:
-            if best is not None and priority > best.priority:
-                continue
-            head = self._fairest(priority, model, free)
-            if head is None:
-                continue
-            key = (priority, self.fair.service(priority, head.tenant_id), head.order)
-            if best_key is None or key < best_key:
-                best, best_key = head, key
-        return self._take(best) if best is not None else None
+                and (oldest is None or head.order < oldest.order)
+            ):
+                oldest = head
+        return oldest
 
     def evict_newest(self, below: Priority) -> PendingRequest | None:
         """Sheds one request of a class lower than `below`, the lowest class first: the newest
@@ -194,19 +218,23 @@ class RequestQueue:
 
     def ahead_of(self, model_id: str, priority: Priority) -> int:
         """Requests for the model waiting in `priority` or a higher class."""
-        count, get = 0, self._per_model.get
-        for p in _AT_OR_ABOVE[priority]:
-            count += get((p, model_id), 0)
-        return count
+        counts = self._waiting.get(model_id)
+        if counts is None:
+            return 0
+        return sum(counts[p] for p in _AT_OR_ABOVE[priority])
 
     def backlog(self) -> dict[tuple[Priority, str], tuple[int, float]]:
         """Per (class, model) with requests waiting: how many, and the arrival time of the
-        oldest (a lane head: lanes are FIFO). O(classes × models)."""
+        oldest (a lane head: lanes are FIFO). O(lanes): for the autoscaler, once a tick."""
         counts = {}
-        for key, n in self._per_model.items():
-            oldest = self._oldest(key) if n else None
-            if oldest is not None:
-                counts[key] = (n, oldest.enqueued_at)
+        oldest: dict[tuple[Priority, str], float] = {}
+        for (priority, model, _), lane in self._lanes.items():  # lane heads are live
+            key = (priority, model)
+            oldest[key] = min(oldest.get(key, lane[0].enqueued_at), lane[0].enqueued_at)
+        for model, waiting in self._waiting.items():
+            for priority in Priority:
+                if waiting[priority]:
+                    counts[(priority, model)] = (waiting[priority], oldest[(priority, model)])
         return counts
 
     def requests(self) -> Iterator[PendingRequest]:
@@ -228,11 +256,11 @@ class RequestQueue:
 
     def models(self) -> set[str]:
         """Models with at least one waiting request."""
-        return {m for (_, m), n in self._per_model.items() if n}
+        return set(self._waiting)
 
     def waiting(self, priority: Priority) -> Iterator[tuple[str, int]]:
         """(model, requests waiting) for each model with requests of this class."""
-        return ((m, n) for (p, m), n in self._per_model.items() if p is priority and n)
+        return ((m, c[priority]) for m, c in self._waiting.items() if c[priority])
 
     def blocked(self, priority: Priority, model: str, room: Mapping[str, float]) -> bool:
         """Whether the fairest waiting request of (class, model) does not fit `room` (a
@@ -245,10 +273,10 @@ class RequestQueue:
         lane_key = (request.priority, request.model_id, request.tenant_id)
         self._lanes[lane_key].popleft()
         self.remove(request.request_id)
-        self._index(lane_key)
-        self.fair.charge(
+        self.fair.charge(  # first: the lane's next head is indexed with the new service
             request.priority, request.tenant_id, request.tenant_weight, request.charge_estimate
         )
+        self._index(lane_key)
         return request
 
     def _live_head(self, lane_key: LaneKey) -> PendingRequest | None:
@@ -275,40 +303,50 @@ class RequestQueue:
             return
         version = next(self._stamp)
         self._versions[lane_key] = version
-        heapq.heappush(self._by_age.setdefault((p, model), []), (head.order, version, tenant))
+        heapq.heappush(self._by_age.setdefault(model, []), (head.order, version, lane_key))
         self._index_fairness(lane_key, head)
 
     def _index_fairness(self, lane_key: LaneKey, head: PendingRequest) -> None:
         p, model, tenant = lane_key
         version = next(self._stamp)
         self._fair_versions[lane_key] = version
-        entry = (self.fair.service(p, tenant), head.order, version, tenant)
+        entry = (self.fair.service(p, tenant), head.order, version, lane_key)
         heapq.heappush(self._by_fairness.setdefault((p, model), []), entry)
 
     def _service_fell(self, priority: Priority, tenant: str) -> None:
-        """Its lanes move up: their fairness entries are indexed again now. (A service that
-        rises moves a lane down; its entries are re-keyed when they reach the top.)"""
+        """Its lanes move up: their fairness entries are indexed again before their heap is
+        next asked (`_fairest`), once however often the service fell. (A service that rises
+        moves a lane down; its entries are re-keyed when they reach the top.)"""
+        fallen = self._fallen
         for model in self._tenant_models.get((priority, tenant), ()):
-            lane_key = (priority, model, tenant)
-            self._index_fairness(lane_key, self._lanes[lane_key][0])
+            tenants = fallen.get((priority, model))
+            if tenants is None:
+                fallen[(priority, model)] = {tenant}
+            else:
+                tenants.add(tenant)
 
     def _fairest(self, priority: Priority, model: str, room: float) -> PendingRequest | None:
         """The head of least service (then oldest) among the lanes of (class, model) whose
         KV tokens fit `room`."""
+        fallen = self._fallen.pop((priority, model), None)
+        for tenant in fallen or ():
+            lane = self._lanes.get((priority, model, tenant))
+            if lane:  # else the lane emptied since
+                self._index_fairness((priority, model, tenant), lane[0])
         heap = self._by_fairness.get((priority, model))
-        services = self.fair.services(priority)
+        services, versions = self.fair.services(priority), self._fair_versions
         passed, found = [], None
         while heap:
             entry = heap[0]
-            tenant = entry[3]
-            if self._fair_versions.get((priority, model, tenant)) != entry[2]:
+            lane_key = entry[3]
+            if versions.get(lane_key) != entry[2]:
                 heapq.heappop(heap)  # stale: its lane was indexed again since
                 continue
-            service = services.get(tenant, 0.0)
+            service = services.get(lane_key[2], 0.0)
             if service != entry[0]:  # its tenant was served since: re-keyed, looked at later
                 heapq.heapreplace(heap, (service, *entry[1:]))
                 continue
-            head = self._lanes[(priority, model, tenant)][0]
+            head = self._lanes[lane_key][0]
             if head.kv_tokens <= room:
                 found = head
                 break
@@ -317,14 +355,13 @@ class RequestQueue:
             heapq.heappush(heap, entry)
         return found
 
-    def _oldest(self, key: tuple[Priority, str]) -> PendingRequest | None:
-        """The oldest head among the lanes of (class, model)."""
-        heap = self._by_age.get(key)
-        priority, model = key
+    def _oldest(self, model: str) -> PendingRequest | None:
+        """The oldest head among the lanes of the model (every class)."""
+        heap = self._by_age.get(model)
         while heap:
-            _, version, tenant = heap[0]
-            if self._versions.get((priority, model, tenant)) == version:
-                return self._lanes[(priority, model, tenant)][0]
+            _, version, lane_key = heap[0]
+            if self._versions.get(lane_key) == version:
+                return self._lanes[lane_key][0]
             heapq.heappop(heap)
         return None
 

@@ -4,9 +4,10 @@ Per model two heaps of the workers that take leases for it now (accepting, model
 slot free): one by KV room (the most KV tokens one more lease may reserve: does a request
 fit anywhere?) and one by load (the least loaded worker, the default placement). A worker is
 indexed again when its slots, its leases or its state change (`touch`), an O(models of the
-worker × log W) step; entries it had before are stale and skipped when they reach the top.
-So a decision asks the index in O(log W) instead of scanning the model's workers, and a
-heartbeat that changes nothing costs nothing here.
+worker × log W) step that also refreshes the model's room (`rooms`, read as a dict); entries
+it had before are stale and skipped when they reach the top. So a decision reads the room in
+O(1) and finds the least loaded worker in O(log W) instead of scanning the model's workers,
+and a heartbeat that changes nothing costs nothing here.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ class RoomIndex:
         self._versions: dict[tuple[str, str], int] = {}  # (worker, model) → last indexed
         self._by_room: dict[str, list] = {}  # model → [(-kv_room, version, worker)]
         self._by_load: dict[str, list] = {}  # model → [(-free, -kv_room, leases, v, worker)]
+        # model → the most KV tokens one more lease may reserve on any worker; a model is
+        # absent when no worker has a free slot for it (kept current, read as a Mapping)
+        self.rooms: dict[str, float] = {}
         self._stamp = itertools.count()
 
     def touch(self, worker: WorkerRecord) -> None:
@@ -37,17 +41,7 @@ class RoomIndex:
         """A worker left, or stopped serving these models: its entries become stale."""
         for model_id in models:
             self._versions.pop((worker_id, model_id), None)
-
-    def room(self, model_id: str) -> float:
-        """The most KV tokens one more lease of the model may reserve on any worker; -1
-        when no worker has a free slot for it."""
-        heap = self._by_room.get(model_id)
-        while heap:
-            negative_room, version, worker_id = heap[0]
-            if self._versions.get((worker_id, model_id)) == version:
-                return -negative_room
-            heapq.heappop(heap)
-        return -1
+            self._refresh(model_id)
 
     def least_loaded(self, model_id: str, kv_tokens: int, avoid: str) -> WorkerRecord | None:
         """The worker with the most free slots, then KV room, then fewest leases, if it fits
@@ -70,6 +64,7 @@ class RoomIndex:
         slots = worker.models[model_id]
         room = slots.kv_room() if worker.accepts_leases and slots.ready else -1
         if room < 0:
+            self._refresh(model_id)
             return
         by_room = self._by_room.setdefault(model_id, [])
         by_load = self._by_load.setdefault(model_id, [])
@@ -78,6 +73,19 @@ class RoomIndex:
         heapq.heappush(by_load, entry)
         if len(by_load) > COMPACT_FACTOR * len(self._versions) + 64:
             self._compact(model_id)
+        self._refresh(model_id)
+
+    def _refresh(self, model_id: str) -> None:
+        """Reads the model's room again from the top of its heap (stale entries popped)."""
+        heap = self._by_room.get(model_id)
+        versions = self._versions
+        while heap:
+            negative_room, version, worker_id = heap[0]
+            if versions.get((worker_id, model_id)) == version:
+                self.rooms[model_id] = -negative_room
+                return
+            heapq.heappop(heap)
+        self.rooms.pop(model_id, None)
 
     def _compact(self, model_id: str) -> None:
         for heaps in (self._by_room, self._by_load):

@@ -60,6 +60,7 @@ class SchedulerCore:
         self._leases = LeaseTable(make_policy(dispatch.placement), lease_prefix)
         self._ledger = Ledger(self._queue.fair)
         self._started_at = clock()
+        self._recovered = False  # the recovery window after a start is over
         self._rate = EventRates(admission.rate_window_s, clock)  # completions
         self._arrivals = EventRates(settings.autoscaling.arrival_window_s, clock)
         self._admission = AdmissionControl(
@@ -162,7 +163,10 @@ class SchedulerCore:
         return self._settle(changes)
 
     def recovering(self) -> bool:
-        return self.clock() - self._started_at < self.settings.dispatch.recovery_s
+        if self._recovered:
+            return False
+        self._recovered = self.clock() - self._started_at >= self.settings.dispatch.recovery_s
+        return not self._recovered
 
     def retry_after_ms(self, model_id: str) -> int:
         """When a request shed now should try again: the queue ahead drained at the rate."""
@@ -291,17 +295,19 @@ class SchedulerCore:
             changes.commands += self._placer.plan(
                 self._queue.models(), self._leases.room(), self._catalog_bytes(), self.clock()
             )
+        dispatch = self.settings.dispatch
         if not self.recovering():
             now = self.clock()
             start_by = now + self.settings.lease_expiry_s
-            bound = self.settings.dispatch.starvation_bound_s or None  # 0: strict priority
-            while request := self._queue.pop_next(self._leases.room(), now, bound):
+            bound = dispatch.starvation_bound_s or None  # 0: strict priority
+            room = self._leases.room()
+            while request := self._queue.pop_next(room, now, bound):
                 lease = self._leases.grant(request, now, start_by)
                 assert lease is not None  # pop_next only returns requests that fit
                 changes.granted.append((request, lease))
-        if self.settings.dispatch.preemption:
-            victims = preemption.choose_victims(self._queue, self._leases)
-            changes.commands += [RevokeLease(v.worker_id, v.lease_id) for v in victims]
+        if dispatch.preemption:
+            for victim in preemption.choose_victims(self._queue, self._leases):
+                changes.commands.append(RevokeLease(victim.worker_id, victim.lease_id))
         return changes
 
     def _end(
@@ -318,7 +324,7 @@ class SchedulerCore:
         if lease is None:
             return None
         if outcome is Outcome.COMPLETED:
-            self._rate.record(lease.model_id, self.clock() - lease.granted_at)
+            self._rate.record(lease.model_id, self.clock() - lease.granted_at)  # its duration
         if usage is not None and usage.time_to_first_token_ms > 0:
             self._leases.observe_latency(lease.worker_id, usage.time_to_first_token_ms)
         self._ledger.settle(lease, usage)
