@@ -3,7 +3,7 @@
 The one helper behind every "over the last N seconds" figure: service and arrival rates and
 mean durations in the scheduler, tokens served per tenant (Jain's index), and the tokens (or
 texts) per second an engine reports. An engine thread may add while another thread reads:
-reads work on a snapshot.
+sums work on a snapshot, counts read the length once (O(1): a rate is read per admission).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ class SlidingWindow:
         self._trim(now)
 
     def count(self) -> int:
-        return len(self._recent())
+        self._trim(self._clock())
+        return len(self._events)
 
     def total(self) -> float:
         return sum(amount for _, amount, _ in self._recent())
@@ -42,8 +43,12 @@ class SlidingWindow:
 
     def span_s(self) -> float:
         """Seconds since the oldest event still in the window (0 when it is empty)."""
-        recent = self._recent()
-        return self._clock() - recent[0][0] if recent else 0.0
+        now = self._clock()
+        self._trim(now)
+        try:
+            return now - self._events[0][0]
+        except IndexError:  # empty, or emptied by another thread just now
+            return 0.0
 
     def _recent(self) -> tuple[tuple[float, float, str], ...]:
         self._trim(self._clock())

@@ -37,8 +37,9 @@ class LeaseTable:
         self._placement = placement or LeastLoaded()
         self._ids = itertools.count(1)
         self._id_prefix = id_prefix  # unique per scheduler start: ids never repeat
-        # (model, class) → its leases in grant order, those being preempted left out
-        self._by_class: dict[tuple[str, Priority], dict[str, Lease]] = {}
+        # class → model → its leases in grant order, those being preempted left out; a model
+        # is absent from a class that holds none of its leases
+        self._by_class: dict[Priority, dict[str, dict[str, Lease]]] = {p: {} for p in Priority}
         self._preempting: dict[str, int] = {}  # model → leases being preempted
         self._preempted: set[str] = set()
         self._serving: dict[str, dict[str, WorkerRecord]] = {}  # model → its workers
@@ -108,7 +109,7 @@ class LeaseTable:
         self._by_beat.pop(worker_id, None)
         reclaimed = [self._leases.pop(lease_id) for lease_id in sorted(record.leases)]
         for lease in reclaimed:
-            self._by_class[(lease.model_id, lease.priority)].pop(lease.lease_id, None)
+            self._unlist(lease)
             self._unstarted.pop(lease.lease_id, None)
             if lease.lease_id in self._preempted:
                 self._preempted.discard(lease.lease_id)
@@ -200,7 +201,7 @@ class LeaseTable:
             slots.kv_reserved += lease.kv_tokens
         worker.leases.add(lease.lease_id)
         self._leases[lease.lease_id] = lease
-        self._by_class.setdefault((lease.model_id, lease.priority), {})[lease.lease_id] = lease
+        self._by_class[lease.priority].setdefault(lease.model_id, {})[lease.lease_id] = lease
         self._index.touch(worker)
 
     def confirm(self, lease_ids: Iterable[str]) -> None:
@@ -231,7 +232,7 @@ class LeaseTable:
         if lease is None:
             return None
         self._unstarted.pop(lease_id, None)
-        self._by_class[(lease.model_id, lease.priority)].pop(lease_id, None)
+        self._unlist(lease)
         if lease_id in self._preempted:
             self._preempted.discard(lease_id)
             self._preempting[lease.model_id] -= 1
@@ -256,12 +257,8 @@ class LeaseTable:
         lease = self._leases.get(lease_id)
         if lease is not None and lease_id not in self._preempted:
             self._preempted.add(lease_id)
-            self._by_class[(lease.model_id, lease.priority)].pop(lease_id, None)
+            self._unlist(lease)
             self._preempting[lease.model_id] = self._preempting.get(lease.model_id, 0) + 1
-
-    def holds(self, model_id: str, priority: Priority) -> bool:
-        """Whether requests of the class hold leases of the model (not being preempted)."""
-        return bool(self._by_class.get((model_id, priority)))
 
     def preempting(self, model_id: str) -> int:
         """Leases of the model chosen to be preempted and not released yet."""
@@ -270,7 +267,17 @@ class LeaseTable:
     def youngest_first(self, model_id: str, priority: Priority) -> Iterator[Lease]:
         """Leases held now for one model by requests of one class, the latest granted
         first (they are kept in grant order), except those being preempted."""
-        return reversed(self._by_class.get((model_id, priority), {}).values())
+        return reversed(self._by_class[priority].get(model_id, {}).values())
+
+    def models_held(self, priority: Priority) -> Iterable[str]:
+        """Models that requests of the class hold leases of (not being preempted)."""
+        return self._by_class[priority].keys()
+
+    def _unlist(self, lease: Lease) -> None:
+        by_model = self._by_class[lease.priority]
+        held = by_model.get(lease.model_id)
+        if held is not None and held.pop(lease.lease_id, None) is not None and not held:
+            del by_model[lease.model_id]
 
     def _workers_of(self, model_id: str) -> Iterable[WorkerRecord]:
         """Workers that have the model (any state)."""

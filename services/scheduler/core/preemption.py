@@ -20,11 +20,9 @@ def choose_victims(queue: RequestQueue, leases: LeaseTable) -> list[Lease]:
     The cheap tests go first: most calls find no low lease to take, or enough being freed."""
     victims: list[Lease] = []
     room = leases.room()
-    for model_id, high in queue.waiting(Priority.HIGH):
-        wanted = high - leases.preempting(model_id)
-        if wanted <= 0 or not leases.holds(model_id, Priority.LOW):
-            continue
-        if not queue.blocked(Priority.HIGH, model_id, room):
+    for model_id in leases.models_held(Priority.LOW):
+        wanted = queue.waiting_in(model_id, Priority.HIGH) - leases.preempting(model_id)
+        if wanted <= 0 or not queue.blocked(Priority.HIGH, model_id, room):
             continue
         low = (
             lease

@@ -258,9 +258,10 @@ class RequestQueue:
         """Models with at least one waiting request."""
         return set(self._waiting)
 
-    def waiting(self, priority: Priority) -> Iterator[tuple[str, int]]:
-        """(model, requests waiting) for each model with requests of this class."""
-        return ((m, c[priority]) for m, c in self._waiting.items() if c[priority])
+    def waiting_in(self, model_id: str, priority: Priority) -> int:
+        """Requests for the model waiting in the class."""
+        counts = self._waiting.get(model_id)
+        return counts[priority] if counts is not None else 0
 
     def blocked(self, priority: Priority, model: str, room: Mapping[str, float]) -> bool:
         """Whether the fairest waiting request of (class, model) does not fit `room` (a
