@@ -4,6 +4,7 @@ the lease table's room per model and least loaded worker, and the queue's faires
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.scheduler.core import stale_heaps
 from services.scheduler.core.leases import LeaseTable
 from services.scheduler.core.queue import RequestQueue
 from services.scheduler.core.types import (
@@ -132,3 +133,20 @@ def scan_next(queue: RequestQueue, waiting: dict[str, PendingRequest]) -> str | 
         key=lambda r: (r.priority, queue.fair.service(r.priority, r.tenant_id), r.order),
     )
     return best.request_id
+
+
+def test_stale_entries_behind_a_long_waiting_head_do_not_pile_up():
+    """A low request that waits (its model never has room for its class) keeps the top of
+    its model's age heap; the entries of high heads served meanwhile are stale below it and
+    are dropped when the heap is rebuilt, so the heap stays a few times the lanes."""
+    queue = RequestQueue(100_000)
+    queue.push(PendingRequest("old-low", "a", Priority.LOW, "t0", 0.0))
+    room = {"a": float("inf")}
+    for i in range(5_000):
+        queue.push(PendingRequest(f"h{i}", "a", Priority.HIGH, f"t{i % 4}", 1.0 + i))
+        assert queue.pop_next(room).request_id == f"h{i}"
+    assert queue.pop_next(room).request_id == "old-low"
+    lanes = 5  # four high tenants and the low one
+    bound = stale_heaps.COMPACT_FACTOR * lanes + 64
+    assert all(len(heap) <= bound + 1 for heap in queue._by_age.values())
+    assert all(len(heap) <= bound + 1 for heap in queue._by_fairness.values())

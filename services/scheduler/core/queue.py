@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 
+from services.scheduler.core import stale_heaps
 from services.scheduler.core.types import PendingRequest, Priority
 
 Lane = deque[PendingRequest]
@@ -304,7 +305,9 @@ class RequestQueue:
             return
         version = next(self._stamp)
         self._versions[lane_key] = version
-        heapq.heappush(self._by_age.setdefault(model, []), (head.order, version, lane_key))
+        age_heap = self._by_age.setdefault(model, [])
+        versions = self._versions
+        stale_heaps.push(age_heap, (head.order, version, lane_key), len(versions), versions.get)
         self._index_fairness(lane_key, head)
 
     def _index_fairness(self, lane_key: LaneKey, head: PendingRequest) -> None:
@@ -312,7 +315,8 @@ class RequestQueue:
         version = next(self._stamp)
         self._fair_versions[lane_key] = version
         entry = (self.fair.service(p, tenant), head.order, version, lane_key)
-        heapq.heappush(self._by_fairness.setdefault((p, model), []), entry)
+        heap = self._by_fairness.setdefault((p, model), [])
+        stale_heaps.push(heap, entry, len(self._fair_versions), self._fair_versions.get)
 
     def _service_fell(self, priority: Priority, tenant: str) -> None:
         """Its lanes move up: their fairness entries are indexed again before their heap is

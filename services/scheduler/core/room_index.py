@@ -16,17 +16,18 @@ import heapq
 import itertools
 from collections.abc import Callable, Iterator
 
+from services.scheduler.core import stale_heaps
 from services.scheduler.core.types import WorkerRecord
-
-COMPACT_FACTOR = 4  # a heap with this many times more entries than workers is rebuilt
 
 
 class RoomIndex:
     def __init__(self, worker: Callable[[str], WorkerRecord | None]) -> None:
         self._worker = worker
         self._versions: dict[tuple[str, str], int] = {}  # (worker, model) → last indexed
-        self._by_room: dict[str, list] = {}  # model → [(-kv_room, version, worker)]
-        self._by_load: dict[str, list] = {}  # model → [(-free, -kv_room, leases, v, worker)]
+        # model → [(-kv_room, version, key)] and [(-free, -kv_room, leases, version, key)],
+        # key = (worker, model): heaps with lazy deletion (core.stale_heaps)
+        self._by_room: dict[str, list] = {}
+        self._by_load: dict[str, list] = {}
         # model → the most KV tokens one more lease may reserve on any worker; a model is
         # absent when no worker has a free slot for it (kept current, read as a Mapping)
         self.rooms: dict[str, float] = {}
@@ -49,10 +50,11 @@ class RoomIndex:
         heap = self._by_load.get(model_id)
         while heap:
             entry = heap[0]
-            worker_id = entry[4]
-            if self._versions.get((worker_id, model_id)) != entry[3]:
+            key = entry[4]
+            if self._versions.get(key) != entry[3]:
                 heapq.heappop(heap)
                 continue
+            worker_id = key[0]
             fits = -entry[1] >= kv_tokens and worker_id != avoid
             return self._worker(worker_id) if fits else None
         return None
@@ -66,13 +68,11 @@ class RoomIndex:
         if room < 0:
             self._refresh(model_id)
             return
+        indexed, versions = len(self._versions), self._versions.get
         by_room = self._by_room.setdefault(model_id, [])
-        by_load = self._by_load.setdefault(model_id, [])
-        heapq.heappush(by_room, (-room, version, worker.worker_id))
-        entry = (-slots.free, -room, len(worker.leases), version, worker.worker_id)
-        heapq.heappush(by_load, entry)
-        if len(by_load) > COMPACT_FACTOR * len(self._versions) + 64:
-            self._compact(model_id)
+        stale_heaps.push(by_room, (-room, version, key), indexed, versions)
+        entry = (-slots.free, -room, len(worker.leases), version, key)
+        stale_heaps.push(self._by_load.setdefault(model_id, []), entry, indexed, versions)
         self._refresh(model_id)
 
     def _refresh(self, model_id: str) -> None:
@@ -80,15 +80,9 @@ class RoomIndex:
         heap = self._by_room.get(model_id)
         versions = self._versions
         while heap:
-            negative_room, version, worker_id = heap[0]
-            if versions.get((worker_id, model_id)) == version:
+            negative_room, version, key = heap[0]
+            if versions.get(key) == version:
                 self.rooms[model_id] = -negative_room
                 return
             heapq.heappop(heap)
         self.rooms.pop(model_id, None)
-
-    def _compact(self, model_id: str) -> None:
-        for heaps in (self._by_room, self._by_load):
-            live = [e for e in heaps[model_id] if self._versions.get((e[-1], model_id)) == e[-2]]
-            heapq.heapify(live)
-            heaps[model_id] = live
