@@ -8,7 +8,9 @@ from collections.abc import Callable, Container
 
 from services.scheduler.core.queue import RequestQueue
 from services.scheduler.core.rates import EventRates
-from services.scheduler.core.types import PendingRequest
+from services.scheduler.core.types import PendingRequest, Priority
+
+LATE_CHECKS = 512  # requests per model one sweep looks at, the earliest deadlines first
 
 
 def take_late(
@@ -19,23 +21,26 @@ def take_late(
     now: float,
 ) -> list[PendingRequest]:
     """Removes and returns waiting requests that cannot start before their deadline at the
-    measured service rate (or whose deadline has passed). Models with a free slot (`room`)
-    dispatch at once; models with no worker (`warm` false) are `take_cold`'s."""
-    by_model: dict[str, list[PendingRequest]] = {}
-    for request in queue.requests():
-        by_model.setdefault(request.model_id, []).append(request)
-    late = []
-    for model_id, waiting in by_model.items():
+    measured service rate even if served as early as their class and arrival allow (or whose
+    deadline has passed). Models with a free slot (`room`) dispatch at once; models with no
+    worker (`warm` false) are `take_cold`'s.
+
+    A sweep looks only at requests whose deadline comes before the model's whole queue would
+    drain, the earliest deadlines first and at most `LATE_CHECKS` per model (core.deadline_
+    index): O(those × log N), not O(N), twice a second."""
+    late: list[PendingRequest] = []
+    for model_id in queue.models():
         if model_id in room or not warm(model_id):
             continue
-        waiting.sort(key=lambda r: (r.priority, r.order))
-        for ahead, request in enumerate(waiting):
-            if request.deadline is None:
-                continue
-            wait = rate.wait_s(model_id, ahead) or 0.0
-            if now + wait > request.deadline:
-                queue.remove(request.request_id)
-                late.append(request)
+        per_s = rate.rate(model_id)  # None until measured: then only passed deadlines
+        drained_in = queue.ahead_of(model_id, Priority.LOW) / per_s if per_s else 0.0
+        keep = []
+        for request in queue.deadlines.due(model_id, now + drained_in, LATE_CHECKS):
+            wait = queue.ahead_at_least(request) / per_s if per_s else 0.0
+            (late if now + wait > request.deadline else keep).append(request)
+        queue.deadlines.restore(keep)
+    for request in late:
+        queue.remove(request.request_id)
     return late
 
 

@@ -1,4 +1,6 @@
-"""Tokens served per tenant over a sliding window, and Jain's fairness index of them.
+"""Fairness between tenants: the weighted service each has had within a class (what the
+queue orders lanes by), and the tokens served per tenant over a sliding window with Jain's
+index of them (what metrics report).
 
 Jain's index J = (Σx)² / (n·Σx²) over the n tenants served in the window: 1 when all got the
 same, 1/n when one got everything.
@@ -6,9 +8,40 @@ same, 1/n when one got everything.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 from services.common.windowed import SlidingWindow
+from services.scheduler.core.types import Priority
+
+
+class FairShare:
+    """Weighted service per tenant within each class: tokens granted / weight.
+
+    A tenant that becomes backlogged starts at the least service among those already waiting
+    in the class, so idle time banks no credit (start-time fair queueing)."""
+
+    def __init__(self) -> None:
+        self._service: dict[Priority, dict[str, float]] = {p: {} for p in Priority}
+        # told when a tenant's service falls (a rise is picked up lazily, see RequestQueue)
+        self.on_fall: Callable[[Priority, str], None] = lambda priority, tenant: None
+
+    def service(self, priority: Priority, tenant: str) -> float:
+        return self._service[priority].get(tenant, 0.0)
+
+    def services(self, priority: Priority) -> Mapping[str, float]:
+        return self._service[priority]
+
+    def joined(self, priority: Priority, tenant: str, backlogged: Iterator[str]) -> None:
+        floor = min((self.service(priority, t) for t in backlogged), default=None)
+        if floor is not None and floor > self.service(priority, tenant):
+            self._service[priority][tenant] = floor
+
+    def charge(self, priority: Priority, tenant: str, weight: float, tokens: float) -> None:
+        """Adds `tokens` (negative: a correction) of service, divided by the weight."""
+        table = self._service[priority]
+        table[tenant] = table.get(tenant, 0.0) + tokens / max(weight, 1e-6)
+        if tokens < 0:
+            self.on_fall(priority, tenant)
 
 
 class ServedTokens:

@@ -12,7 +12,7 @@ each token it was sent, never twice.
 
 from __future__ import annotations
 
-from services.scheduler.core.queue import FairShare
+from services.scheduler.core.fairness import FairShare
 from services.scheduler.core.types import Lease, PendingRequest, Usage
 
 REMEMBERED_ENDS = 16_384  # recent lease ends kept to settle resubmissions

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 
 from services.scheduler.core import stale_heaps
+from services.scheduler.core.deadline_index import DeadlineIndex
+from services.scheduler.core.fairness import FairShare
 from services.scheduler.core.types import PendingRequest, Priority
 
 Lane = deque[PendingRequest]
@@ -34,36 +36,6 @@ _AT_OR_ABOVE = {p: tuple(q for q in Priority if q <= p) for p in Priority}
 
 class QueueFull(Exception):
     """The queue holds `capacity` requests already."""
-
-
-class FairShare:
-    """Weighted service per tenant within each class: tokens granted / weight.
-
-    A tenant that becomes backlogged starts at the least service among those already waiting
-    in the class, so idle time banks no credit (start-time fair queueing)."""
-
-    def __init__(self) -> None:
-        self._service: dict[Priority, dict[str, float]] = {p: {} for p in Priority}
-        # told when a tenant's service falls (a rise is picked up lazily, see RequestQueue)
-        self.on_fall: Callable[[Priority, str], None] = lambda priority, tenant: None
-
-    def service(self, priority: Priority, tenant: str) -> float:
-        return self._service[priority].get(tenant, 0.0)
-
-    def services(self, priority: Priority) -> Mapping[str, float]:
-        return self._service[priority]
-
-    def joined(self, priority: Priority, tenant: str, backlogged: Iterator[str]) -> None:
-        floor = min((self.service(priority, t) for t in backlogged), default=None)
-        if floor is not None and floor > self.service(priority, tenant):
-            self._service[priority][tenant] = floor
-
-    def charge(self, priority: Priority, tenant: str, weight: float, tokens: float) -> None:
-        """Adds `tokens` (negative: a correction) of service, divided by the weight."""
-        table = self._service[priority]
-        table[tenant] = table.get(tenant, 0.0) + tokens / max(weight, 1e-6)
-        if tokens < 0:
-            self.on_fall(priority, tenant)
 
 
 class RequestQueue:
@@ -87,6 +59,9 @@ class RequestQueue:
         # per (class, model): tenants whose service fell since its fairness heap saw them
         self._fallen: dict[tuple[Priority, str], set[str]] = {}
         self._stamp = itertools.count()
+        # (class, model) → [requests pushed, the latest arrival time]
+        self._class_arrivals: dict[tuple[Priority, str], list] = {}
+        self.deadlines = DeadlineIndex(self._by_id)
         self.fair = FairShare()
         self.fair.on_fall = self._service_fell
 
@@ -104,7 +79,7 @@ class RequestQueue:
             raise QueueFull()
         if request.request_id in self._by_id:
             raise ValueError(f"request {request.request_id} already queued")
-        queued = replace(request, sequence=next(self._sequence))
+        queued = self._numbered(request)
         p, model, tenant = queued.priority, queued.model_id, queued.tenant_id
         backlog = self._backlog[p]
         joining = not backlog.get(tenant)
@@ -115,6 +90,8 @@ class RequestQueue:
         counts[0] += 1
         counts[p] += 1
         self._by_id[queued.request_id] = queued
+        if queued.deadline is not None:
+            self.deadlines.add(queued)
         lane_key = (p, model, tenant)
         lane = self._lanes.get(lane_key)
         if lane is None:
@@ -127,6 +104,30 @@ class RequestQueue:
         if lane[0] is not head:
             self._index(lane_key)
         return queued
+
+    def _numbered(self, request: PendingRequest) -> PendingRequest:
+        """The request with its arrival numbers: in the queue, and in its (class, model)
+        unless it arrived before a request already there."""
+        key = (request.priority, request.model_id)
+        arrivals = self._class_arrivals.get(key)
+        if arrivals is None:
+            arrivals = self._class_arrivals[key] = [0, request.enqueued_at]
+        number = arrivals[0] if request.enqueued_at >= arrivals[1] else -1
+        arrivals[0] += 1
+        arrivals[1] = max(arrivals[1], request.enqueued_at)
+        return replace(request, sequence=next(self._sequence), class_sequence=number)
+
+    def ahead_at_least(self, request: PendingRequest) -> int:
+        """How many waiting requests go before this one at least, served by class and then
+        arrival: those of the higher classes, and those of its class that arrived before it
+        (counted unless it arrived out of order)."""
+        counts = self._waiting[request.model_id]
+        ahead = sum(counts[p] for p in Priority if p < request.priority)
+        if request.class_sequence >= 0:
+            pushed = self._class_arrivals[(request.priority, request.model_id)][0]
+            pushed_after = pushed - 1 - request.class_sequence
+            ahead += max(0, counts[request.priority] - 1 - pushed_after)
+        return ahead
 
     def remove(self, request_id: str) -> PendingRequest | None:
         """Takes a request out wherever it is (cancelled, timed out). None if absent."""

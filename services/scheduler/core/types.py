@@ -71,6 +71,9 @@ class PendingRequest:
     resumed: bool = False  # it held a lease before: admitted already, its prompt charged
     resumed_tokens: int = 0  # tokens it generated before; they count against max_tokens
     sequence: int = 0  # assigned by the queue: FIFO order among equal arrival times
+    # assigned by the queue: its arrival number within its (class, model); -1 when it arrived
+    # before a request already there (resubmitted)
+    class_sequence: int = -1
 
     @property
     def kv_tokens(self) -> int:
