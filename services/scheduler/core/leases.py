@@ -74,15 +74,29 @@ class LeaseTable:
         self._index.touch(record)
         return record
 
-    def heartbeat(self, worker_id: str, now: float, state: WorkerState) -> bool:
-        """Marks a worker alive. False if it is not registered (it was removed)."""
+    def heartbeat(self, worker_id: str, now: float, state: WorkerState) -> bool | None:
+        """Marks a worker alive. True if its state changed (or it was suspect), False if
+        not, None if it is not registered (it was removed)."""
         record = self._workers.get(worker_id)
         if record is None:
-            return False
+            return None
         self._beat(record, now)
         if record.state is not state or record.suspect:
             record.state, record.suspect = state, False
             self._index.touch(record)
+            return True
+        return False
+
+    def refresh_models(self, worker_id: str, models: Iterable[ModelSlots], now: float) -> bool:
+        """Takes a registered worker's models as its heartbeat reports them. True if any
+        changed (then it is indexed again); the leases it holds are kept either way."""
+        record = self._workers[worker_id]
+        models = list(models)
+        if len(models) == len(record.models) and all(
+            _same_slots(record.models.get(m.model_id), m) for m in models
+        ):
+            return False
+        self.upsert_worker(worker_id, record.address, record.gpu_id, models, now)
         return True
 
     def _beat(self, record: WorkerRecord, now: float) -> None:
@@ -316,3 +330,13 @@ def _lease(lease_id: str, request: PendingRequest, worker: WorkerRecord, now: fl
         resumed=request.resumed,
         max_tokens=request.max_tokens,
     )
+
+
+def _same_slots(known: ModelSlots | None, reported: ModelSlots) -> bool:
+    """Whether a model's slots as reported differ in nothing but the leases held."""
+    return known is not None and (
+        known.max_slots,
+        known.ready,
+        known.kv_capacity,
+        known.memory_bytes,
+    ) == (reported.max_slots, reported.ready, reported.kv_capacity, reported.memory_bytes)

@@ -214,16 +214,15 @@ class SchedulerCore:
         """Records a heartbeat: the worker's state, models and the leases it runs (they have
         started). A worker unknown here (removed as dead) is in `removed_workers`."""
         changes = Changes()
-        if not self._leases.heartbeat(worker_id, self.clock(), state):
+        changed = self._leases.heartbeat(worker_id, self.clock(), state)
+        if changed is None:
             changes.removed_workers.append(worker_id)
             return changes
         self._leases.confirm(running)
         if models is not None:
-            record = self._leases.worker(worker_id)
-            assert record is not None
-            self._leases.upsert_worker(
-                worker_id, record.address, record.gpu_id, models, self.clock()
-            )
+            changed = self._leases.refresh_models(worker_id, models, self.clock()) or changed
+        if not changed:  # the usual heartbeat: nothing a decision reads moved
+            return changes
         self._take_orphans(changes)
         return self._settle(changes)
 
