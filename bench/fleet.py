@@ -174,6 +174,7 @@ class Load:
             self.details.setdefault(exc.code().name, exc.details())
         except ServiceError as exc:  # what the router would answer with its status
             self.codes[code_for(exc).name] += 1
+            self.details.setdefault(code_for(exc).name, str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug of the driver, counted, not hidden
             self.codes[f"ERROR {type(exc).__name__}"] += 1
         if summary is not None:

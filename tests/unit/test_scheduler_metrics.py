@@ -27,7 +27,7 @@ def refresh(metrics: SchedulerMetrics, *workers: tuple[WorkerRecord, str | None]
         for _, gpu in workers
     ]
     snapshot = SimpleNamespace(
-        queues={}, workers=[(w, s) for (w, _), s in zip(workers, sessions)], scaling=[]
+        queues={}, workers=[(w, s) for (w, _), s in zip(workers, sessions, strict=True)], scaling=[]
     )
     metrics.refresh(SimpleNamespace(actions=Counter(), snapshot=lambda: snapshot))
 
