@@ -12,6 +12,8 @@ each token it was sent, never twice.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from services.scheduler.core.fairness import FairShare
 from services.scheduler.core.types import Lease, PendingRequest, Usage
 
@@ -21,7 +23,9 @@ REMEMBERED_ENDS = 16_384  # recent lease ends kept to settle resubmissions
 class Ledger:
     def __init__(self, fair: FairShare) -> None:
         self._fair = fair
-        self._ends: dict[str, bool] = {}  # lease → reported by its worker, oldest end first
+        # lease → reported by its worker, the oldest end first (an OrderedDict: dropping the
+        # oldest is O(1), where a dict's first key is found past every key deleted before it)
+        self._ends: OrderedDict[str, bool] = OrderedDict()
 
     def settle(self, lease: Lease, usage: Usage | None) -> int:
         """Corrects the grant-time charge of an ended lease; returns the tokens it generated
@@ -52,7 +56,7 @@ class Ledger:
         ends.pop(lease_id, None)  # a lease ends once: this is for a resubmission after it
         ends[lease_id] = reported
         if len(ends) > REMEMBERED_ENDS:
-            del ends[next(iter(ends))]
+            ends.popitem(last=False)
 
 
 def _prompt_of(lease: Lease, usage: Usage | None) -> int:
