@@ -25,7 +25,7 @@ from dataclasses import replace
 from services.scheduler.core import stale_heaps
 from services.scheduler.core.deadline_index import DeadlineIndex
 from services.scheduler.core.fairness import FairShare
-from services.scheduler.core.types import PendingRequest, Priority
+from services.scheduler.core.types import PRIORITIES, PendingRequest, Priority
 
 Lane = deque[PendingRequest]
 LaneKey = tuple[Priority, str, str]  # (class, model, tenant)
@@ -122,7 +122,7 @@ class RequestQueue:
         arrival: those of the higher classes, and those of its class that arrived before it
         (counted unless it arrived out of order)."""
         counts = self._waiting[request.model_id]
-        ahead = sum(counts[p] for p in Priority if p < request.priority)
+        ahead = sum(counts[p] for p in PRIORITIES if p < request.priority)
         if request.class_sequence >= 0:
             pushed = self._class_arrivals[(request.priority, request.model_id)][0]
             pushed_after = pushed - 1 - request.class_sequence
@@ -163,7 +163,7 @@ class RequestQueue:
             if starved is not None:
                 return self._take(starved)
         waiting = self._waiting
-        for priority in Priority:
+        for priority in PRIORITIES:
             best, best_key = None, None
             services = self.fair.services(priority)
             for model, free in open_models:
@@ -234,7 +234,7 @@ class RequestQueue:
             key = (priority, model)
             oldest[key] = min(oldest.get(key, lane[0].enqueued_at), lane[0].enqueued_at)
         for model, waiting in self._waiting.items():
-            for priority in Priority:
+            for priority in PRIORITIES:
                 if waiting[priority]:
                     counts[(priority, model)] = (waiting[priority], oldest[(priority, model)])
         return counts
