@@ -121,12 +121,12 @@ class RequestQueue:
         """How many waiting requests go before this one at least, served by class and then
         arrival: those of the higher classes, and those of its class that arrived before it
         (counted unless it arrived out of order)."""
-        counts = self._waiting[request.model_id]
-        ahead = sum(counts[p] for p in PRIORITIES if p < request.priority)
+        in_class = self.waiting_in(request.model_id, request.priority)
+        ahead = self.ahead_of(request.model_id, request.priority) - in_class
         if request.class_sequence >= 0:
             pushed = self._class_arrivals[(request.priority, request.model_id)][0]
             pushed_after = pushed - 1 - request.class_sequence
-            ahead += max(0, counts[request.priority] - 1 - pushed_after)
+            ahead += max(0, in_class - 1 - pushed_after)
         return ahead
 
     def remove(self, request_id: str) -> PendingRequest | None:
@@ -323,13 +323,8 @@ class RequestQueue:
         """Its lanes move up: their fairness entries are indexed again before their heap is
         next asked (`_fairest`), once however often the service fell. (A service that rises
         moves a lane down; its entries are re-keyed when they reach the top.)"""
-        fallen = self._fallen
         for model in self._tenant_models.get((priority, tenant), ()):
-            tenants = fallen.get((priority, model))
-            if tenants is None:
-                fallen[(priority, model)] = {tenant}
-            else:
-                tenants.add(tenant)
+            self._fallen.setdefault((priority, model), set()).add(tenant)
 
     def _fairest(self, priority: Priority, model: str, room: float) -> PendingRequest | None:
         """The head of least service (then oldest) among the lanes of (class, model) whose

@@ -115,7 +115,7 @@ class ModelSlots:
     def kv_room(self) -> float:
         """KV tokens one more lease may reserve here; -1 when no slot is free. A lone
         lease always fits (the model's context bounds it)."""
-        if not self.ready or self.active >= self.max_slots:  # no slot free
+        if not self.free:
             return -1
         if self.kv_capacity <= 0 or self.active == 0:
             return float("inf")
