@@ -49,8 +49,9 @@ def scan_room(leases: LeaseTable, model: str) -> float:
 def apply(leases: LeaseTable, op: str, n: int, kv: int, held: list[str]) -> None:
     worker_id = WORKERS[n % len(WORKERS)]
     if op == "grant":
-        request = PendingRequest(f"r{len(held)}-{n}", MODELS[n % 2], Priority.LOW, "t", 0.0)
-        lease = leases.grant(PendingRequest(**vars(request) | {"max_tokens": kv}), 0.0)
+        request_id = f"r{len(held)}-{n}"
+        request = PendingRequest(request_id, MODELS[n % 2], Priority.LOW, "t", 0.0, max_tokens=kv)
+        lease = leases.grant(request, 0.0)
         if lease is not None:
             held.append(lease.lease_id)
     elif op == "release" and held:

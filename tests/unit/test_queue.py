@@ -8,20 +8,14 @@ def pending(rid: str, priority: Priority = Priority.MEDIUM, model: str = "m") ->
     return PendingRequest(rid, model, priority, "t", enqueued_at=0.0)
 
 
-class Room(dict):
-    """Every model has room, except those `can_serve` refuses."""
-
-    def __init__(self, can_serve) -> None:
-        super().__init__()
-        self._can_serve = can_serve
-
-    def get(self, model_id, default=None):
-        return float("inf") if self._can_serve(model_id) else default
+def room(queue: RequestQueue, can_serve=lambda m: True) -> dict[str, float]:
+    """Unbounded room for every waiting model, except those `can_serve` refuses."""
+    return {m: float("inf") for m in queue.models() if can_serve(m)}
 
 
 def drain(queue: RequestQueue, can_serve=lambda m: True) -> list[str]:
     out = []
-    while (r := queue.pop_next(Room(can_serve))) is not None:
+    while (r := queue.pop_next(room(queue, can_serve))) is not None:
         out.append(r.request_id)
     return out
 
@@ -95,4 +89,4 @@ def test_a_tenant_whose_service_falls_moves_up_at_once():
 
 
 def drain_one(queue: RequestQueue) -> str:
-    return queue.pop_next(Room(lambda m: True)).request_id
+    return queue.pop_next(room(queue)).request_id

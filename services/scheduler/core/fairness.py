@@ -38,6 +38,8 @@ class FairShare:
 
     def charge(self, priority: Priority, tenant: str, weight: float, tokens: float) -> None:
         """Adds `tokens` (negative: a correction) of service, divided by the weight."""
+        if not tokens:
+            return
         table = self._service[priority]
         table[tenant] = table.get(tenant, 0.0) + tokens / max(weight, 1e-6)
         if tokens < 0:

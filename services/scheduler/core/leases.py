@@ -215,7 +215,11 @@ class LeaseTable:
             slots.kv_reserved += lease.kv_tokens
         worker.leases.add(lease.lease_id)
         self._leases[lease.lease_id] = lease
-        self._by_class[lease.priority].setdefault(lease.model_id, {})[lease.lease_id] = lease
+        by_model = self._by_class[lease.priority]
+        held = by_model.get(lease.model_id)
+        if held is None:
+            held = by_model[lease.model_id] = {}
+        held[lease.lease_id] = lease
         self._index.touch(worker)
 
     def confirm(self, lease_ids: Iterable[str]) -> None:
@@ -255,8 +259,9 @@ class LeaseTable:
             worker.leases.discard(lease_id)
             slots = worker.models.get(lease.model_id)
             if slots is not None:
-                slots.active = max(0, slots.active - 1)
-                slots.kv_reserved = max(0, slots.kv_reserved - lease.kv_tokens)
+                slots.active = slots.active - 1 if slots.active > 0 else 0
+                reserved = slots.kv_reserved - lease.kv_tokens
+                slots.kv_reserved = reserved if reserved > 0 else 0
             self._index.touch(worker)
         return lease
 
@@ -314,21 +319,21 @@ class LeaseTable:
 
 
 def _lease(lease_id: str, request: PendingRequest, worker: WorkerRecord, now: float) -> Lease:
-    return Lease(
-        lease_id=lease_id,
-        request_id=request.request_id,
-        worker_id=worker.worker_id,
-        worker_address=worker.address,
-        gpu_id=worker.gpu_id,
-        model_id=request.model_id,
-        granted_at=now,
-        priority=request.priority,
-        tenant_id=request.tenant_id,
-        kv_tokens=request.kv_tokens,
-        tenant_weight=request.tenant_weight,
-        charged=request.charge_estimate,
-        resumed=request.resumed,
-        max_tokens=request.max_tokens,
+    return Lease(  # positional, in Lease's order: one is built per decision
+        lease_id,
+        request.request_id,
+        worker.worker_id,
+        worker.address,
+        worker.gpu_id,
+        request.model_id,
+        now,
+        request.priority,
+        request.tenant_id,
+        request.kv_tokens,
+        request.tenant_weight,
+        request.charge_estimate,
+        request.resumed,
+        request.max_tokens,
     )
 
 

@@ -33,7 +33,7 @@ class Ledger:
         prompt = 0 if lease.resumed else _prompt_of(lease, usage)
         generated = usage.completion_tokens if usage is not None else 0
         correction = prompt + generated - lease.charged  # what it took, less the estimate
-        self._charge(lease.priority, lease.tenant_id, lease.tenant_weight, correction)
+        self._fair.charge(lease.priority, lease.tenant_id, lease.tenant_weight, correction)
         self._remember(lease.lease_id, usage is not None)
         return generated
 
@@ -44,12 +44,8 @@ class Ledger:
         if self._ends.get(lease_id, False):
             return 0
         self._remember(lease_id, True)
-        self._charge(request.priority, request.tenant_id, request.tenant_weight, tokens)
+        self._fair.charge(request.priority, request.tenant_id, request.tenant_weight, tokens)
         return tokens
-
-    def _charge(self, priority, tenant: str, weight: float, tokens: float) -> None:
-        if tokens:
-            self._fair.charge(priority, tenant, weight, tokens)
 
     def _remember(self, lease_id: str, reported: bool) -> None:
         ends = self._ends

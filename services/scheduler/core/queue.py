@@ -133,17 +133,22 @@ class RequestQueue:
         """Takes a request out wherever it is (cancelled, timed out). None if absent."""
         request = self._by_id.pop(request_id, None)
         if request is not None:
-            self._backlog[request.priority][request.tenant_id] -= 1
-            counts = self._waiting[request.model_id]
-            counts[0] -= 1
-            counts[request.priority] -= 1
-            if not counts[0]:
-                del self._waiting[request.model_id]
+            self._uncount(request)
             lane_key = (request.priority, request.model_id, request.tenant_id)
             lane = self._lanes.get(lane_key)
             if lane and lane[0] is request:
                 self._index(lane_key)
         return request
+
+    def _uncount(self, request: PendingRequest) -> None:
+        """Counts a request out of its tenant's backlog and its model's waiting counts."""
+        priority, model = request.priority, request.model_id
+        self._backlog[priority][request.tenant_id] -= 1
+        counts = self._waiting[model]
+        counts[0] -= 1
+        counts[priority] -= 1
+        if not counts[0]:
+            del self._waiting[model]
 
     def pop_next(
         self,
@@ -154,15 +159,18 @@ class RequestQueue:
         """Removes and returns the request to serve next among those that fit `room` (per
         model, the most KV tokens one more lease may take; absent: no slot free). Looks only
         at the models with requests waiting and room, class by class from the highest."""
-        get = room.get
-        open_models = [(m, free) for m in self._waiting if (free := get(m, -1)) >= 0]
+        waiting = self._waiting
+        if len(room) <= len(waiting):
+            open_models = [(m, free) for m, free in room.items() if m in waiting]
+        else:
+            get = room.get
+            open_models = [(m, free) for m in waiting if (free := get(m, -1)) >= 0]
         if not open_models:
             return None
         if starvation_bound_s is not None:
             starved = self._starved(open_models, now - starvation_bound_s)
             if starved is not None:
                 return self._take(starved)
-        waiting = self._waiting
         for priority in PRIORITIES:
             best, best_key = None, None
             services = self.fair.services(priority)
@@ -273,9 +281,11 @@ class RequestQueue:
 
     # -- the head indexes ------------------------------------------------------------------
     def _take(self, request: PendingRequest) -> PendingRequest:
+        """Serves a lane's head: out of the queue, its tenant charged, the lane indexed."""
         lane_key = (request.priority, request.model_id, request.tenant_id)
         self._lanes[lane_key].popleft()
-        self.remove(request.request_id)
+        del self._by_id[request.request_id]
+        self._uncount(request)
         self.fair.charge(  # first: the lane's next head is indexed with the new service
             request.priority, request.tenant_id, request.tenant_weight, request.charge_estimate
         )
@@ -305,26 +315,36 @@ class RequestQueue:
             self._tenant_models[(p, tenant)].discard(model)
             return
         version = next(self._stamp)
-        self._versions[lane_key] = version
-        age_heap = self._by_age.setdefault(model, [])
         versions = self._versions
+        versions[lane_key] = version
+        age_heap = self._by_age.get(model)
+        if age_heap is None:
+            age_heap = self._by_age[model] = []
         stale_heaps.push(age_heap, (head.order, version, lane_key), len(versions), versions.get)
         self._index_fairness(lane_key, head)
 
     def _index_fairness(self, lane_key: LaneKey, head: PendingRequest) -> None:
         p, model, tenant = lane_key
         version = next(self._stamp)
-        self._fair_versions[lane_key] = version
-        entry = (self.fair.service(p, tenant), head.order, version, lane_key)
-        heap = self._by_fairness.setdefault((p, model), [])
-        stale_heaps.push(heap, entry, len(self._fair_versions), self._fair_versions.get)
+        versions = self._fair_versions
+        versions[lane_key] = version
+        entry = (self.fair.services(p).get(tenant, 0.0), head.order, version, lane_key)
+        heap = self._by_fairness.get((p, model))
+        if heap is None:
+            heap = self._by_fairness[(p, model)] = []
+        stale_heaps.push(heap, entry, len(versions), versions.get)
 
     def _service_fell(self, priority: Priority, tenant: str) -> None:
         """Its lanes move up: their fairness entries are indexed again before their heap is
         next asked (`_fairest`), once however often the service fell. (A service that rises
         moves a lane down; its entries are re-keyed when they reach the top.)"""
+        fallen = self._fallen
         for model in self._tenant_models.get((priority, tenant), ()):
-            self._fallen.setdefault((priority, model), set()).add(tenant)
+            tenants = fallen.get((priority, model))
+            if tenants is None:
+                fallen[(priority, model)] = {tenant}
+            else:
+                tenants.add(tenant)
 
     def _fairest(self, priority: Priority, model: str, room: float) -> PendingRequest | None:
         """The head of least service (then oldest) among the lanes of (class, model) whose

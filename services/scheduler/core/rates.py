@@ -12,25 +12,26 @@ MIN_RETRY_MS, MAX_RETRY_MS = 100, 30_000
 
 
 class EventRates:
-    """Per model: events per second over the window, and the mean duration of the events
-    that report one."""
+    """Per model: events per second over the window, and the mean duration of its events
+    (an event recorded without a duration counts as 0 s: completions record one each,
+    arrivals none)."""
 
     def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
         self.window_s = window_s
         self._clock = clock
-        self._events: dict[str, SlidingWindow] = {}
-        self._durations: dict[str, SlidingWindow] = {}
+        self._events: dict[str, SlidingWindow] = {}  # amounts: the durations
 
-    def record(self, model_id: str, duration_s: float | None = None) -> None:
-        self._window(self._events, model_id).add()
-        if duration_s is not None:
-            self._window(self._durations, model_id).add(duration_s)
+    def record(self, model_id: str, duration_s: float = 0.0) -> None:
+        window = self._events.get(model_id)
+        if window is None:
+            window = self._events[model_id] = SlidingWindow(self.window_s, self._clock)
+        window.add(duration_s)
 
     def mean_duration_s(self, model_id: str) -> float | None:
-        """Mean duration of the events of the window that reported one; None if none did."""
-        durations = self._durations.get(model_id)
-        count = durations.count() if durations is not None else 0
-        return durations.total() / count if count else None
+        """Mean duration of the window's events; None if it has none."""
+        events = self._events.get(model_id)
+        count = events.count() if events is not None else 0
+        return events.total() / count if count else None
 
     def rate(self, model_id: str) -> float | None:
         """Events per second, or None until enough were seen."""
@@ -49,9 +50,3 @@ class EventRates:
         if wait is None:
             return default_ms
         return int(min(MAX_RETRY_MS, max(MIN_RETRY_MS, wait * 1000.0)))
-
-    def _window(self, windows: dict[str, SlidingWindow], model_id: str) -> SlidingWindow:
-        window = windows.get(model_id)
-        if window is None:
-            window = windows[model_id] = SlidingWindow(self.window_s, self._clock)
-        return window

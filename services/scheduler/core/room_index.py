@@ -35,8 +35,9 @@ class RoomIndex:
 
     def touch(self, worker: WorkerRecord) -> None:
         """Indexes a worker again for each of its models."""
-        for model_id in worker.models:
-            self._index(worker, model_id)
+        accepts = worker.accepts_leases
+        for model_id, slots in worker.models.items():
+            self._index(worker, model_id, slots.kv_room() if accepts else -1)
 
     def forget(self, worker_id: str, models: Iterator[str]) -> None:
         """A worker left, or stopped serving these models: its entries become stale."""
@@ -59,21 +60,28 @@ class RoomIndex:
             return self._worker(worker_id) if fits else None
         return None
 
-    def _index(self, worker: WorkerRecord, model_id: str) -> None:
+    def _index(self, worker: WorkerRecord, model_id: str, room: float) -> None:
+        """Indexes one model of a worker with its KV room (-1: it takes no lease for it)."""
         key = (worker.worker_id, model_id)
         version = next(self._stamp)
-        self._versions[key] = version
-        slots = worker.models[model_id]
-        room = slots.kv_room() if worker.accepts_leases and slots.ready else -1
+        versions = self._versions
+        versions[key] = version
         if room < 0:
             self._refresh(model_id)
             return
-        indexed, versions = len(self._versions), self._versions.get
-        by_room = self._by_room.setdefault(model_id, [])
-        stale_heaps.push(by_room, (-room, version, key), indexed, versions)
-        entry = (-slots.free, -room, len(worker.leases), version, key)
-        stale_heaps.push(self._by_load.setdefault(model_id, []), entry, indexed, versions)
-        self._refresh(model_id)
+        indexed, version_of = len(versions), versions.get
+        by_room = self._by_room.get(model_id)
+        if by_room is None:
+            by_room = self._by_room[model_id] = []
+            self._by_load[model_id] = []
+        stale_heaps.push(by_room, (-room, version, key), indexed, version_of)
+        free = worker.models[model_id].free
+        entry = (-free, -room, len(worker.leases), version, key)
+        stale_heaps.push(self._by_load[model_id], entry, indexed, version_of)
+        if by_room[0][1] == version:  # the roomiest now: no stale entry to skip
+            self.rooms[model_id] = room
+        else:
+            self._refresh(model_id)
 
     def _refresh(self, model_id: str) -> None:
         """Reads the model's room again from the top of its heap (stale entries popped)."""

@@ -59,6 +59,7 @@ class SchedulerCore:
         self._queue = RequestQueue(admission.queue_capacity)
         self._leases = LeaseTable(make_policy(dispatch.placement), lease_prefix)
         self._ledger = Ledger(self._queue.fair)
+        self._lease_expiry_s = settings.lease_expiry_s  # derived once: read per decision
         self._started_at = clock()
         self._recovered = False  # the recovery window after a start is over
         self._rate = EventRates(admission.rate_window_s, clock)  # completions
@@ -295,13 +296,13 @@ class SchedulerCore:
                 self._queue.models(), self._leases.room(), self._catalog_bytes(), self.clock()
             )
         dispatch = self.settings.dispatch
-        if not self.recovering():
+        if self._recovered or not self.recovering():
             now = self.clock()
-            start_by = now + self.settings.lease_expiry_s
+            start_by = now + self._lease_expiry_s
             bound = dispatch.starvation_bound_s or None  # 0: strict priority
-            room = self._leases.room()
-            while request := self._queue.pop_next(room, now, bound):
-                lease = self._leases.grant(request, now, start_by)
+            queue, leases, room = self._queue, self._leases, self._leases.room()
+            while request := queue.pop_next(room, now, bound):
+                lease = leases.grant(request, now, start_by)
                 assert lease is not None  # pop_next only returns requests that fit
                 changes.granted.append((request, lease))
         if dispatch.preemption:

@@ -56,9 +56,11 @@ class ModelCatalogEntry:
         return self.default_max_tokens if self.kind == "generative" else 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PendingRequest:
-    """A request waiting in the queue for a lease."""
+    """A request waiting in the queue for a lease. Its derived figures (`kv_tokens`,
+    `order`, `charge_estimate`) are worked out once, when it is made (a decision reads them
+    several times)."""
 
     request_id: str
     model_id: str
@@ -77,23 +79,20 @@ class PendingRequest:
     # assigned by the queue: its arrival number within its (class, model); -1 when it arrived
     # before a request already there (resubmitted)
     class_sequence: int = -1
+    # the KV-cache budget its lease will hold: prompt plus max_tokens
+    kv_tokens: int = field(init=False, compare=False, repr=False)
+    # arrival order: a resubmitted request keeps the place its arrival time gives it
+    order: tuple[float, int] = field(init=False, compare=False, repr=False)
+    # tokens fairness charges when it is granted (corrected when its lease ends): the prompt,
+    # unless an earlier lease paid for it, and the tokens it may still generate
+    charge_estimate: int = field(init=False, compare=False, repr=False)
 
-    @property
-    def kv_tokens(self) -> int:
-        """The KV-cache budget its lease will hold: prompt plus max_tokens."""
-        return self.prompt_tokens + self.max_tokens
-
-    @property
-    def order(self) -> tuple[float, int]:
-        """Arrival order: a resubmitted request keeps the place its arrival time gives it."""
-        return (self.enqueued_at, self.sequence)
-
-    @property
-    def charge_estimate(self) -> int:
-        """Tokens fairness charges when it is granted (corrected when its lease ends): the
-        prompt, unless an earlier lease paid for it, and the tokens it may still generate."""
+    def __post_init__(self) -> None:
+        derive = object.__setattr__
+        derive(self, "kv_tokens", self.prompt_tokens + self.max_tokens)
+        derive(self, "order", (self.enqueued_at, self.sequence))
         prompt = 0 if self.resumed else self.prompt_tokens
-        return prompt + max(0, self.max_tokens - self.resumed_tokens)
+        derive(self, "charge_estimate", prompt + max(0, self.max_tokens - self.resumed_tokens))
 
 
 @dataclass
