@@ -1,5 +1,5 @@
 # Distributed inference serving: see README.md.
-.PHONY: setup protos up test test-fast lint fmt bench clean
+.PHONY: setup protos core up test test-fast lint fmt bench clean
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,13 +11,16 @@ setup:            ## create .venv and install everything (idempotent)
 protos: setup     ## generate Python stubs and .pyi files into gen/
 	./scripts/gen_protos.sh
 
-up: protos        ## start the system on localhost (WORKERS=N fixed workers, POOLS=N pools); Ctrl-C stops
+core: setup       ## compile the scheduler's core with mypyc (where it cannot, the core runs from source)
+	$(PY) scripts/build_core.py
+
+up: protos core   ## start the system on localhost (WORKERS=N fixed workers, POOLS=N pools); Ctrl-C stops
 	./scripts/up.sh
 
-test: protos      ## unit, service and integration tests (real model on CPU)
+test: protos core ## unit, service and integration tests (real model on CPU)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: protos ## everything but the slow integration tests
+test-fast: protos core ## everything but the slow integration tests
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: protos      ## buf lint on the protos, ruff on the Python
@@ -29,7 +32,7 @@ fmt: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: protos     ## first-token latency and throughput through the stack (needs no running system)
+bench: protos core ## first-token latency and throughput through the stack (needs no running system)
 	$(PY) -m bench.latency
 	$(PY) -m bench.engine_batching
 	$(PY) -m bench.throughput
@@ -44,4 +47,4 @@ bench: protos     ## first-token latency and throughput through the stack (needs
 	$(PY) -m bench.guidellm_run
 
 clean:
-	rm -rf gen .run .pytest_cache .ruff_cache
+	rm -rf gen .run .pytest_cache .ruff_cache build

@@ -10,6 +10,9 @@ fit and worker choice included: the core's one outcome for that change). The cos
 not grow with N: only lane heads are looked at. Every request has a deadline 10 minutes out,
 as a router sets one.
 
+The core runs as `make core` built it (compiled with mypyc; services.scheduler.compiled_core)
+unless `SCHEDULER_CORE=python` asks for its source; the output's first line says which.
+
 It also times the periodic sweep (`tick()`: silent workers, unstarted leases, late and cold
 requests, autoscaling) after the decisions, with every worker just heard from: the median
 of 5, in milliseconds.
@@ -24,6 +27,7 @@ import statistics
 import time
 from pathlib import Path
 
+from services.scheduler import core as core_package
 from services.scheduler.core.admission import AdmissionRules
 from services.scheduler.core.scheduler import SchedulerCore
 from services.scheduler.core.settings import CoreSettings, DispatchRules
@@ -124,6 +128,7 @@ def main() -> None:
     sizes = [(n, args.workers) for n in (1_000, 10_000, 100_000)]
     sizes += [(10_000, w) for w in (1024, 4096) if w != args.workers]
     rows = [measure(n, w, args.decisions) for n, w in sizes]
+    print(f"core: {core_package.BUILD}")
     print(
         f"{'queued':>8} {'workers':>8} {'mean µs':>9} {'p50 µs':>8} {'p99 µs':>8} {'sweep ms':>9}"
     )
@@ -134,7 +139,7 @@ def main() -> None:
         )
     by_size = {(r["queued"], r["workers"]): r for r in rows}
     base, big = by_size.get((10_000, 256)), by_size.get((10_000, 4096))
-    summary = {}
+    summary: dict[str, object] = {"core": core_package.BUILD}
     if base is not None:
         summary["target_p50_under_30us"] = base["p50_us"] < 30
         summary["target_p99_under_100us"] = base["p99_us"] < 100

@@ -83,7 +83,8 @@ def load_section(
     """
     name = section or env_prefix.lower()
     hints = typing.get_type_hints(cls)
-    readable = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("config", True)}
+    fields = dataclasses.fields(typing.cast(Any, cls))  # cls is a dataclass
+    readable = {f.name: f for f in fields if f.metadata.get("config", True)}
     if not isinstance(data, Mapping):
         raise ConfigError(f"[{name}] must be a table, got {data!r}")
     unknown = set(data) - set(readable)
@@ -97,7 +98,9 @@ def load_section(
         hint = hints[field.name]
         if dataclasses.is_dataclass(hint):
             inner = data.get(field.name, {})
-            values[field.name] = load_section(hint, inner, env, key, None, f"{name}.{field.name}")
+            nested_cls: Any = hint  # a dataclass
+            section_name = f"{name}.{field.name}"
+            values[field.name] = load_section(nested_cls, inner, env, key, None, section_name)
             continue
         raw = data.get(field.name, dataclasses.MISSING)
         raw = env.get(key, raw)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from services.common.cli import base_parser, run_service
+from services.scheduler import core
 from services.scheduler.config import SchedulerConfig, load
 from services.scheduler.server import SchedulerServer
 
@@ -14,7 +15,7 @@ log = logging.getLogger("services.scheduler")
 async def main(config: SchedulerConfig) -> None:
     server = SchedulerServer(config)
     port = await server.start()
-    log.info("scheduler serving on %s (port %d)", config.listen, port)
+    log.info("scheduler serving on %s (port %d), core: %s", config.listen, port, core.BUILD)
     await server.grpc.wait_for_stop_signal()
     log.info("stopping: in-flight requests get %.1fs", config.shutdown_grace_s)
     await server.stop()

@@ -10,7 +10,7 @@ with the error named here, ended leases are reported once, commands go to their 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from services.common.errors import DeadlineExceeded, ServiceError, Unavailable
 from services.scheduler.core.admission import Shed
@@ -37,22 +37,30 @@ class Failure:
     error: ServiceError  # what its caller gets
 
 
-@dataclass(slots=True)  # built per decision; see Lease
+@dataclass(slots=True, init=False)  # built per decision; a written constructor: see Lease
 class EndedLease:
     lease: Lease
     outcome: Outcome
-    usage: Usage | None = None  # what its worker reported; None: nobody did
+    usage: Usage | None  # what its worker reported; None: nobody did
+
+    def __init__(self, lease: Lease, outcome: Outcome, usage: Usage | None = None) -> None:
+        self.lease, self.outcome, self.usage = lease, outcome, usage
 
 
-@dataclass
+@dataclass(init=False)  # built per change; a written constructor: see Lease
 class Changes:
-    admitted: PendingRequest | None = None  # the request a submit queued, as admitted
-    granted: list[tuple[PendingRequest, Lease]] = field(default_factory=list)
-    failed: list[Failure] = field(default_factory=list)
-    ended: list[EndedLease] = field(default_factory=list)  # each lease's end, once
-    commands: list[Command] = field(default_factory=list)
-    removed_workers: list[str] = field(default_factory=list)  # their sessions must end
-    scaling: list[ScalingDecision] = field(default_factory=list)  # this tick's decisions
+    admitted: PendingRequest | None  # the request a submit queued, as admitted
+    granted: list[tuple[PendingRequest, Lease]]
+    failed: list[Failure]
+    ended: list[EndedLease]  # each lease's end, once
+    commands: list[Command]
+    removed_workers: list[str]  # their sessions must end
+    scaling: list[ScalingDecision]  # this tick's decisions
+
+    def __init__(self) -> None:
+        self.admitted = None
+        self.granted, self.failed, self.ended, self.commands = [], [], [], []
+        self.removed_workers, self.scaling = [], []
 
     def __bool__(self) -> bool:
         return bool(

@@ -34,10 +34,12 @@ def take_late(
             continue
         per_s = rate.rate(model_id)  # None until measured: then only passed deadlines
         drained_in = queue.ahead_of(model_id, Priority.LOW) / per_s if per_s else 0.0
-        keep = []
+        keep: list[PendingRequest] = []
         for request in queue.deadlines.due(model_id, now + drained_in, LATE_CHECKS):
             wait = queue.ahead_at_least(request) / per_s if per_s else 0.0
-            (late if now + wait > request.deadline else keep).append(request)
+            deadline = request.deadline  # indexed: it has one
+            assert deadline is not None
+            (late if now + wait > deadline else keep).append(request)
         queue.deadlines.restore(keep)
     for request in late:
         queue.remove(request.request_id)

@@ -27,22 +27,22 @@ def model_loads(
     """One ModelLoad per catalog model. A worker counts for a model it has, ready or
     loading, unless it is draining (it is leaving) or unhealthy (it takes no leases and is
     being replaced); the leases of such workers still count as busy."""
-    entries = {e.model_id: e for e in entries}
-    counted = dict.fromkeys(entries, 0)
-    busy = dict.fromkeys(entries, 0)
-    slots = {m: e.max_slots for m, e in entries.items()}
+    by_id = {e.model_id: e for e in entries}
+    counted = dict.fromkeys(by_id, 0)
+    busy = dict.fromkeys(by_id, 0)
+    slots = {m: e.max_slots for m, e in by_id.items()}
     for worker in workers:
         for model_id, model in worker.models.items():
-            if model_id not in entries:
+            if model_id not in by_id:
                 continue
             busy[model_id] += model.active
             if worker.state is WorkerState.READY:
                 counted[model_id] += 1
                 slots[model_id] = max(1, model.max_slots)
-    queued = {m: dict.fromkeys(Priority, 0) for m in entries}
-    oldest = {m: dict.fromkeys(Priority, 0.0) for m in entries}
+    queued = {m: dict.fromkeys(Priority, 0) for m in by_id}
+    oldest = {m: dict.fromkeys(Priority, 0.0) for m in by_id}
     for (priority, model_id), (count, oldest_at) in backlog.items():
-        if model_id in entries:
+        if model_id in by_id:
             queued[model_id][priority] = count
             oldest[model_id][priority] = now - oldest_at
     return [
@@ -57,7 +57,7 @@ def model_loads(
             service_rate=completions.rate(m),
             mean_service_s=completions.mean_duration_s(m),
         )
-        for m in sorted(entries)
+        for m in sorted(by_id)
     ]
 
 

@@ -355,6 +355,8 @@ class RequestQueue:
             if lane:  # else the lane emptied since
                 self._index_fairness((priority, model, tenant), lane[0])
         heap = self._by_fairness.get((priority, model))
+        if heap is None:
+            return None
         services, versions = self.fair.services(priority), self._fair_versions
         passed, found = [], None
         while heap:

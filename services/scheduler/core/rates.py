@@ -30,8 +30,9 @@ class EventRates:
     def mean_duration_s(self, model_id: str) -> float | None:
         """Mean duration of the window's events; None if it has none."""
         events = self._events.get(model_id)
-        count = events.count() if events is not None else 0
-        return events.total() / count if count else None
+        if events is None or not events.count():
+            return None
+        return events.total() / events.count()
 
     def rate(self, model_id: str) -> float | None:
         """Events per second, or None until enough were seen."""

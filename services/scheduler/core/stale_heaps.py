@@ -10,12 +10,13 @@ indexed `COMPACT_FACTOR` times over is rebuilt from its live entries: amortized 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
+from typing import Any
 
 COMPACT_FACTOR = 4
 
 
-def push(heap: list, entry: tuple, indexed: int, version_of: Callable[[Hashable], int | None]):
+def push(heap: list, entry: tuple, indexed: int, version_of: Callable[[Any], int | None]):
     """Pushes `entry`; `indexed`: how many things the heap's owner indexes now;
     `version_of(key)`: the current version of a thing (None once it is gone)."""
     heapq.heappush(heap, entry)

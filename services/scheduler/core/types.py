@@ -151,11 +151,13 @@ class WorkerRecord:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Lease:
     """A slot on one worker for one request, holding `kv_tokens` of its KV cache. Nothing
     changes a lease after its grant; it is not frozen only because a frozen dataclass takes
-    three times as long to build (one is built per decision: docs/architecture.md)."""
+    three times as long to build, and its constructor is written out because the compiled
+    core (services.scheduler.compiled_core) compiles only a written one (one is built per
+    decision: docs/architecture.md)."""
 
     lease_id: str
     request_id: str
@@ -164,13 +166,36 @@ class Lease:
     gpu_id: str
     model_id: str
     granted_at: float  # clock seconds
-    priority: Priority = Priority.MEDIUM
-    tenant_id: str = ""
-    kv_tokens: int = 0
-    tenant_weight: float = 1.0
-    charged: float = 0.0  # tokens fairness charged at grant, before the tenant's weight
-    resumed: bool = False  # the request held a lease before (its prompt was charged then)
-    max_tokens: int = 0  # as admitted, resumed tokens included
+    priority: Priority
+    tenant_id: str
+    kv_tokens: int
+    tenant_weight: float
+    charged: float  # tokens fairness charged at grant, before the tenant's weight
+    resumed: bool  # the request held a lease before (its prompt was charged then)
+    max_tokens: int  # as admitted, resumed tokens included
+
+    def __init__(
+        self,
+        lease_id: str,
+        request_id: str,
+        worker_id: str,
+        worker_address: str,
+        gpu_id: str,
+        model_id: str,
+        granted_at: float,
+        priority: Priority = Priority.MEDIUM,
+        tenant_id: str = "",
+        kv_tokens: int = 0,
+        tenant_weight: float = 1.0,
+        charged: float = 0.0,
+        resumed: bool = False,
+        max_tokens: int = 0,
+    ) -> None:
+        self.lease_id, self.request_id, self.worker_id = lease_id, request_id, worker_id
+        self.worker_address, self.gpu_id, self.model_id = worker_address, gpu_id, model_id
+        self.granted_at, self.priority, self.tenant_id = granted_at, priority, tenant_id
+        self.kv_tokens, self.tenant_weight, self.charged = kv_tokens, tenant_weight, charged
+        self.resumed, self.max_tokens = resumed, max_tokens
 
 
 @dataclass(frozen=True)
