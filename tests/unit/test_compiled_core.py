@@ -48,6 +48,7 @@ def test_a_build_for_another_python_is_not_used(tmp_path):
 
 
 def test_the_source_runs_unless_the_build_is_fresh_or_when_asked(tmp_path, monkeypatch):
+    monkeypatch.delenv("SCHEDULER_CORE", raising=False)
     package_path = ["/src/core"]
     stale = built(tmp_path, [])  # compiled from no sources: every real module changed since
     assert compiled_core.activate(package_path, stale).startswith("python: stale")

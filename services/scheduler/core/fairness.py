@@ -8,7 +8,7 @@ same, 1/n when one got everything.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 
 from services.common.windowed import SlidingWindow
 from services.scheduler.core.types import Priority
@@ -28,7 +28,9 @@ class FairShare:
     def service(self, priority: Priority, tenant: str) -> float:
         return self._service[priority].get(tenant, 0.0)
 
-    def services(self, priority: Priority) -> Mapping[str, float]:
+    def services(self, priority: Priority) -> dict[str, float]:
+        """Each tenant's service in the class (the table itself, read per decision: do not
+        change it but through `charge`)."""
         return self._service[priority]
 
     def joined(self, priority: Priority, tenant: str, backlogged: Iterator[str]) -> None:

@@ -16,11 +16,11 @@ the head).
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
+from heapq import heappop, heappush, heapreplace
 
 from services.scheduler.core import stale_heaps
 from services.scheduler.core.deadline_index import DeadlineIndex
@@ -58,7 +58,7 @@ class RequestQueue:
         self._tenant_models: dict[tuple[Priority, str], set[str]] = {}  # lanes of a tenant
         # per (class, model): tenants whose service fell since its fairness heap saw them
         self._fallen: dict[tuple[Priority, str], set[str]] = {}
-        self._stamp = itertools.count()
+        self._stamp = 0  # versions of index entries: the last one given
         # (class, model) → [requests pushed, the latest arrival time]
         self._class_arrivals: dict[tuple[Priority, str], list] = {}
         self.deadlines = DeadlineIndex(self._by_id)
@@ -314,7 +314,7 @@ class RequestQueue:
             self._fair_versions.pop(lane_key, None)
             self._tenant_models[(p, tenant)].discard(model)
             return
-        version = next(self._stamp)
+        version = self._stamp = self._stamp + 1
         versions = self._versions
         versions[lane_key] = version
         age_heap = self._by_age.get(model)
@@ -325,7 +325,7 @@ class RequestQueue:
 
     def _index_fairness(self, lane_key: LaneKey, head: PendingRequest) -> None:
         p, model, tenant = lane_key
-        version = next(self._stamp)
+        version = self._stamp = self._stamp + 1
         versions = self._fair_versions
         versions[lane_key] = version
         entry = (self.fair.services(p).get(tenant, 0.0), head.order, version, lane_key)
@@ -363,19 +363,19 @@ class RequestQueue:
             entry = heap[0]
             lane_key = entry[3]
             if versions.get(lane_key) != entry[2]:
-                heapq.heappop(heap)  # stale: its lane was indexed again since
+                heappop(heap)  # stale: its lane was indexed again since
                 continue
             service = services.get(lane_key[2], 0.0)
             if service != entry[0]:  # its tenant was served since: re-keyed, looked at later
-                heapq.heapreplace(heap, (service, *entry[1:]))
+                heapreplace(heap, (service, entry[1], entry[2], lane_key))
                 continue
             head = self._lanes[lane_key][0]
             if head.kv_tokens <= room:
                 found = head
                 break
-            passed.append(heapq.heappop(heap))
+            passed.append(heappop(heap))
         for entry in passed:
-            heapq.heappush(heap, entry)
+            heappush(heap, entry)
         return found
 
     def _oldest(self, model: str) -> PendingRequest | None:
@@ -385,7 +385,7 @@ class RequestQueue:
             _, version, lane_key = heap[0]
             if self._versions.get(lane_key) == version:
                 return self._lanes[lane_key][0]
-            heapq.heappop(heap)
+            heappop(heap)
         return None
 
 

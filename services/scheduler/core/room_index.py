@@ -12,9 +12,8 @@ and a heartbeat that changes nothing costs nothing here.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from collections.abc import Callable, Iterator
+from heapq import heappop
 
 from services.scheduler.core import stale_heaps
 from services.scheduler.core.types import WorkerRecord
@@ -31,7 +30,7 @@ class RoomIndex:
         # model → the most KV tokens one more lease may reserve on any worker; a model is
         # absent when no worker has a free slot for it (kept current, read as a Mapping)
         self.rooms: dict[str, float] = {}
-        self._stamp = itertools.count()
+        self._stamp = 0  # versions of index entries: the last one given
 
     def touch(self, worker: WorkerRecord) -> None:
         """Indexes a worker again for each of its models."""
@@ -53,7 +52,7 @@ class RoomIndex:
             entry = heap[0]
             key = entry[4]
             if self._versions.get(key) != entry[3]:
-                heapq.heappop(heap)
+                heappop(heap)
                 continue
             worker_id = key[0]
             fits = -entry[1] >= kv_tokens and worker_id != avoid
@@ -63,7 +62,7 @@ class RoomIndex:
     def _index(self, worker: WorkerRecord, model_id: str, room: float) -> None:
         """Indexes one model of a worker with its KV room (-1: it takes no lease for it)."""
         key = (worker.worker_id, model_id)
-        version = next(self._stamp)
+        version = self._stamp = self._stamp + 1
         versions = self._versions
         versions[key] = version
         if room < 0:
@@ -92,5 +91,5 @@ class RoomIndex:
             if versions.get(key) == version:
                 self.rooms[model_id] = -negative_room
                 return
-            heapq.heappop(heap)
+            heappop(heap)
         self.rooms.pop(model_id, None)

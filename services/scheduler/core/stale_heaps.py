@@ -9,8 +9,8 @@ indexed `COMPACT_FACTOR` times over is rebuilt from its live entries: amortized 
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable
+from heapq import heapify, heappush
 from typing import Any
 
 COMPACT_FACTOR = 4
@@ -19,7 +19,7 @@ COMPACT_FACTOR = 4
 def push(heap: list, entry: tuple, indexed: int, version_of: Callable[[Any], int | None]):
     """Pushes `entry`; `indexed`: how many things the heap's owner indexes now;
     `version_of(key)`: the current version of a thing (None once it is gone)."""
-    heapq.heappush(heap, entry)
+    heappush(heap, entry)
     if len(heap) > COMPACT_FACTOR * indexed + 64:
         heap[:] = [e for e in heap if version_of(e[-1]) == e[-2]]
-        heapq.heapify(heap)
+        heapify(heap)
