@@ -10,7 +10,8 @@ fit and worker choice included: the core's one outcome for that change). The cos
 not grow with N: only lane heads are looked at. Every request has a deadline 10 minutes out,
 as a router sets one.
 
-The core runs as `make core` built it (compiled with mypyc; services.scheduler.compiled_core)
+The garbage collector runs as in the scheduler process (services.scheduler.gc_tuning). The
+core runs as `make core` built it (compiled with mypyc; services.scheduler.compiled_core)
 unless `SCHEDULER_CORE=python` asks for its source; the output's first line says which.
 
 It also times the periodic sweep (`tick()`: silent workers, unstarted leases, late and cold
@@ -39,6 +40,7 @@ from services.scheduler.core.types import (
     Ticket,
     Usage,
 )
+from services.scheduler.gc_tuning import tune_collector
 
 MODELS = [f"model-{i}" for i in range(4)]
 DEADLINE_S = 600.0
@@ -125,6 +127,7 @@ def main() -> None:
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--out", default="bench/results/scheduler_core.json")
     args = parser.parse_args()
+    tune_collector()  # as the scheduler process does once it has started
     sizes = [(n, args.workers) for n in (1_000, 10_000, 100_000)]
     sizes += [(10_000, w) for w in (1024, 4096) if w != args.workers]
     rows = [measure(n, w, args.decisions) for n, w in sizes]
