@@ -96,11 +96,9 @@ def load_section(
             continue
         key = f"{env_prefix}_{field.name.upper()}"
         hint = hints[field.name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             inner = data.get(field.name, {})
-            nested_cls: Any = hint  # a dataclass
-            section_name = f"{name}.{field.name}"
-            values[field.name] = load_section(nested_cls, inner, env, key, None, section_name)
+            values[field.name] = load_section(hint, inner, env, key, None, f"{name}.{field.name}")
             continue
         raw = data.get(field.name, dataclasses.MISSING)
         raw = env.get(key, raw)

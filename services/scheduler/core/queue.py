@@ -30,7 +30,6 @@ from services.scheduler.core.types import PRIORITIES, PendingRequest, Priority
 Lane = deque[PendingRequest]
 LaneKey = tuple[Priority, str, str]  # (class, model, tenant)
 
-
 _AT_OR_ABOVE = {p: tuple(q for q in Priority if q <= p) for p in Priority}
 
 
