@@ -22,7 +22,9 @@ of 5, in milliseconds.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import operator
 import random
 import statistics
 import time
@@ -33,6 +35,8 @@ from services.scheduler.core.admission import AdmissionRules
 from services.scheduler.core.scheduler import SchedulerCore
 from services.scheduler.core.settings import CoreSettings, DispatchRules
 from services.scheduler.core.types import (
+    PRIORITIES,
+    Lease,
     ModelCatalogEntry,
     ModelSlots,
     Outcome,
@@ -86,29 +90,40 @@ def sweep_ms(core: SchedulerCore) -> float:
     return statistics.median(samples)
 
 
+_submitted = itertools.count()  # ids of the requests that top the queue up
+
+
+def decide(core: SchedulerCore, leases: list[Lease], rng: random.Random, end=operator.call):
+    """One decision: a random held lease ends, through `end(core.end_lease, ...)` (a timer, or
+    callgrind's collection point), then the queue is topped up to its length. Returns the
+    core's Changes; `leases` is kept to those held."""
+    lease = leases.pop(rng.randrange(len(leases)))
+    changes = end(core.end_lease, lease.lease_id, Outcome.COMPLETED, Usage(completion_tokens=16))
+    leases.extend(changes.leases_granted())
+    for _ in changes.granted:
+        model, priority, tenant = rng.choice(MODELS), rng.choice(PRIORITIES), rng.choice(TENANTS)
+        request_id = f"n{next(_submitted)}"
+        ticket = Ticket(
+            request_id, model, priority, tenant, 100, 100, deadline=core.clock() + DEADLINE_S
+        )
+        core.submit(ticket)
+    return changes
+
+
 def measure(queued: int, workers: int, decisions: int) -> dict[str, float]:
     core = build(queued, workers)
     leases = core.leases()
     rng = random.Random(2)
     samples = []
-    for _ in range(decisions):
-        lease = leases.pop(rng.randrange(len(leases)))
+
+    def timed(end_lease, *args):
         started = time.perf_counter()
-        changes = core.end_lease(lease.lease_id, Outcome.COMPLETED, Usage(completion_tokens=16))
+        changes = end_lease(*args)
         samples.append((time.perf_counter() - started) * 1e6)
-        leases.extend(changes.leases_granted())
-        for i in range(len(changes.granted)):  # keep the queue at its length
-            core.submit(
-                Ticket(
-                    f"n{len(samples)}-{i}",
-                    rng.choice(MODELS),
-                    rng.choice(list(Priority)),
-                    rng.choice(TENANTS),
-                    prompt_tokens=100,
-                    max_tokens=100,
-                    deadline=core.clock() + DEADLINE_S,
-                )
-            )
+        return changes
+
+    for _ in range(decisions):
+        decide(core, leases, rng, timed)
     samples.sort()
     return {
         "queued": queued,

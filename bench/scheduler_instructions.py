@@ -24,33 +24,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def decide(queued: int, workers: int, decisions: int) -> None:
+def decide_under_callgrind(queued: int, workers: int, decisions: int) -> None:
     """Runs under callgrind: `decisions` decisions, each inside operator.call."""
     import itertools
-    import operator
     import random
     import time
 
     ticks = itertools.count()
     time.monotonic = lambda: next(ticks) * 2e-6  # the same clock readings every run
-    from bench.scheduler_core import MODELS, TENANTS, build
-    from services.scheduler.core.types import Outcome, Priority, Ticket, Usage
+    from bench.scheduler_core import build, decide
 
     core = build(queued, workers)
     leases, rng = core.leases(), random.Random(2)
-    for k in range(decisions):
-        lease = leases.pop(rng.randrange(len(leases)))
-        usage = Usage(completion_tokens=16)
-        changes = operator.call(core.end_lease, lease.lease_id, Outcome.COMPLETED, usage)
-        leases.extend(changes.leases_granted())
-        for i in range(len(changes.granted)):
-            model, priority, tenant = (
-                rng.choice(MODELS),
-                rng.choice(list(Priority)),
-                rng.choice(TENANTS),
-            )
-            deadline = core.clock() + 600
-            core.submit(Ticket(f"n{k}-{i}", model, priority, tenant, 100, 100, deadline=deadline))
+    for _ in range(decisions):
+        decide(core, leases, rng)
 
 
 def count(build: str, args: argparse.Namespace) -> float:
@@ -80,7 +67,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/scheduler_instructions.json")
     args = parser.parse_args()
     if args.decide:
-        decide(*args.decide)
+        decide_under_callgrind(*args.decide)
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("needs valgrind")

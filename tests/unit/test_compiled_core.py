@@ -64,20 +64,13 @@ import itertools, random, time
 ticks = itertools.count()
 time.monotonic = lambda: next(ticks) * 1e-3
 import services.scheduler.core as package
-from bench.scheduler_core import build, MODELS, TENANTS
-from services.scheduler.core.types import Outcome, Priority, Ticket, Usage
+from bench.scheduler_core import build, decide
 core = build(400, 16)
 leases, rng, out = core.leases(), random.Random(3), [package.BUILD.split(":")[0]]
-for k in range(300):
-    lease = leases.pop(rng.randrange(len(leases)))
-    changes = core.end_lease(lease.lease_id, Outcome.COMPLETED, Usage(completion_tokens=k % 40))
+for _ in range(300):
+    changes = decide(core, leases, rng)
     out += [f"{r.request_id}@{g.worker_id}" for r, g in changes.granted]
-    out += [f"revoke {c.lease_id}" for c in changes.commands]
-    leases.extend(changes.leases_granted())
-    for i in range(len(changes.granted)):
-        ticket = Ticket(f"n{k}-{i}", rng.choice(MODELS), rng.choice(list(Priority)),
-                        rng.choice(TENANTS), prompt_tokens=10 + k, max_tokens=100)
-        core.submit(ticket)
+    out += [f"revoke:{c.lease_id}" for c in changes.commands]
 print(" ".join(out))
 """
 

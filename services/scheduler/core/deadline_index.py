@@ -30,7 +30,8 @@ class DeadlineIndex:
         """Takes out of the index (not the queue) at most `limit` waiting requests of the
         model whose deadline comes before the time, the earliest first. `restore` indexes
         again those that stay."""
-        heap, due = self._heaps.get(model_id), list[PendingRequest]()
+        heap = self._heaps.get(model_id)
+        due: list[PendingRequest] = []
         while heap and heap[0][0] < before and len(due) < limit:
             _, sequence, request_id = heapq.heappop(heap)
             if self._sequence_of(request_id) == sequence:

@@ -59,7 +59,6 @@ class SchedulerCore:
         self._queue = RequestQueue(admission.queue_capacity)
         self._leases = LeaseTable(make_policy(dispatch.placement), lease_prefix)
         self._ledger = Ledger(self._queue.fair)
-        self._lease_expiry_s = settings.lease_expiry_s  # derived once: read per decision
         self._started_at = clock()
         self._recovered = False  # the recovery window after a start is over
         self._rate = EventRates(admission.rate_window_s, clock)  # completions
@@ -296,9 +295,9 @@ class SchedulerCore:
                 self._queue.models(), self._leases.room(), self._catalog_bytes(), self.clock()
             )
         dispatch = self.settings.dispatch
-        if self._recovered or not self.recovering():
+        if not self.recovering():
             now = self.clock()
-            start_by = now + self._lease_expiry_s
+            start_by = now + self.settings.lease_expiry_s
             bound = dispatch.starvation_bound_s or None  # 0: strict priority
             queue, leases, room = self._queue, self._leases, self._leases.room()
             while request := queue.pop_next(room, now, bound):
