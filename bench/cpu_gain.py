@@ -98,7 +98,7 @@ def in_a_row(engine: TransformersEngine, address: str, prompts: list[str], token
 
 def at_once(engine: TransformersEngine, address: str, prompts: list[str], tokens: int, rounds):
     """`rounds` concurrent rounds each, the engine's and the stack's alternately; returns the
-    times of each side and the most smollm2 workers seen during the stack's rounds."""
+    times of each side and the most smollm2 workers the system had during them."""
     engine_s, stack_s, peak = [], [], [workers_of_model(address)]
     stop = threading.Event()
 
