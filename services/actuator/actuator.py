@@ -26,6 +26,7 @@ from inference.v1 import types_pb2
 from services.actuator.config import ActuatorConfig
 from services.actuator.plan import Devices, Start, Stop, reconcile
 from services.actuator.processes import LaunchSpec, ManagedWorker
+from services.common.engine_python import worker_python
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,14 @@ class Actuator:
             self._address(self.config.metrics_base_port, index)
             if self.config.metrics_base_port
             else "",
+            worker_python(self._engine(action.model_id)),
         )
         self.workers[worker_id] = await self.launcher.start(spec)
         self.events.append((time.monotonic(), "start", worker_id))
+
+    def _engine(self, model_id: str) -> str:
+        spec = self.config.catalog.get(model_id)
+        return spec.engine if spec is not None else ""
 
     def _stop(self, worker_id: str) -> None:
         worker = self.workers.get(worker_id)

@@ -9,6 +9,7 @@ from typing import Any
 
 from services.common.catalog import ModelSpec, pool_catalog
 from services.common.config import load_section, require
+from services.common.engine_python import missing_environment
 from services.common.tls import SecuritySettings
 
 
@@ -42,6 +43,8 @@ class ActuatorConfig(SecuritySettings):
         require(self.cpu_slots >= 0, "actuator.cpu_slots must be >= 0")
         require(self.cpu_threads_per_worker >= 0, "actuator.cpu_threads_per_worker must be >= 0")
         require(self.stop_timeout_s > 0, "actuator.stop_timeout_s must be > 0")
+        missing = missing_environment(self.catalog.values())
+        require(not missing, missing)
 
     @property
     def cpu_per_model(self) -> int:

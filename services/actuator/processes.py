@@ -30,6 +30,7 @@ class LaunchSpec:
     index: int  # the actuator's port slot: ports are base + index
     listen: str  # host:port (port 0: any free one)
     metrics_listen: str  # host:port, or "" for none
+    python: str = sys.executable  # the interpreter (engine_python.worker_python)
 
 
 @dataclass
@@ -112,7 +113,7 @@ class Launcher:
 
     def _command_line(self, spec: LaunchSpec) -> tuple[list[str], dict[str, str]]:
         """The worker's command line and environment."""
-        args = [sys.executable, "-u", "-m", "services.gpu_worker", "--config", self.config_path]
+        args = [spec.python, "-u", "-m", "services.gpu_worker", "--config", self.config_path]
         args += ["--scheduler", self.scheduler_address, "--listen", spec.listen]
         args += ["--metrics-listen", spec.metrics_listen, "--models", spec.model_id]
         args += ["--worker-id", spec.worker_id]

@@ -12,7 +12,7 @@ from typing import Any
 
 from services.common.config import ConfigError
 
-ENGINES = ("transformers", "simulated", "embedding")
+ENGINES = ("transformers", "simulated", "embedding", "vllm")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,48 @@ class SimulationSpec:
         return self.profiles[self.gpu_type]
 
 
+# vLLM's names for what a model entry already says: set the entry's own key instead
+_VLLM_NAMES = {
+    "dtype": "dtype",
+    "max_model_len": "max_context_tokens",
+    "max_num_seqs": "max_slots",
+    "model": "source",
+}
+
+
+@dataclass(frozen=True)
+class VllmSpec:
+    """vLLM's engine arguments for a model with `engine = "vllm"` (its `[models.vllm]`
+    table). vLLM runs the entry's `source` in its `dtype`, with `max_context_tokens` as
+    max_model_len and `max_slots` as max_num_seqs; these are the rest."""
+
+    block_size: int = 0  # tokens per KV-cache block; 0: vLLM's default for the device
+    enable_prefix_caching: bool = True
+    gpu_memory_utilization: float = 0.9  # share of the GPU's memory vLLM may take (on a GPU)
+    kv_cache_bytes: int = 0  # the KV cache's size, in place of the memory share; 0: the share
+    enforce_eager: bool = False  # no CUDA graphs or compilation: starts faster, runs slower
+    max_num_batched_tokens: int = 0  # tokens one engine step may take; 0: vLLM's default
+
+    def __post_init__(self) -> None:
+        if self.block_size < 0 or self.max_num_batched_tokens < 0:
+            raise ConfigError("[models.vllm]: block_size and max_num_batched_tokens are >= 0")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError("[models.vllm]: gpu_memory_utilization must be in (0, 1]")
+        if self.kv_cache_bytes < 0:
+            raise ConfigError("[models.vllm]: kv_cache_bytes must be >= 0")
+
+    @classmethod
+    def parse(cls, model_id: object, raw: Mapping[str, Any]) -> VllmSpec:
+        where = f"[[models]] {model_id!r} vllm"
+        for key, ours in _VLLM_NAMES.items():
+            if key in raw:
+                raise ConfigError(f"{where}: {key} is the model entry's {ours!r}; set that")
+        try:
+            return cls(**raw)
+        except TypeError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     model_id: str
@@ -76,6 +118,7 @@ class ModelSpec:
     dtype: str = "float32"
     chat_template: bool = True
     simulation: SimulationSpec = field(default_factory=SimulationSpec)
+    vllm: VllmSpec = field(default_factory=VllmSpec)  # engine = "vllm"
 
     @property
     def simulated(self) -> bool:
@@ -99,7 +142,7 @@ class ModelSpec:
             raise ConfigError("[[models]] entry without id")
         if self.engine not in ENGINES:
             raise ConfigError(f"{where}: engine must be one of {ENGINES}, got {self.engine!r}")
-        if self.engine in ("transformers", "embedding") and not self.source:
+        if self.engine in ("transformers", "embedding", "vllm") and not self.source:
             raise ConfigError(f"{where}: the {self.engine} engine needs a source")
         if self.kind == "generative" and not (
             0 < self.default_max_tokens <= self.max_output_tokens < self.max_context_tokens
@@ -121,13 +164,13 @@ class ModelSpec:
 
 def parse_catalog(entries: list[Mapping[str, Any]]) -> dict[str, ModelSpec]:
     """Builds specs from the `[[models]]` array; rejects duplicates and unknown keys."""
-    known = set(ModelSpec.__dataclass_fields__) - {"model_id", "simulation"} | {"id", "simulation"}
+    known = set(ModelSpec.__dataclass_fields__) - {"model_id"} | {"id"}
     specs: dict[str, ModelSpec] = {}
     for raw in entries:
         unknown = set(raw) - known
         if unknown:
             raise ConfigError(f"[[models]] {raw.get('id')!r}: unknown keys {sorted(unknown)}")
-        values = {k: v for k, v in raw.items() if k not in ("id", "simulation")}
+        values = {k: v for k, v in raw.items() if k not in ("id", "simulation", "vllm")}
         sim = dict(raw.get("simulation", {}))
         try:
             profiles = {
@@ -137,8 +180,11 @@ def parse_catalog(entries: list[Mapping[str, Any]]) -> dict[str, ModelSpec]:
             simulation = SimulationSpec(**sim, profiles=profiles)
         except TypeError as exc:
             raise ConfigError(f"[[models]] {raw.get('id')!r} simulation: {exc}") from exc
+        vllm = VllmSpec.parse(raw.get("id"), raw.get("vllm", {}))
         try:
-            spec = ModelSpec(model_id=str(raw.get("id", "")), simulation=simulation, **values)
+            spec = ModelSpec(
+                model_id=str(raw.get("id", "")), simulation=simulation, vllm=vllm, **values
+            )
         except TypeError as exc:
             raise ConfigError(f"[[models]] {raw.get('id')!r}: {exc}") from exc
         if spec.model_id in specs:

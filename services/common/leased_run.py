@@ -88,7 +88,9 @@ class Attempts:
     tokens: int = 0  # tokens streamed so far, every lease
     prompt_tokens: int = 0  # the prompt's length, as the first lease's worker reported it
     leases: int = 0  # leases granted
-    failures: int = 0  # leases that ended with their worker failing
+    # the workers whose lease of it ended with the worker failing (one that failed it twice,
+    # as it died and then refused it, counts once)
+    failed_on: set[str] = field(default_factory=set)
     queue_ms: float = 0.0  # time spent waiting for leases
     resubmission: scheduler_pb2.Resubmission | None = None
 
@@ -242,10 +244,10 @@ class LeasedRun:
         tokens_before: int,
     ) -> None:
         if lost.outcome == types_pb2.LEASE_OUTCOME_FAILED:
-            attempts.failures += 1
-            if attempts.failures >= POISON_AFTER_FAILURES:
+            attempts.failed_on.add(grant.worker_id)
+            if len(attempts.failed_on) >= POISON_AFTER_FAILURES:
                 raise Unavailable(
-                    f"the request failed on {attempts.failures} workers; it is not retried "
+                    f"the request failed on {len(attempts.failed_on)} workers; it is not retried "
                     "(it may be what makes the model fail)"
                 )
         if attempts.leases > self._max_resumes:

@@ -22,6 +22,9 @@ _STATES = {
     ModelState.READY: types_pb2.MODEL_STATE_READY,
     ModelState.FAILED: types_pb2.MODEL_STATE_FAILED,
 }
+# a request's class, as engines that order their own queue rank it (lower runs first)
+_PRIORITY_RANK = {types_pb2.PRIORITY_HIGH: 0, types_pb2.PRIORITY_LOW: 2}
+MEDIUM_RANK = 1
 _FINISH = {
     FinishReason.LENGTH: types_pb2.FINISH_REASON_LENGTH,
     FinishReason.STOP: types_pb2.FINISH_REASON_STOP,
@@ -63,6 +66,7 @@ def generation_input(
         sampling,
         resume_text=resume.generated_text if resume else "",
         resume_tokens=resume_tokens,
+        priority_rank=_PRIORITY_RANK.get(request.priority, MEDIUM_RANK),
     )
 
 
@@ -85,12 +89,16 @@ def worker_model(engine: Engine) -> types_pb2.WorkerModel:
     return types_pb2.WorkerModel(
         info=model_info(engine.spec),
         state=_STATES[engine.state] if engine.healthy else types_pb2.MODEL_STATE_FAILED,
-        max_slots=engine.spec.max_slots,
+        max_slots=stats.max_slots,
         active_sequences=stats.running,
         kv_cache_tokens_used=stats.kv_tokens_used,
         kv_cache_tokens_capacity=stats.kv_tokens_capacity,
         tokens_per_second=stats.tokens_per_second,
         memory_bytes=stats.memory_bytes,
+        engine_running=stats.engine_running,
+        engine_waiting=stats.engine_waiting,
+        prefix_cache_queries=stats.prefix_cache_queries,
+        prefix_cache_hits=stats.prefix_cache_hits,
     )
 
 

@@ -92,7 +92,9 @@ class ModelHost:
             raise NotFound(f"model {model_id!r} is not on this worker")
         if engine.spec.kind != kind:
             raise InvalidArgument(f"model {model_id!r} is a {engine.spec.kind} model")
-        if engine.state is not ModelState.READY or not engine.healthy:
+        if not engine.healthy:
+            raise Unavailable(f"model {model_id!r} is unhealthy on this worker")
+        if engine.state is not ModelState.READY:
             raise Unavailable(f"model {model_id!r} is {engine.state.value} on this worker")
         return engine
 

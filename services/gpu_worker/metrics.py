@@ -59,6 +59,24 @@ class WorkerMetrics:
             model,
             registry=r,
         )
+        self.engine_requests = Gauge(
+            "inference_worker_engine_requests",
+            "Requests in the engine's own queue (vLLM), by state: running or waiting",
+            [*model, "state"],
+            registry=r,
+        )
+        self.prefix_queries = Gauge(
+            "inference_worker_prefix_cache_queried_tokens",
+            "Prompt tokens looked up in the engine's prefix cache since the engine started",
+            model,
+            registry=r,
+        )
+        self.prefix_hits = Gauge(
+            "inference_worker_prefix_cache_hit_tokens",
+            "Prompt tokens found in the engine's prefix cache since the engine started",
+            model,
+            registry=r,
+        )
         self.generated = Counter(
             "inference_worker_generated_tokens", "Tokens generated", model, registry=r
         )
@@ -102,6 +120,10 @@ class WorkerMetrics:
             self.running.labels(model_id).set(stats.running)
             self.kv_used.labels(model_id).set(stats.kv_tokens_used)
             self.kv_capacity.labels(model_id).set(stats.kv_tokens_capacity)
+            self.engine_requests.labels(model_id, "running").set(stats.engine_running)
+            self.engine_requests.labels(model_id, "waiting").set(stats.engine_waiting)
+            self.prefix_queries.labels(model_id).set(stats.prefix_cache_queries)
+            self.prefix_hits.labels(model_id).set(stats.prefix_cache_hits)
             if stats.running:
                 self.busy.labels(model_id).inc(elapsed)
                 self._busy[model_id] = self._busy.get(model_id, 0.0) + elapsed

@@ -38,7 +38,7 @@ class FaultyEngine:
         return 0
 
     def stats(self) -> EngineStats:
-        return EngineStats(0, 0, 0, 0.0, 0)
+        return EngineStats(0, 0, 0, 0.0, 0, self.spec.max_slots)
 
     def close(self) -> None: ...
 

@@ -36,6 +36,7 @@ class BusyEngine:
             kv_tokens_capacity=100,
             tokens_per_second=0.0,
             memory_bytes=0,
+            max_slots=1,
         )
 
 

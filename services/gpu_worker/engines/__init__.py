@@ -21,6 +21,10 @@ def create_engine(
         from services.gpu_worker.engines.embedding import SentenceEmbeddingEngine
 
         return SentenceEmbeddingEngine(spec, device)
+    if spec.engine == "vllm":
+        from services.gpu_worker.engines.vllm_engine import VllmEngine
+
+        return VllmEngine(spec, cache_dir, device)
     from services.gpu_worker.engines.transformers_engine import TransformersEngine
 
     return TransformersEngine(spec, cache_dir, device)

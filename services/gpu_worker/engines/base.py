@@ -57,6 +57,7 @@ class GenerationInput:
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     resume_text: str = ""  # generated before the request moved here: continue after it
     resume_tokens: int = 0  # tokens of resume_text, already counted against max_tokens
+    priority_rank: int = 1  # 0 high, 1 medium, 2 low (convert.py): for engines with a queue
 
     @property
     def remaining_tokens(self) -> int:
@@ -97,6 +98,13 @@ class EngineStats:
     kv_tokens_capacity: int  # the engine's KV-token budget
     tokens_per_second: float  # generated, over the last few seconds
     memory_bytes: int  # weights (and fixed buffers) the model holds on its device
+    max_slots: int  # sequences the engine runs at once: what leases may promise
+    # the engine's own view, where it has one (vLLM): its running and waiting requests, and
+    # the prompt tokens its prefix cache was asked for and found (totals since it started)
+    engine_running: int = 0
+    engine_waiting: int = 0
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
 
 
 Event = TextDelta | Finished | Embeddings | BaseException

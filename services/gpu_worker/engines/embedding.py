@@ -91,6 +91,7 @@ class SentenceEmbeddingEngine(ThreadedEngine):
             kv_tokens_capacity=0,
             tokens_per_second=self._done.per_second(),  # texts embedded per second
             memory_bytes=self.weights_bytes,
+            max_slots=self.spec.max_slots,
         )
 
     def _run(self) -> None:

@@ -46,13 +46,19 @@ def load_causal_lm(spec: ModelSpec, cache_dir: Path, device: str) -> tuple[Any, 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = resolve_source(spec.source)
-    path = _cached_copy(spec, source, cache_dir) if spec.gguf_file else source
+    path = model_folder(spec, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, spec.dtype))
     model.to(device)
     model.eval()
     return tokenizer, model
+
+
+def model_folder(spec: ModelSpec, cache_dir: Path) -> Path:
+    """The folder of the model's weights in a form every engine loads (safetensors): its
+    source, or for a GGUF file the converted copy under `cache_dir`, made on first use."""
+    source = resolve_source(spec.source)
+    return _cached_copy(spec, source, cache_dir) if spec.gguf_file else source
 
 
 def _cached_copy(spec: ModelSpec, source: Path, cache_dir: Path) -> Path:

@@ -151,6 +151,7 @@ class SimulatedEngine:
             kv_tokens_capacity=self.profile.kv_capacity_tokens,
             tokens_per_second=self._produced.per_second(),
             memory_bytes=self.spec.simulation.memory_bytes,
+            max_slots=self.spec.max_slots,
         )
 
     def submit(self, request: GenerationInput, sink: Sink) -> _SimSequence:

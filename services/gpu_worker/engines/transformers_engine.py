@@ -94,6 +94,7 @@ class TransformersEngine(ThreadedEngine):
             kv_tokens_capacity=self.spec.max_batch_tokens,
             tokens_per_second=self._produced.per_second(),
             memory_bytes=self.weights_bytes,
+            max_slots=self.spec.max_slots,
         )
 
     # -- the engine thread -----------------------------------------------------------------
@@ -248,13 +249,17 @@ class TransformersEngine(ThreadedEngine):
     def _prepare(self, seq: Sequence) -> bool:
         """Tokenizes and checks the prompt. False (and an error to the sink) if it is bad."""
         from services.gpu_worker.engines.sampling import make_generator
-        from services.gpu_worker.engines.text import IncrementalDetokenizer, StopMatcher
+        from services.gpu_worker.engines.text import (
+            IncrementalDetokenizer,
+            StopMatcher,
+            encode_request,
+        )
 
         request = seq.request
         try:
-            ids = self._encode(request.prompt)
-            if request.resume_text:  # continue after the text already streamed elsewhere
-                ids += self._tokenizer(request.resume_text, add_special_tokens=False)["input_ids"]
+            ids = encode_request(
+                self._tokenizer, request.prompt, request.resume_text, self.spec.chat_template
+            )
         except Exception as exc:  # noqa: BLE001 - the sequence fails alone
             self._fail_request(seq, exc)
             return False
@@ -323,13 +328,9 @@ class TransformersEngine(ThreadedEngine):
                 self._active -= count
 
     def _encode(self, prompt: str) -> list[int]:
-        tok = self._tokenizer
-        if self.spec.chat_template and tok.chat_template:
-            text = tok.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-            )
-            return tok(text, add_special_tokens=False)["input_ids"]
-        return tok(prompt)["input_ids"]
+        from services.gpu_worker.engines.text import encode_prompt
+
+        return encode_prompt(self._tokenizer, prompt, self.spec.chat_template)
 
 
 def _eos_ids(tokenizer: Any, model: Any) -> set[int]:

@@ -1,0 +1,99 @@
+"""Greedy texts of one engine for a set of prompts, as JSON: the check that a model gives the
+same text on every engine (and so that a stream can move between them).
+
+    .venv/bin/python -m bench.engine_texts --engine transformers
+    .venv-vllm/bin/python -m bench.engine_texts --engine vllm
+
+Each runs the config's model (default `smollm2-135m` from deploy/local/config.toml) on that
+engine in this process, submits every prompt at once (as a loaded worker batches them), and
+prints {"engine", "seconds", "texts"} (`--out`: to a file too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+from services.common.catalog import parse_catalog
+from services.gpu_worker.engines import create_engine
+from services.gpu_worker.engines.base import GenerationInput, TextDelta
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = [
+    "What is the capital of France?",
+    "Name three colors.",
+    "Write a haiku about the sea.",
+    "Explain photosynthesis in one sentence.",
+    "What is 12 times 12?",
+    "Give me a synonym for happy.",
+    "Who wrote Romeo and Juliet?",
+    "Translate 'good morning' into Spanish.",
+    "What is the boiling point of water?",
+    "List two planets of the solar system.",
+    "Describe a cat in five words.",
+    "What does a CPU do?",
+    "Suggest a name for a dog.",
+    "Why is the sky blue?",
+    "Tell me a fun fact about octopuses.",
+    "How many days are in a leap year?",
+]
+
+
+def greedy_texts(engine, prompts: list[str], max_tokens: int) -> list[str]:
+    """Runs every prompt at once; returns their texts (an error event raises)."""
+    texts: list[list[str]] = [[] for _ in prompts]
+    done = threading.Semaphore(0)
+    errors: list[BaseException] = []
+
+    def sink_for(i: int):
+        def sink(event: object) -> None:
+            if isinstance(event, TextDelta):
+                texts[i].append(event.text)
+            else:
+                if isinstance(event, BaseException):
+                    errors.append(event)
+                done.release()
+
+        return sink
+
+    for i, prompt in enumerate(prompts):
+        engine.submit(GenerationInput(f"check-{i}", prompt, max_tokens), sink_for(i))
+    for _ in prompts:
+        done.acquire()
+    if errors:
+        raise errors[0]
+    return ["".join(t) for t in texts]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", required=True, choices=["transformers", "vllm"])
+    parser.add_argument("--config", default=str(ROOT / "deploy/local/config.toml"))
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--cache-dir", default=str(ROOT / ".cache/models"))
+    parser.add_argument("--out", help="write the JSON here too (vLLM logs to stdout)")
+    args = parser.parse_args()
+    catalog = parse_catalog(tomllib.loads(Path(args.config).read_text())["models"])
+    spec = dataclasses.replace(catalog[args.model], engine=args.engine)
+    engine = create_engine(spec, Path(args.cache_dir), "cpu")
+    engine.load()
+    started = time.monotonic()
+    try:
+        texts = greedy_texts(engine, PROMPTS, args.max_tokens)
+    finally:
+        engine.close()
+    seconds = time.monotonic() - started
+    result = json.dumps({"engine": args.engine, "seconds": seconds, "texts": texts})
+    print(result)
+    if args.out:
+        Path(args.out).write_text(result)
+
+
+if __name__ == "__main__":
+    main()
