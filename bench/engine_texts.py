@@ -81,7 +81,10 @@ def main() -> None:
     args = parser.parse_args()
     catalog = parse_catalog(tomllib.loads(Path(args.config).read_text())["models"])
     spec = dataclasses.replace(catalog[args.model], engine=args.engine)
-    engine = create_engine(spec, Path(args.cache_dir), "cpu")
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    engine = create_engine(spec, Path(args.cache_dir), device)
     engine.load()
     started = time.monotonic()
     try:

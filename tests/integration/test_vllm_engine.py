@@ -128,7 +128,9 @@ async def test_a_heartbeat_carries_vllm_capacity_and_kv_use(system):
     assert model.max_slots == 2  # vLLM's max_num_seqs
     # vLLM's KV cache (blocks × block size) for 1 GiB, not the catalog's max_batch_tokens
     assert 0 < model.kv_cache_tokens_capacity != 32768
-    assert model.kv_cache_tokens_capacity % 128 == 0
+    assert (
+        model.kv_cache_tokens_capacity % 16 == 0
+    )  # whole blocks (128 tokens on the CPU, 16 on a GPU)
     stream = asyncio.ensure_future(generate(system, "Count to one hundred.", **long_request()))
 
     async def busy() -> bool:
