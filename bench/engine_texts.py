@@ -12,9 +12,10 @@ prints {"engine", "seconds", "texts"} (`--out`: to a file too).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
+import functools
 import json
-import threading
 import time
 import tomllib
 from pathlib import Path
@@ -44,29 +45,25 @@ PROMPTS = [
 ]
 
 
-def greedy_texts(engine, prompts: list[str], max_tokens: int) -> list[str]:
-    """Runs every prompt at once; returns their texts (an error event raises)."""
+async def greedy_texts(engine, prompts: list[str], max_tokens: int) -> list[str]:
+    """Runs every prompt at once, from an event loop as the worker does; returns their texts
+    (an error event raises)."""
+    loop = asyncio.get_running_loop()
     texts: list[list[str]] = [[] for _ in prompts]
-    done = threading.Semaphore(0)
-    errors: list[BaseException] = []
+    ends = [loop.create_future() for _ in prompts]
 
-    def sink_for(i: int):
-        def sink(event: object) -> None:
-            if isinstance(event, TextDelta):
-                texts[i].append(event.text)
-            else:
-                if isinstance(event, BaseException):
-                    errors.append(event)
-                done.release()
-
-        return sink
+    def take(i: int, event: object) -> None:
+        if isinstance(event, TextDelta):
+            texts[i].append(event.text)
+        elif not ends[i].done():
+            ends[i].set_result(event)
 
     for i, prompt in enumerate(prompts):
-        engine.submit(GenerationInput(f"check-{i}", prompt, max_tokens), sink_for(i))
-    for _ in prompts:
-        done.acquire()
-    if errors:
-        raise errors[0]
+        sink = functools.partial(loop.call_soon_threadsafe, take, i)
+        engine.submit(GenerationInput(f"check-{i}", prompt, max_tokens), sink)
+    for end in await asyncio.gather(*ends):
+        if isinstance(end, BaseException):
+            raise end
     return ["".join(t) for t in texts]
 
 
@@ -88,7 +85,7 @@ def main() -> None:
     engine.load()
     started = time.monotonic()
     try:
-        texts = greedy_texts(engine, PROMPTS, args.max_tokens)
+        texts = asyncio.run(greedy_texts(engine, PROMPTS, args.max_tokens))
     finally:
         engine.close()
     seconds = time.monotonic() - started

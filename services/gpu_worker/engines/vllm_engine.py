@@ -1,8 +1,9 @@
 """A generative model run by vLLM's v1 async engine (`AsyncLLM`), behind our engine interface.
 
 vLLM's engine core runs in a child process of the worker (`VLLM::EngineCore`, and on the
-CPU its `VLLM::Worker`); this side keeps an asyncio loop on a thread of its own, which owns
-the `AsyncLLM` client, so the worker's gRPC loop never runs vLLM's output handling.
+CPU its `VLLM::Worker`). Its client, `AsyncLLM`, is built in the loading thread and then runs
+on the worker's own event loop, as vLLM's server runs it on its own: the worker's requests
+and vLLM's output handler share one loop, with no thread between them.
 
 - Prompts are tokenized here exactly as the transformers engine does (`text.encode_request`:
   the chat template, then any text the request streamed elsewhere), and handed to vLLM as
@@ -23,9 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -53,19 +52,31 @@ from services.gpu_worker.engines.vllm_setup import (
 
 log = logging.getLogger(__name__)
 
-HEALTH_POLL_S = 0.5  # how often the engine core's liveness is looked at
 SHUTDOWN_TIMEOUT_S = 10.0
 
 
 class VllmSequence:
     """A request running in vLLM: cancelling it aborts the request in the engine."""
 
-    def __init__(self, future: Future | None = None) -> None:
-        self._future = future
+    def __init__(self, task: asyncio.Task | None = None) -> None:
+        self._task = task
 
     def cancel(self) -> None:
-        if self._future is not None:
-            self._future.cancel()  # cancels the task on the engine's loop: vLLM aborts it
+        task = self._task
+        if task is None or task.done():
+            return
+        loop = task.get_loop()
+        if _running_loop() is loop:
+            task.cancel()  # vLLM aborts the request
+        else:
+            loop.call_soon_threadsafe(task.cancel)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class VllmEngine:
@@ -73,42 +84,45 @@ class VllmEngine:
         self.spec = spec
         self.device = device
         self.state = ModelState.LOADING
-        self.healthy = True
+        self._healthy = True
         self._cache_dir = cache_dir
-        self._loop = asyncio.new_event_loop()
-        self._thread: threading.Thread | None = None
         self._llm: Any = None
         self._tokenizer: Any = None
         self._figures = EngineFigures()
         self._max_slots = spec.max_slots
         self._kv_capacity = 0
         self._weights_bytes = 0
-        self._active = 0
-        self._lock = threading.Lock()
         self._closed = False
         self._ids = itertools.count()
         self._streak = FaultStreak()
         self._produced = SlidingWindow(RATE_WINDOW_S)
-        self._sinks: dict[int, Sink] = {}  # running requests (engine loop only)
+        self._running: dict[int, tuple[asyncio.Task, Sink]] = {}  # requests in vLLM
 
     # -- lifecycle -------------------------------------------------------------------------
     def load(self) -> None:
         """Starts vLLM (its engine core process loads the weights and sizes the KV cache).
-        Blocking: the worker calls it in a thread."""
+        Blocking: the worker calls it in a thread, with no event loop running there, so
+        vLLM's output handler starts on the loop of the first `submit` (the worker's)."""
+        from vllm.v1.engine.async_llm import AsyncLLM
+
         from services.gpu_worker.engines.loader import model_folder
 
         started = time.monotonic()
         try:
             folder = model_folder(self.spec, self._cache_dir)
             self._weights_bytes = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
-            self._thread = threading.Thread(
-                target=self._loop.run_forever, name=f"vllm-{self.spec.model_id}", daemon=True
+            args = engine_args(self.spec, folder, self.device)
+            self._llm = AsyncLLM.from_engine_args(
+                args, stat_loggers=[stat_logger_factory(self._figures)]
             )
-            self._thread.start()
-            asyncio.run_coroutine_threadsafe(self._start(folder), self._loop).result()
         except Exception:
             self.state = ModelState.FAILED
             raise
+        config = self._llm.vllm_config
+        self._max_slots = config.scheduler_config.max_num_seqs
+        blocks, block_size = config.cache_config.num_gpu_blocks, config.cache_config.block_size
+        self._kv_capacity = (blocks or 0) * (block_size or 0)
+        self._tokenizer = self._llm.get_tokenizer()
         self.state = ModelState.READY
         log.info(
             "%s ready on vLLM (%s) in %.1fs: %d slots, %d KV tokens",
@@ -119,74 +133,46 @@ class VllmEngine:
             self._kv_capacity,
         )
 
-    async def _start(self, folder: Path) -> None:
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        args = engine_args(self.spec, folder, self.device)
-        self._llm = AsyncLLM.from_engine_args(
-            args, stat_loggers=[stat_logger_factory(self._figures)]
-        )
-        config = self._llm.vllm_config
-        self._max_slots = config.scheduler_config.max_num_seqs
-        self._kv_capacity = (config.cache_config.num_gpu_blocks or 0) * (
-            config.cache_config.block_size or 0
-        )
-        self._tokenizer = self._llm.get_tokenizer()
-        asyncio.get_running_loop().create_task(self._watch_health())
+    @property
+    def healthy(self) -> bool:
+        """False once vLLM's engine core died (killed, crashed, out of memory), or after a
+        streak of failed requests. Read by the worker's health watch."""
+        if self._healthy and self._llm is not None and self._llm.errored and not self._closed:
+            log.error("vLLM's engine core for %s died; it is unhealthy", self.spec.model_id)
+            self._healthy = False
+        return self._healthy
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        if self._thread is None:
-            return
-        try:
-            stop = asyncio.run_coroutine_threadsafe(self._stop(), self._loop)
-            stop.result(timeout=SHUTDOWN_TIMEOUT_S + 5)
-        except Exception:
-            log.exception("stopping vLLM for %s failed", self.spec.model_id)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-
-    async def _stop(self) -> None:
         """Running requests get an error event; then vLLM's processes stop."""
-        for sink in list(self._sinks.values()):
+        if self._closed:
+            return
+        self._closed = True
+        for number, (task, sink) in list(self._running.items()):
+            self._running.pop(number, None)
             sink(Unavailable(f"model {self.spec.model_id} stopped"))
-        self._sinks.clear()
-        for task in asyncio.all_tasks() - {asyncio.current_task()}:
-            task.cancel()
+            VllmSequence(task).cancel()
         llm, self._llm = self._llm, None  # vLLM shuts down again when collected
         if llm is not None:
-            await asyncio.to_thread(llm.shutdown, SHUTDOWN_TIMEOUT_S)
-
-    async def _watch_health(self) -> None:
-        """vLLM's engine core dying (killed, crashed, out of memory) is the engine's fault:
-        unhealthy from then on. Running requests get vLLM's EngineDeadError too."""
-        llm = self._llm
-        while not llm.errored:  # noqa: ASYNC110 - vLLM offers no event for it
-            await asyncio.sleep(HEALTH_POLL_S)
-        if not self._closed:
-            log.error("vLLM's engine core for %s died; it is unhealthy", self.spec.model_id)
-            self.healthy = False
+            llm.shutdown(SHUTDOWN_TIMEOUT_S)
 
     # -- requests and figures --------------------------------------------------------------
     def submit(self, request: GenerationInput, sink: Sink) -> VllmSequence:
-        with self._lock:
-            if self._closed or not self.healthy:
-                sink(Unavailable(f"model {self.spec.model_id} is not serving"))
-                return VllmSequence()
-            self._active += 1
-        run = self._run(request, sink, next(self._ids))
-        return VllmSequence(asyncio.run_coroutine_threadsafe(run, self._loop))
+        """Must be called on the worker's event loop (vLLM's client runs on it)."""
+        if self._closed or not self.healthy:
+            sink(Unavailable(f"model {self.spec.model_id} is not serving"))
+            return VllmSequence()
+        number = next(self._ids)
+        task = asyncio.get_running_loop().create_task(self._run(request, sink, number))
+        self._running[number] = (task, sink)
+        return VllmSequence(task)
 
     def active_sequences(self) -> int:
-        return self._active
+        return len(self._running)
 
     def stats(self) -> EngineStats:
-        figures, busy = self._figures, self._active > 0
+        figures, busy = self._figures, bool(self._running)
         return EngineStats(
-            running=self._active,
+            running=len(self._running),
             # vLLM reports when it steps: once idle, what it last said is stale
             kv_tokens_used=int(figures.kv_usage * self._kv_capacity) if busy else 0,
             kv_tokens_capacity=self._kv_capacity,
@@ -199,23 +185,19 @@ class VllmEngine:
             prefix_cache_hits=figures.prefix_hits,
         )
 
-    # -- the engine's loop -----------------------------------------------------------------
+    # -- on the worker's loop -------------------------------------------------------------
     async def _run(self, request: GenerationInput, sink: Sink, number: int) -> None:
-        self._sinks[number] = sink
         try:
             event = await self._stream(request, sink, number)
         except asyncio.CancelledError:
-            event = None  # the worker cancelled it: vLLM has aborted it, nobody listens
-            raise
+            self._running.pop(number, None)
+            raise  # the worker cancelled it: vLLM has aborted it, nobody listens
         except ServiceError as exc:
             event = exc
         except Exception as exc:  # noqa: BLE001 - classified below
             event = self._classify(exc)
-        finally:
-            self._sinks.pop(number, None)
-            with self._lock:
-                self._active -= 1
-        sink(event)
+        if self._running.pop(number, None) is not None:  # else close() ended it already
+            sink(event)
 
     async def _stream(self, request: GenerationInput, sink: Sink, number: int) -> Finished:
         """Streams one request's deltas to its sink; returns its Finished event."""
@@ -260,7 +242,7 @@ class VllmEngine:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         if isinstance(exc, EngineDeadError) or self._llm is None or self._llm.errored:
-            self.healthy = False
+            self._healthy = False
             error = Unavailable(f"model {self.spec.model_id} failed on this worker")
             error.__cause__ = exc
             return error
@@ -269,7 +251,7 @@ class VllmEngine:
             log.error(
                 "%s failed %d requests in a row; unhealthy", self.spec.model_id, self._streak.limit
             )
-            self.healthy = False
+            self._healthy = False
         return request_error(self.spec.model_id, exc)
 
 
