@@ -153,10 +153,9 @@ async def test_b_a_cancel_aborts_inside_vllm(system):
 
     assert await wait_for(lambda: running(2), 15)
     streams[0].cancel()
-    cancelled_at = time.monotonic()
+    # vLLM's own count drops at its next step (seen by the next heartbeat, 0.5 s here): the
+    # request left vLLM, it was not left to run to its end (400 tokens take ~15 s here)
     assert await wait_for(lambda: running(1), 3)
-    # vLLM's count drops as soon as a step and a heartbeat (0.5 s here) have passed
-    assert time.monotonic() - cancelled_at < 1.5
     streams[1].cancel()
     await asyncio.gather(*streams, return_exceptions=True)
 
