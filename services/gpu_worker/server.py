@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
@@ -62,6 +63,7 @@ class WorkerServer:
         self.worker_id = ""
         self.exit_code = 0
         self._watch: asyncio.Task | None = None
+        self._health_changed = asyncio.Event()
         self.session: SchedulerSession | None = None
         self.leases = LeaseBook(lambda: self.worker_id, self._report)
 
@@ -120,8 +122,10 @@ class WorkerServer:
         NOT_SERVING on grpc.health.v1 (probes fail it), heartbeats say so (no leases, not
         counted as capacity), and with `exit_when_unhealthy` it finishes what runs and stops
         with EXIT_UNHEALTHY so that whatever supervises it starts a fresh worker."""
-        while self.host.healthy:  # noqa: ASYNC110 - engines turn unhealthy on their threads
-            await asyncio.sleep(HEALTH_CHECK_S)
+        while self.host.healthy:
+            with contextlib.suppress(TimeoutError):  # engines turn unhealthy on their threads
+                await asyncio.wait_for(self._health_changed.wait(), HEALTH_CHECK_S)
+            self._health_changed.clear()
         log.error("an engine is unhealthy: this worker takes no more work")
         await self.grpc.set_serving(False)
         if self.session is not None:
@@ -134,6 +138,8 @@ class WorkerServer:
     def _report(self, message: scheduler_pb2.WorkerSessionRequest) -> None:
         if self.session is not None:
             self.session.report(message)
+        if not self.host.healthy:  # a lease failed as its engine died: say so at once,
+            self._health_changed.set()  # before the scheduler grants it here again
 
     def _command(self, command: Command) -> None:
         """Obeys a scheduler command."""

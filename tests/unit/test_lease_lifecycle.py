@@ -86,6 +86,19 @@ def test_a_lease_ends_once_whoever_notices_first():
     assert c.remove_worker("w1").ended == []
 
 
+def test_a_failed_worker_gets_no_lease_until_it_beats_even_when_it_reported_the_end_first():
+    c, _ = make()
+    worker(c, "w1", slots=2)
+    first = ticket("r", max_tokens=10)
+    [(_, lease)] = c.submit(first).granted
+    # its engine died: the worker's own end report reaches the scheduler before the router
+    c.end_lease(lease.lease_id, Outcome.FAILED, Usage(completion_tokens=3))
+    resubmitted = c.resubmit(first, again(lease, Outcome.FAILED, 3, 3))
+    assert resubmitted.granted == []  # it waits rather than fail again on w1 at once
+    [(_, resumed)] = c.heartbeat("w1", c.workers()[0].state, running=[]).granted
+    assert resumed.worker_id == "w1"  # its heartbeat says it is well again
+
+
 def test_a_lease_never_seen_running_expires_after_its_start_timeout():
     c, clock = make(lease_start_timeout_s=3.0)  # + 2 heartbeats of 1 s: 5 s
     worker(c, slots=2)

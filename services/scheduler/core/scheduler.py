@@ -129,14 +129,14 @@ class SchedulerCore:
             resumed_tokens=again.generated_tokens,
         )
         changes = Changes()
+        if failed:  # whether or not its worker reported the lease's end first
+            self._leases.suspect(again.previous_worker_id)
         lease = self._leases.lease(again.previous_lease_id)
         if lease is None:
             self._ledger.settle_resubmitted(
                 pending, again.previous_lease_id, again.previous_lease_tokens
             )
         else:
-            if failed:
-                self._leases.suspect(lease.worker_id)
             usage = Usage(completion_tokens=again.previous_lease_tokens)
             self._end(lease.lease_id, again.previous_outcome, usage, changes, reported=False)
         if not self._available(pending.model_id):
