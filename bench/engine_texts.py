@@ -1,12 +1,14 @@
-"""Greedy texts of one engine for a set of prompts, as JSON: the check that a model gives the
-same text on every engine (and so that a stream can move between them).
+"""Greedy texts (or embeddings) of one engine for a set of prompts, as JSON: the check that a
+model gives the same output on every engine (and so that a stream can move between them).
 
     .venv/bin/python -m bench.engine_texts --engine transformers
     .venv-vllm/bin/python -m bench.engine_texts --engine vllm
+    .venv-vllm/bin/python -m bench.engine_texts --engine vllm-embedding --model minilm-l6-v2
 
 Each runs the config's model (default `smollm2-135m` from deploy/local/config.toml) on that
 engine in this process, submits every prompt at once (as a loaded worker batches them), and
-prints {"engine", "seconds", "texts"} (`--out`: to a file too).
+prints {"engine", "seconds", "texts"}, or "vectors" for an embedding model (`--out`: to a
+file too).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 import tomllib
 from pathlib import Path
 
+from services.common.catalog import EMBEDDING_ENGINES as EMBEDDING
 from services.common.catalog import parse_catalog
 from services.gpu_worker.engines import create_engine
 from services.gpu_worker.engines.base import GenerationInput, TextDelta
@@ -67,9 +70,24 @@ async def greedy_texts(engine, prompts: list[str], max_tokens: int) -> list[str]
     return ["".join(t) for t in texts]
 
 
+async def embeddings(engine, prompts: list[str]) -> list[list[float]]:
+    """Embeds the prompts in two requests at once; returns their vectors in order."""
+    loop = asyncio.get_running_loop()
+    halves = [prompts[: len(prompts) // 2], prompts[len(prompts) // 2 :]]
+    ends = [loop.create_future() for _ in halves]
+    for half, end in zip(halves, ends, strict=True):
+        engine.embed(half, functools.partial(loop.call_soon_threadsafe, end.set_result))
+    vectors = []
+    for result in await asyncio.gather(*ends):
+        if isinstance(result, BaseException):
+            raise result
+        vectors.extend(result.vectors)
+    return vectors
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engine", required=True, choices=["transformers", "vllm"])
+    parser.add_argument("--engine", required=True, choices=["transformers", "vllm", *EMBEDDING])
     parser.add_argument("--config", default=str(ROOT / "deploy/local/config.toml"))
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--max-tokens", type=int, default=32)
@@ -85,11 +103,14 @@ def main() -> None:
     engine.load()
     started = time.monotonic()
     try:
-        texts = asyncio.run(greedy_texts(engine, PROMPTS, args.max_tokens))
+        if spec.kind == "embedding":
+            key, output = "vectors", asyncio.run(embeddings(engine, PROMPTS))
+        else:
+            key, output = "texts", asyncio.run(greedy_texts(engine, PROMPTS, args.max_tokens))
     finally:
         engine.close()
     seconds = time.monotonic() - started
-    result = json.dumps({"engine": args.engine, "seconds": seconds, "texts": texts})
+    result = json.dumps({"engine": args.engine, "seconds": seconds, key: output})
     print(result)
     if args.out:
         Path(args.out).write_text(result)

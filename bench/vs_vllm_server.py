@@ -48,9 +48,12 @@ def serve_command(spec: ModelSpec, folder: Path, port: int) -> list[str]:
     command += ["--dtype", spec.dtype, "--max-model-len", str(spec.max_context_tokens)]
     command += ["--max-num-seqs", str(spec.max_slots), "--host", "127.0.0.1", "--port", str(port)]
     command += ["--gpu-memory-utilization", str(options.gpu_memory_utilization)]
-    command.append(
-        "--enable-prefix-caching" if options.enable_prefix_caching else "--no-enable-prefix-caching"
-    )
+    if options.enable_prefix_caching is not None:  # else vLLM's default, as ours leaves it
+        command.append(
+            "--enable-prefix-caching"
+            if options.enable_prefix_caching
+            else "--no-enable-prefix-caching"
+        )
     if options.enforce_eager:
         command.append("--enforce-eager")
     for flag, value in (

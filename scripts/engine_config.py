@@ -4,9 +4,10 @@ ENGINE=vllm`.
     python scripts/engine_config.py --engine vllm --config deploy/local/config.toml \
         --out .run/config-vllm.toml
 
-Every model on the embedded transformers engine moves to `--engine`; its `[models.vllm]`
-table in the config (if any) holds that engine's arguments. Models on other engines
-(simulated, embeddings) stay where they are. Prints the models moved.
+Every model on the embedded transformers engine moves to `--engine`, and every embedding
+model to its embedding engine (vllm-embedding); a model's `[models.vllm]` table in the config
+(if any) holds that engine's arguments. Simulated models stay where they are. Prints the
+models moved.
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ from pathlib import Path
 
 import tomli_w
 
-MOVABLE = "transformers"  # the engine whose models can run on another
+# the engines whose models can run on another: what each moves to, named by the target
+MOVES = {"transformers": "{engine}", "embedding": "{engine}-embedding"}
 
 
 def move(config: dict, engine: str) -> list[str]:
-    """Moves `config`'s transformers models to `engine`; returns their ids."""
+    """Moves `config`'s transformers and embedding models to `engine`; returns their ids."""
     moved = []
     for model in config.get("models", []):
-        if model.get("engine") == MOVABLE:
-            model["engine"] = engine
+        target = MOVES.get(model.get("engine", ""))
+        if target is not None:
+            model["engine"] = target.format(engine=engine)
             moved.append(model["id"])
     return moved
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from services.common.config import ConfigError
 
-ENGINES = ("transformers", "simulated", "embedding", "vllm")
+ENGINES = ("transformers", "simulated", "embedding", "vllm", "vllm-embedding")
+EMBEDDING_ENGINES = ("embedding", "vllm-embedding")  # the engines of embedding models
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,14 @@ _VLLM_NAMES = {
 
 @dataclass(frozen=True)
 class VllmSpec:
-    """vLLM's engine arguments for a model with `engine = "vllm"` (its `[models.vllm]`
-    table). vLLM runs the entry's `source` in its `dtype`, with `max_context_tokens` as
-    max_model_len and `max_slots` as max_num_seqs; these are the rest."""
+    """vLLM's engine arguments for a model on vLLM (`engine = "vllm"`, or "vllm-embedding" for
+    an embedding model; its `[models.vllm]` table). vLLM runs the entry's `source` in its
+    `dtype`, with `max_context_tokens` as max_model_len and `max_slots` as max_num_seqs;
+    these are the rest."""
 
     block_size: int = 0  # tokens per KV-cache block; 0: vLLM's default for the device
-    enable_prefix_caching: bool = True
+    # None: vLLM's default (on for generation, off where it cannot cache, e.g. an encoder)
+    enable_prefix_caching: bool | None = None
     gpu_memory_utilization: float = 0.9  # share of the GPU's memory vLLM may take (on a GPU)
     kv_cache_bytes: int = 0  # the KV cache's size, in place of the memory share; 0: the share
     enforce_eager: bool = False  # no CUDA graphs or compilation: starts faster, runs slower
@@ -118,7 +121,7 @@ class ModelSpec:
     dtype: str = "float32"
     chat_template: bool = True
     simulation: SimulationSpec = field(default_factory=SimulationSpec)
-    vllm: VllmSpec = field(default_factory=VllmSpec)  # engine = "vllm"
+    vllm: VllmSpec = field(default_factory=VllmSpec)  # engine = "vllm" or "vllm-embedding"
 
     @property
     def simulated(self) -> bool:
@@ -134,7 +137,7 @@ class ModelSpec:
     @property
     def kind(self) -> str:
         """What the model does: "generative" or "embedding"."""
-        return "embedding" if self.engine == "embedding" else "generative"
+        return "embedding" if self.engine in EMBEDDING_ENGINES else "generative"
 
     def __post_init__(self) -> None:
         where = f"model {self.model_id!r}"
@@ -142,7 +145,7 @@ class ModelSpec:
             raise ConfigError("[[models]] entry without id")
         if self.engine not in ENGINES:
             raise ConfigError(f"{where}: engine must be one of {ENGINES}, got {self.engine!r}")
-        if self.engine in ("transformers", "embedding", "vllm") and not self.source:
+        if self.engine != "simulated" and not self.source:
             raise ConfigError(f"{where}: the {self.engine} engine needs a source")
         if self.kind == "generative" and not (
             0 < self.default_max_tokens <= self.max_output_tokens < self.max_context_tokens

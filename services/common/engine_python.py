@@ -7,22 +7,32 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.catalog import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[2]
-# engine → (its environment under the project root, the make target that builds it)
-ENGINE_ENVIRONMENTS = {"vllm": (".venv-vllm", "make setup-vllm")}
+
+
+@dataclass(frozen=True)
+class Environment:
+    folder: str  # under the project root
+    target: str  # the make target that builds it
+    variable: str  # an interpreter set in this variable replaces the folder's
+
+
+VLLM = Environment(".venv-vllm", "make setup-vllm", "VLLM_PYTHON")
+ENGINE_ENVIRONMENTS = {"vllm": VLLM, "vllm-embedding": VLLM}
 
 
 def worker_python(engine: str) -> str:
-    """The interpreter of a worker for `engine`: `<ENGINE>_PYTHON` (e.g. VLLM_PYTHON) where
-    set, else the engine's environment, else this process's own."""
-    if engine not in ENGINE_ENVIRONMENTS:
+    """The interpreter of a worker for `engine`: its environment's variable (VLLM_PYTHON)
+    where set, else the engine's environment, else this process's own."""
+    environment = ENGINE_ENVIRONMENTS.get(engine)
+    if environment is None:
         return sys.executable
-    folder, _ = ENGINE_ENVIRONMENTS[engine]
-    return os.environ.get(f"{engine.upper()}_PYTHON") or str(ROOT / folder / "bin" / "python")
+    return os.environ.get(environment.variable) or str(ROOT / environment.folder / "bin" / "python")
 
 
 def missing_environment(specs: Iterable[ModelSpec]) -> str:
@@ -30,6 +40,6 @@ def missing_environment(specs: Iterable[ModelSpec]) -> str:
     for spec in specs:
         python = worker_python(spec.engine)
         if spec.engine in ENGINE_ENVIRONMENTS and not os.access(python, os.X_OK):
-            target = ENGINE_ENVIRONMENTS[spec.engine][1]
+            target = ENGINE_ENVIRONMENTS[spec.engine].target
             return f"model {spec.model_id!r} runs on {spec.engine}: {python} is missing ({target})"
     return ""

@@ -193,22 +193,32 @@ def lease_ends(system: LocalSystem, outcome: str) -> float:
     return sum(float(x.split()[-1]) for x in body.splitlines() if x.startswith(prefix))
 
 
-def engine_texts(python: str, engine: str, out: Path) -> list[str]:
+def engine_output(python: str, engine: str, out: Path, *options: str) -> dict:
     subprocess.run(
-        [python, "-m", "bench.engine_texts", "--engine", engine, "--out", str(out)],
+        [python, "-m", "bench.engine_texts", "--engine", engine, "--out", str(out), *options],
         cwd=ROOT,
         check=True,
         capture_output=True,
         timeout=300,
     )
-    return json.loads(out.read_text())["texts"]
+    return json.loads(out.read_text())
 
 
 def test_d_greedy_text_is_identical_on_both_engines(tmp_path):
-    on_vllm = engine_texts(VLLM_PYTHON, "vllm", tmp_path / "vllm.json")
-    on_transformers = engine_texts(sys.executable, "transformers", tmp_path / "t.json")
+    on_vllm = engine_output(VLLM_PYTHON, "vllm", tmp_path / "vllm.json")["texts"]
+    on_transformers = engine_output(sys.executable, "transformers", tmp_path / "t.json")["texts"]
     assert len(on_vllm) == 16
     assert on_vllm == on_transformers
+
+
+def test_d_minilm_embeddings_on_vllm_match_the_embedding_engine(tmp_path):
+    model = ("--model", "minilm-l6-v2")
+    on_vllm = engine_output(VLLM_PYTHON, "vllm-embedding", tmp_path / "v.json", *model)
+    ours = engine_output(sys.executable, "embedding", tmp_path / "e.json", *model)
+    assert len(on_vllm["vectors"]) == len(ours["vectors"]) == 16
+    for a, b in zip(on_vllm["vectors"], ours["vectors"], strict=True):
+        assert len(a) == len(b) == 384
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5
 
 
 def engine_core(worker: subprocess.Popen) -> psutil.Process | None:

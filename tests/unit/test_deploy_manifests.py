@@ -11,6 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from scripts.engine_config import move
 from services.actuator import config as actuator_config
 from services.common.catalog import parse_catalog
 from services.common.config import ConfigError, read_toml
@@ -25,15 +26,19 @@ SECRET = {"internal_secret": "0123456789abcdef0123456789abcdef"}
 KUBERNETES_VERSION = "1.32.0"  # the oldest release these manifests are meant for
 
 
-@pytest.fixture(scope="module")
-def rendered() -> list[dict]:
+def render(folder: Path) -> list[dict]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed")
     out = subprocess.run(
-        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, check=True
+        [kubectl, "kustomize", str(folder)], capture_output=True, text=True, check=True
     ).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict]:
+    return render(K8S)
 
 
 def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
@@ -174,7 +179,40 @@ def test_compose_runs_the_system_with_gpu_reservations_and_existing_files():
                 assert (compose_file.parent / source).exists(), source
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])
+def test_the_vllm_overlay_runs_the_embedded_engines_models_on_vllm_images_with_a_gpu():
+    docs = render(ROOT / "deploy" / "k8s-vllm")
+    for doc in docs:
+        if doc["kind"] != "ScaledObject":
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    overlay = parse_catalog(read_toml(ROOT / "deploy" / "k8s-vllm" / "config.toml")["models"])
+    base = read_toml(CLUSTER_CONFIG)
+    move(base, "vllm")  # the overlay's config is the script's output for the cluster's
+    assert read_toml(ROOT / "deploy" / "k8s-vllm" / "config.toml") == base
+    [config_map] = [d for d in docs if d["metadata"]["name"].startswith("inference-config")]
+    assert 'engine = "vllm"' in config_map["data"]["config.toml"]
+    workers = [
+        d
+        for d in by_kind(docs, "Deployment").values()
+        if d["metadata"]["labels"].get("app.kubernetes.io/name") == "worker"
+    ]
+    assert {overlay[worker_model(d)].engine for d in workers} == {
+        "vllm",
+        "vllm-embedding",
+        "simulated",
+    }
+    for deployment in workers:
+        pod = deployment["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        on_vllm = overlay[worker_model(deployment)].engine.startswith("vllm")
+        assert container["image"].endswith("inference-serving-vllm:0.1.0") == on_vllm
+        if on_vllm:
+            assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+            [shm] = [v for v in pod["volumes"] if v["name"] == "shm"]
+            assert shm["emptyDir"]["medium"] == "Memory"
+            assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda", "Dockerfile.vllm"])
 def test_dockerfiles_copy_files_that_exist(dockerfile):
     text = (ROOT / "deploy" / "docker" / dockerfile).read_text()
     sources = [

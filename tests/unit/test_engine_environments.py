@@ -29,7 +29,7 @@ def test_a_vllm_table_is_parsed_and_checked():
     spec = parse_catalog([vllm_entry(block_size=16, kv_cache_bytes=1 << 30)])["m"]
     assert spec.kind == "generative"
     assert (spec.vllm.block_size, spec.vllm.kv_cache_bytes) == (16, 1 << 30)
-    assert spec.vllm.enable_prefix_caching  # vLLM's own default
+    assert spec.vllm.enable_prefix_caching is None  # vLLM's own default
     with pytest.raises(ConfigError, match="max_slots"):
         parse_catalog([vllm_entry(max_num_seqs=64)])  # the entry's own key says it
     with pytest.raises(ConfigError, match="unexpected keyword"):
@@ -40,6 +40,12 @@ def test_a_vllm_table_is_parsed_and_checked():
         parse_catalog([{"id": "m", "engine": "vllm"}])
 
 
+def test_an_embedding_model_on_vllm_is_an_embedding_model():
+    entry = {"id": "e", "engine": "vllm-embedding", "source": "/models/e", "vllm": {}}
+    spec = parse_catalog([{**entry, "max_context_tokens": 256, "max_batch_tokens": 256}])["e"]
+    assert spec.kind == "embedding"
+
+
 def test_engine_config_moves_only_the_embedded_engines_models():
     config = {
         "models": [
@@ -48,14 +54,15 @@ def test_engine_config_moves_only_the_embedded_engines_models():
             {"id": "c", "engine": "embedding"},
         ]
     }
-    assert move(config, "vllm") == ["a"]
-    assert [m["engine"] for m in config["models"]] == ["vllm", "simulated", "embedding"]
+    assert move(config, "vllm") == ["a", "c"]
+    assert [m["engine"] for m in config["models"]] == ["vllm", "simulated", "vllm-embedding"]
 
 
 def test_a_vllm_worker_runs_in_its_own_environment(monkeypatch, tmp_path):
     assert worker_python("transformers") == sys.executable
     monkeypatch.setenv("VLLM_PYTHON", str(tmp_path / "python"))
     assert worker_python("vllm") == str(tmp_path / "python")
+    assert worker_python("vllm-embedding") == str(tmp_path / "python")  # the same venv
     specs = parse_catalog([vllm_entry()]).values()
     assert "make setup-vllm" in missing_environment(specs)  # no such interpreter yet
     (tmp_path / "python").write_text("#!/bin/sh\n")

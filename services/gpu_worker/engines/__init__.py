@@ -25,6 +25,10 @@ def create_engine(
         from services.gpu_worker.engines.vllm_engine import VllmEngine
 
         return VllmEngine(spec, cache_dir, device)
+    if spec.engine == "vllm-embedding":
+        from services.gpu_worker.engines.vllm_embedding import VllmEmbeddingEngine
+
+        return VllmEmbeddingEngine(spec, cache_dir, device)
     from services.gpu_worker.engines.transformers_engine import TransformersEngine
 
     return TransformersEngine(spec, cache_dir, device)

@@ -60,9 +60,10 @@ def stat_logger_factory(figures: EngineFigures) -> Any:
     return FiguresLogger
 
 
-def engine_args(spec: ModelSpec, folder: Path, device: str) -> Any:
+def engine_args(spec: ModelSpec, folder: Path, device: str, runner: str = "generate") -> Any:
     """vLLM's `AsyncEngineArgs` for the model: the catalog entry's dtype, context and slots,
-    its `[models.vllm]` table, and priority scheduling (our classes go to vLLM)."""
+    its `[models.vllm]` table, priority scheduling (our classes go to vLLM), and vLLM's
+    `runner` ("generate", or "pooling" for an embedding model)."""
     from vllm import AsyncEngineArgs
 
     end_spawned_children_with_this_process()  # vLLM's engine core: no orphan after kill -9
@@ -73,13 +74,14 @@ def engine_args(spec: ModelSpec, folder: Path, device: str) -> Any:
         "block_size": options.block_size or None,
         "kv_cache_memory_bytes": options.kv_cache_bytes or None,
         "max_num_batched_tokens": options.max_num_batched_tokens or None,
+        "enable_prefix_caching": options.enable_prefix_caching,
     }
     return AsyncEngineArgs(
         model=str(folder),
+        runner=runner,
         dtype=spec.dtype,
         max_model_len=spec.max_context_tokens,
         max_num_seqs=spec.max_slots,
-        enable_prefix_caching=options.enable_prefix_caching,
         gpu_memory_utilization=options.gpu_memory_utilization,
         enforce_eager=options.enforce_eager,
         scheduling_policy="priority",
