@@ -49,7 +49,12 @@ class Unavailable(ServiceError):
 
 
 class DeadlineExceeded(ServiceError):
-    """The request's deadline passed in the queue or in flight."""
+    """The request's deadline passed in the queue or in flight, or cannot be met: then
+    `retry_after_ms` says when it might be (0: no hint)."""
+
+    def __init__(self, message: str, retry_after_ms: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after_ms = max(0, int(retry_after_ms))
 
 
 class Cancelled(ServiceError):

@@ -24,11 +24,6 @@ from services.common.status import RETRY_AFTER_KEY, http_status, status_for
 from services.router import json_fields, openai_format
 from services.router.models import ModelDirectory
 
-PRIORITIES = {
-    "high": types_pb2.PRIORITY_HIGH,
-    "medium": types_pb2.PRIORITY_MEDIUM,
-    "low": types_pb2.PRIORITY_LOW,
-}
 FORWARDED_HEADERS = ("authorization", "traceparent", "tracestate")
 log = logging.getLogger(__name__)
 
@@ -96,13 +91,10 @@ class HttpGateway:
     # -- the original JSON API ---------------------------------------------------------------
     async def inference(self, request: web.Request) -> web.Response:
         body = await _json(request)
-        priority = json_fields.text(body, "priority", "medium").lower()
-        if priority not in PRIORITIES:
-            raise InvalidArgument("priority must be high, medium or low")
         message = types_pb2.GenerateRequest(
             model_id=json_fields.text(body, "model_id"),
             prompt=json_fields.text(body, "prompt"),
-            priority=PRIORITIES[priority],
+            priority=json_fields.priority(body),
             max_tokens=json_fields.integer(body, "max_tokens", json_fields.UINT32_MAX) or 0,
             request_id=json_fields.text(body, "request_id"),
         )

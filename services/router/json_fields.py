@@ -8,10 +8,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from inference.v1 import types_pb2
+
 from services.common.errors import InvalidArgument
 
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
+INT64_MAX = 2**63 - 1
+PRIORITIES = {
+    "high": types_pb2.PRIORITY_HIGH,
+    "medium": types_pb2.PRIORITY_MEDIUM,
+    "low": types_pb2.PRIORITY_LOW,
+}
 
 
 def text(body: dict[str, Any], name: str, default: str = "") -> str:
@@ -68,3 +76,19 @@ def flag(body: dict[str, Any], name: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidArgument(f"{name} must be true or false")
     return value
+
+
+def priority(body: dict[str, Any], name: str = "priority") -> int:
+    """A request's class: "high", "medium" (the default) or "low"; or, as vLLM's server takes
+    it, an integer where lower runs first: below 0 is high, 0 medium, above 0 low."""
+    value = body.get(name)
+    if value is None:
+        return types_pb2.PRIORITY_MEDIUM
+    if isinstance(value, str):
+        if value.lower() not in PRIORITIES:
+            raise InvalidArgument(f"{name} must be high, medium or low (or an integer)")
+        return PRIORITIES[value.lower()]
+    rank = integer(body, name, INT64_MAX, -INT64_MAX - 1)
+    if rank is None or rank == 0:
+        return types_pb2.PRIORITY_MEDIUM
+    return types_pb2.PRIORITY_HIGH if rank < 0 else types_pb2.PRIORITY_LOW

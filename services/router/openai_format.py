@@ -8,7 +8,16 @@ from typing import Any
 from inference.v1 import router_pb2, types_pb2
 
 from services.common.errors import InvalidArgument
-from services.router.json_fields import UINT32_MAX, UINT64_MAX, flag, integer, real, text, texts
+from services.router.json_fields import (
+    UINT32_MAX,
+    UINT64_MAX,
+    flag,
+    integer,
+    priority,
+    real,
+    text,
+    texts,
+)
 
 _FINISH = {types_pb2.FINISH_REASON_STOP: "stop", types_pb2.FINISH_REASON_LENGTH: "length"}
 
@@ -36,6 +45,7 @@ def generate_request(body: dict[str, Any], prompt: str) -> types_pb2.GenerateReq
         prompt=prompt,
         max_tokens=max_tokens or 0,
         sampling=sampling,
+        priority=priority(body),
     )
 
 

@@ -3,9 +3,12 @@ model's measured service rate.
 
 - Pressure shedding: a class is refused once the queue is filled past its fraction (low
   first, then medium); a full queue evicts a lower class's request to admit a higher one.
+  Tenants are shed heaviest first: one with fewer requests waiting in its class than
+  another is admitted, evicting that tenant's newest when the queue is full.
 - Retry hints: how long until the queue ahead has drained at the measured rate.
-- Deadline estimates: a request whose wait (requests ahead / completions per second) would
-  outlast its deadline is refused, or dropped from the queue, instead of served late.
+- Deadline estimates: a request whose wait (requests ahead of it in the fair queue /
+  completions per second) would outlast its deadline is refused, with a hint of when it
+  might not, or dropped from the queue, instead of served late.
 - Degradation: under load, low priority gets a cap on max_tokens; a model with no capacity
   may fall back to a named smaller one when the request allows it.
 """
@@ -105,31 +108,58 @@ class AdmissionControl:
         deadline: float | None,
         allow_fallback: bool,
         now: float,
+        tenant: str = "",
     ) -> Admitted:
         """Raises Unavailable (no worker has or can load the model), ResourceExhausted
-        (shed) or DeadlineExceeded (its deadline cannot be met at the measured rate)."""
+        (shed) or DeadlineExceeded (its deadline cannot be met at the measured rate, with
+        a hint of when it might be)."""
         if allow_fallback and self._lacks_capacity(model_id, priority, deadline, now):
             fallback = self.rules.fallbacks.get(model_id)
             if fallback and self._available(fallback):
                 model_id = fallback
         if not self._available(model_id):
             raise Unavailable(f"no worker is serving model {model_id!r} now")
-        queued, capacity = len(self._queue), self._queue.capacity
-        evicted = None
-        if queued >= capacity:
-            evicted = self._queue.evict_newest(below=priority)
-            if evicted is None:
-                raise self.shed_error(model_id, priority, "queue_full")
-        elif self.rules.sheds(priority, queued, capacity):
-            raise self.shed_error(model_id, priority, "pressure")
+        behind = self._check_pressure(model_id, priority, tenant)
         if deadline is not None and model_id not in self._leases.room() and self._warm(model_id):
-            wait = self._rate.wait_s(model_id, self._queue.ahead_of(model_id, priority))
+            wait = self._rate.wait_s(model_id, self._ahead(model_id, priority, tenant))
             if wait is not None and now + wait > deadline:
                 raise DeadlineExceeded(
-                    f"the deadline cannot be met: the estimated wait is {wait:.1f} s"
+                    f"the deadline cannot be met: the estimated wait is {wait:.1f} s",
+                    int((now + wait - deadline) * 1000),
                 )
+        evicted = None
+        if len(self._queue) >= self._queue.capacity:
+            evicted = self._queue.evict_newest(below=priority, tenant=tenant if behind else None)
+            if evicted is None:
+                raise self.shed_error(model_id, priority, "queue_full")
+        queued, capacity = len(self._queue), self._queue.capacity
         budget = self.rules.max_tokens(priority, max_tokens, queued, capacity)
         return Admitted(model_id, budget, evicted)
+
+    def _check_pressure(self, model_id: str, priority: Priority, tenant: str) -> bool:
+        """Sheds a class once the queue is filled past its fraction, heaviest tenants first:
+        a tenant with fewer requests waiting in its class than another tenant has is not
+        shed (its fair turn comes before theirs). Returns whether it is so behind: in a full
+        queue, it may then evict that tenant's newest request of its own class."""
+        queued, capacity = len(self._queue), self._queue.capacity
+        if queued < capacity and not self.rules.sheds(priority, queued, capacity):
+            return False
+        backlog = self._queue.tenants_waiting(priority)
+        behind = max(backlog.values(), default=0) > backlog.get(tenant, 0) + 1
+        if queued < capacity and not behind:
+            raise self.shed_error(model_id, priority, "pressure")
+        return behind
+
+    def _ahead(self, model_id: str, priority: Priority, tenant: str) -> int:
+        """Requests for the model served before a new one of `tenant`: every one of a higher
+        class, and in its own class, as tenants take turns (the fair queue, equal weights
+        assumed), at most one more from each tenant than `tenant` has waiting."""
+        ahead = self._queue.ahead_of(model_id, priority)
+        in_class = self._queue.waiting_in(model_id, priority)
+        backlog = self._queue.tenants_waiting(priority)
+        own = backlog.get(tenant, 0)
+        turns = sum(min(count, own + 1) for count in backlog.values())
+        return ahead - in_class + min(in_class, turns)
 
     def retry_after_ms(self, model_id: str) -> int:
         ahead = self._queue.ahead_of(model_id, Priority.LOW)

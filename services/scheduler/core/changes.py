@@ -86,11 +86,12 @@ class Changes:
 def _error(reason: FailReason, request: PendingRequest, retry_after_ms: int) -> ServiceError:
     model = request.model_id
     if reason is FailReason.EVICTED:
-        message = "shed from the queue to admit higher-priority requests"
+        message = "shed from the queue to admit a higher-priority request or a lighter tenant's"
         return Shed(message, retry_after_ms, "evicted")
     if reason is FailReason.DROPPED_LATE:
         return DeadlineExceeded(
-            "dropped from the queue: its deadline cannot be met at the current service rate"
+            "dropped from the queue: its deadline cannot be met at the current service rate",
+            retry_after_ms,
         )
     if reason is FailReason.COLD_EXPIRED:
         return Unavailable(f"no worker for model {model!r} started in time; retry later")

@@ -25,9 +25,9 @@ from heapq import heappop, heappush, heapreplace
 from services.scheduler.core import stale_heaps
 from services.scheduler.core.deadline_index import DeadlineIndex
 from services.scheduler.core.fairness import FairShare
+from services.scheduler.core.lanes import Lane, insert_in_order
 from services.scheduler.core.types import PRIORITIES, PendingRequest, Priority
 
-Lane = deque[PendingRequest]
 LaneKey = tuple[Priority, str, str]  # (class, model, tenant)
 
 _AT_OR_ABOVE = {p: tuple(q for q in Priority if q <= p) for p in Priority}
@@ -97,7 +97,7 @@ class RequestQueue:
             lane = self._lanes[lane_key] = deque()
             self._tenant_models.setdefault((p, tenant), set()).add(model)
         head = lane[0] if lane else None
-        _insert_in_order(lane, queued)
+        insert_in_order(lane, queued)
         if joining:  # may raise its service (picked up lazily)
             self.fair.joined(p, tenant, (t for t, n in backlog.items() if n and t != tenant))
         if lane[0] is not head:
@@ -203,18 +203,22 @@ class RequestQueue:
                 oldest = head
         return oldest
 
-    def evict_newest(self, below: Priority) -> PendingRequest | None:
+    def evict_newest(self, below: Priority, tenant: str | None = None) -> PendingRequest | None:
         """Sheds one request of a class lower than `below`, the lowest class first: the newest
-        request of the tenant with the most waiting. None if no lower class has any."""
-        for priority in sorted((p for p in Priority if p > below), reverse=True):
+        request of the tenant with the most waiting; else, with `tenant` given, the newest in
+        `below` itself of a tenant with 2 or more waiting there beyond `tenant`'s count
+        (whose fair turn comes first). None if there is none."""
+        lower = sorted((p for p in Priority if p > below), reverse=True)
+        for priority in lower + [below] * (tenant is not None):
             backlog = self._backlog[priority]
-            tenant = max(backlog, key=lambda t: backlog[t], default=None)
-            if tenant is None or not backlog[tenant]:
+            hog = max(backlog, key=lambda t: backlog[t], default=None)
+            floor = backlog.get(tenant or "", 0) + 1 if priority == below else 0
+            if hog is None or backlog[hog] <= floor:
                 continue
             tails = [
                 tail
-                for model in self._tenant_models.get((priority, tenant), ())
-                if (tail := self._live_tail((priority, model, tenant))) is not None
+                for model in self._tenant_models.get((priority, hog), ())
+                if (tail := self._live_tail((priority, model, hog))) is not None
             ]
             if tails:
                 return self.remove(max(tails, key=lambda r: r.order).request_id)
@@ -224,6 +228,10 @@ class RequestQueue:
         """Requests waiting in a class (of one tenant, when given)."""
         backlog = self._backlog[priority]
         return backlog.get(tenant, 0) if tenant is not None else sum(backlog.values())
+
+    def tenants_waiting(self, priority: Priority) -> Mapping[str, int]:
+        """Requests waiting in a class, per tenant (some counts may be 0). Read only."""
+        return self._backlog[priority]
 
     def ahead_of(self, model_id: str, priority: Priority) -> int:
         """Requests for the model waiting in `priority` or a higher class."""
@@ -250,15 +258,12 @@ class RequestQueue:
         """Every waiting request, in no particular order."""
         return iter(list(self._by_id.values()))
 
-    def waiting_for(self, model_id: str) -> Iterator[PendingRequest]:
-        """Every queued request for `model_id`, in no particular order."""
-        return (r for r in self.requests() if r.model_id == model_id)
-
     def take_waiting(
         self, model_id: str, condition: Callable[[PendingRequest], bool] | None = None
     ) -> list[PendingRequest]:
         """Removes and returns the requests for `model_id` (those meeting `condition`)."""
-        taken = [r for r in self.waiting_for(model_id) if condition is None or condition(r)]
+        mine = (r for r in self.requests() if r.model_id == model_id)
+        taken = [r for r in mine if condition is None or condition(r)]
         for request in taken:
             self.remove(request.request_id)
         return taken
@@ -386,15 +391,3 @@ class RequestQueue:
                 return self._lanes[lane_key][0]
             heappop(heap)
         return None
-
-
-def _insert_in_order(lane: Lane, request: PendingRequest) -> None:
-    """Appends, or walks back from the tail to the request's place in arrival order (only a
-    resubmitted request arrives out of order)."""
-    if not lane or lane[-1].order <= request.order:
-        lane.append(request)
-        return
-    index = len(lane)
-    while index > 0 and lane[index - 1].order > request.order:
-        index -= 1
-    lane.insert(index, request)

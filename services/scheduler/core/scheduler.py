@@ -103,6 +103,7 @@ class SchedulerCore:
             ticket.deadline,
             ticket.allow_fallback,
             now,
+            ticket.tenant_id,
         )
         changes = Changes()
         if admitted.evicted is not None:
@@ -255,7 +256,9 @@ class SchedulerCore:
         )
         changes.fail(cold, FailReason.COLD_EXPIRED)
         late = deadlines.take_late(self._queue, self._leases.room(), self._warm, self._rate, now)
-        changes.fail(late, FailReason.DROPPED_LATE)
+        for model_id in {r.model_id for r in late}:  # each with its model's retry hint
+            mine = [r for r in late if r.model_id == model_id]
+            changes.fail(mine, FailReason.DROPPED_LATE, self.retry_after_ms(model_id))
         self._settle(changes, place=True)
         changes.scaling = self._autoscale()
         return changes
