@@ -2,7 +2,7 @@
 `--scheduling-policy priority`) against our stack with its worker on vLLM, the same model and
 engine arguments, the same offered load, one run.
 
-    python -m bench.vs_vllm_overload [--overload 3] [--seconds 30] [--patience 60]
+    python -m bench.vs_vllm_overload [--overload 3] [--seconds 60] [--patience 30]
 
 Needs `make setup-vllm`. First the capacity: requests/s that vLLM's server completes with as
 many clients as it has sequence slots, back to back. Then each side, alone on the machine,
@@ -12,7 +12,7 @@ fair share is all it asks), each request high (10%), medium (30%) or low (60%). 
 knows no tenants; as shipped it takes no priority, and with the priority policy it takes
 ours as vLLM's integer (high -1, medium 0, low 1). Our stack knows the tenants by their API
 keys and is configured as an operator bounding the wait would: a queue of 128 requests and
-requests' deadline equal to the clients' patience. Prints, per side: what became of the
+requests' deadline 2 s inside the clients' patience. Prints, per side: what became of the
 requests, high priority's TTFT, each tenant's tokens and the quiet tenant's share of its
 fair share; writes bench/results/vs_vllm_overload.json.
 """
@@ -44,6 +44,7 @@ MIX = {"high": 0.1, "medium": 0.3, "low": 0.6}
 QUIET_SHARE_OF_CAPACITY = 0.4
 QUEUE_CAPACITY = 128
 VLLM_PRIORITY = {"high": -1, "medium": 0, "low": 1}
+DEADLINE_MARGIN_S = 2.0  # requests' deadline: this much inside the clients' patience
 KEYS = {"flood": "flood-key-0123456789", "quiet": "quiet-key-0123456789"}
 
 
@@ -103,7 +104,7 @@ async def stack_side(config: Path, args, work: Path, rate: float):
         "INFERENCE_CONFIG": str(config),
         "WORKER_MODELS": MODEL,
         "SCHEDULER_ADMISSION_QUEUE_CAPACITY": str(QUEUE_CAPACITY),
-        "ROUTER_DEFAULT_DEADLINE_S": str(args.patience),
+        "ROUTER_DEFAULT_DEADLINE_S": str(args.patience - DEADLINE_MARGIN_S),
     }
     system = LocalSystem(
         work, workers=1, env=env, worker_launch=lambda _: (worker_python("vllm"), {})
@@ -141,8 +142,8 @@ async def run(args: argparse.Namespace, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--overload", type=float, default=3.0)
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--patience", type=float, default=60.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--patience", type=float, default=30.0)
     parser.add_argument("--capacity-seconds", type=float, default=20.0)
     parser.add_argument("--out", default="bench/results/vs_vllm_overload.json")
     args = parser.parse_args()

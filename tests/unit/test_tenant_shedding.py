@@ -6,9 +6,18 @@ with a hint of when it could be met."""
 import pytest
 
 from services.common.errors import DeadlineExceeded, ResourceExhausted
+from services.scheduler.core import deadlines
 from services.scheduler.core.changes import FailReason
+from services.scheduler.core.queue import RequestQueue
+from services.scheduler.core.rates import EventRates
 from services.scheduler.core.scheduler import SchedulerCore
-from services.scheduler.core.types import ModelCatalogEntry, ModelSlots, Outcome, Priority
+from services.scheduler.core.types import (
+    ModelCatalogEntry,
+    ModelSlots,
+    Outcome,
+    PendingRequest,
+    Priority,
+)
 from tests.factories import Clock, make_core, ticket
 
 LOW, MEDIUM = Priority.LOW, Priority.MEDIUM
@@ -69,3 +78,22 @@ def test_a_deadline_is_judged_by_the_place_in_the_fair_queue_with_a_retry_hint()
     assert 3000 <= late.value.retry_after_ms <= 8000  # about the wait it lacks
     # another tenant's first request waits for one turn of each tenant: about 1 s
     submit(c, "quiet", MEDIUM, "quiet", deadline=clock.now + 3.0)
+
+
+def test_the_late_sweep_keeps_a_request_whose_tenants_turn_comes_in_time():
+    clock = Clock(0.0)
+    rates = EventRates(30.0, clock)
+    for _ in range(8):  # 8 per second
+        rates.record("m")
+        clock.now += 0.125
+    queue = RequestQueue(1_000)
+    for i in range(80):  # 10 s of flood ahead by arrival
+        queue.push(PendingRequest(f"f{i}", "m", MEDIUM, "flood", clock.now))
+    for tenant in ("quiet", "flood"):
+        late = PendingRequest(
+            f"{tenant}-1s", "m", MEDIUM, tenant, clock.now, deadline=clock.now + 1
+        )
+        queue.push(late)
+    dropped = deadlines.take_late(queue, set(), lambda model: True, rates, clock.now)
+    # quiet's turn comes after one flood request; flood's own is 80 requests (10 s) away
+    assert [r.request_id for r in dropped] == ["flood-1s"]

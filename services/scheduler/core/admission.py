@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from services.common.config import require
 from services.common.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from services.scheduler.core.fairness import turns_before
 from services.scheduler.core.leases import LeaseTable
 from services.scheduler.core.queue import RequestQueue
 from services.scheduler.core.rates import EventRates
@@ -152,14 +153,11 @@ class AdmissionControl:
 
     def _ahead(self, model_id: str, priority: Priority, tenant: str) -> int:
         """Requests for the model served before a new one of `tenant`: every one of a higher
-        class, and in its own class, as tenants take turns (the fair queue, equal weights
-        assumed), at most one more from each tenant than `tenant` has waiting."""
-        ahead = self._queue.ahead_of(model_id, priority)
+        class, and in its own class as tenants take turns (the fair queue)."""
         in_class = self._queue.waiting_in(model_id, priority)
         backlog = self._queue.tenants_waiting(priority)
-        own = backlog.get(tenant, 0)
-        turns = sum(min(count, own + 1) for count in backlog.values())
-        return ahead - in_class + min(in_class, turns)
+        turns = turns_before(backlog, tenant, backlog.get(tenant, 0))
+        return self._queue.ahead_of(model_id, priority) - in_class + min(in_class, turns)
 
     def retry_after_ms(self, model_id: str) -> int:
         ahead = self._queue.ahead_of(model_id, Priority.LOW)

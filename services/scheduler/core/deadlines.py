@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container
 
+from services.scheduler.core.fairness import turns_before
 from services.scheduler.core.queue import RequestQueue
 from services.scheduler.core.rates import EventRates
 from services.scheduler.core.types import PendingRequest, Priority
@@ -21,9 +22,9 @@ def take_late(
     now: float,
 ) -> list[PendingRequest]:
     """Removes and returns waiting requests that cannot start before their deadline at the
-    measured service rate even if served as early as their class and arrival allow (or whose
-    deadline has passed). Models with a free slot (`room`) dispatch at once; models with no
-    worker (`warm` false) are `take_cold`'s.
+    measured service rate even if served as early as their class, their arrival and their
+    tenant's turn allow (or whose deadline has passed). Models with a free slot (`room`)
+    dispatch at once; models with no worker (`warm` false) are `take_cold`'s.
 
     A sweep looks only at requests whose deadline comes before the model's whole queue would
     drain, the earliest deadlines first and at most `LATE_CHECKS` per model (core.deadline_
@@ -36,7 +37,7 @@ def take_late(
         drained_in = queue.ahead_of(model_id, Priority.LOW) / per_s if per_s else 0.0
         keep: list[PendingRequest] = []
         for request in queue.deadlines.due(model_id, now + drained_in, LATE_CHECKS):
-            wait = queue.ahead_at_least(request) / per_s if per_s else 0.0
+            wait = _ahead(queue, request) / per_s if per_s else 0.0
             deadline = request.deadline  # indexed: it has one
             assert deadline is not None
             (late if now + wait > deadline else keep).append(request)
@@ -44,6 +45,19 @@ def take_late(
     for request in late:
         queue.remove(request.request_id)
     return late
+
+
+def _ahead(queue: RequestQueue, request: PendingRequest) -> int:
+    """Requests served before a waiting one, at least by arrival, or by its tenant's turn
+    in the fair queue when that comes sooner (its tenant's other waiting requests of the
+    class counted ahead of it)."""
+    by_arrival = queue.ahead_at_least(request)
+    higher = queue.ahead_of(request.model_id, request.priority) - queue.waiting_in(
+        request.model_id, request.priority
+    )
+    backlog = queue.tenants_waiting(request.priority)
+    own_ahead = max(0, backlog.get(request.tenant_id, 0) - 1)
+    return min(by_arrival, higher + turns_before(backlog, request.tenant_id, own_ahead))
 
 
 def take_cold(

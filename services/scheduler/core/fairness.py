@@ -8,7 +8,7 @@ same, 1/n when one got everything.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from services.common.windowed import SlidingWindow
 from services.scheduler.core.types import Priority
@@ -46,6 +46,15 @@ class FairShare:
         table[tenant] = table.get(tenant, 0.0) + tokens / max(weight, 1e-6)
         if tokens < 0:
             self.on_fall(priority, tenant)
+
+
+def turns_before(backlog: Mapping[str, int], tenant: str, own_ahead: int) -> int:
+    """How many requests of a class go before one of `tenant`'s with `own_ahead` of its own
+    requests ahead of it, as tenants take turns (equal weights and sizes assumed): those own
+    ones, and from every other tenant at most one more than that."""
+    limit = own_ahead + 1
+    others = sum(min(n, limit) for t, n in backlog.items() if t != tenant)
+    return own_ahead + others
 
 
 class ServedTokens:
