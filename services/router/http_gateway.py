@@ -17,11 +17,12 @@ from typing import Any
 import grpc
 from aiohttp import web
 from google.protobuf import json_format
-from inference.v1 import router_pb2_grpc, types_pb2
+from inference.v1 import types_pb2
 
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.status import RETRY_AFTER_KEY, http_status, status_for
 from services.router import json_fields, openai_format
+from services.router.channel_pool import RouterChannels
 from services.router.models import ModelDirectory
 
 FORWARDED_HEADERS = ("authorization", "traceparent", "tracestate")
@@ -34,10 +35,10 @@ class HttpGateway:
         router_address: str,
         max_request_bytes: int = 512 * 1024,
         models: ModelDirectory | None = None,
+        calls_per_connection: int = 100,
     ) -> None:
         self._models = models
-        self._channel = grpc.aio.insecure_channel(router_address)
-        self._router = router_pb2_grpc.RouterStub(self._channel)
+        self._router = RouterChannels(router_address, calls_per_connection)
         self.app = web.Application(middlewares=[_errors], client_max_size=max_request_bytes)
         self.app.add_routes(
             [
@@ -71,7 +72,7 @@ class HttpGateway:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
-        await self._channel.close()
+        await self._router.close()
 
     # -- health, as vLLM and TGI serve it (no key needed: for probes and load balancers) ------
     async def health(self, request: web.Request) -> web.Response:
@@ -98,20 +99,23 @@ class HttpGateway:
             max_tokens=json_fields.integer(body, "max_tokens", json_fields.UINT32_MAX) or 0,
             request_id=json_fields.text(body, "request_id"),
         )
-        answer = await self._router.Infer(message, metadata=_metadata(request))
+        with self._router.stub() as router:
+            answer = await router.Infer(message, metadata=_metadata(request))
         return web.json_response(_as_dict(answer))
 
     async def status(self, request: web.Request) -> web.Response:
-        answer = await self._router.GetStatus(
-            types_pb2.GetStatusRequest(), metadata=_metadata(request)
-        )
+        with self._router.stub() as router:
+            answer = await router.GetStatus(
+                types_pb2.GetStatusRequest(), metadata=_metadata(request)
+            )
         return web.json_response(_as_dict(answer))
 
     # -- OpenAI-compatible ---------------------------------------------------------------------
     async def models(self, request: web.Request) -> web.Response:
-        listed = await self._router.ListModels(
-            types_pb2.ListModelsRequest(), metadata=_metadata(request)
-        )
+        with self._router.stub() as router:
+            listed = await router.ListModels(
+                types_pb2.ListModelsRequest(), metadata=_metadata(request)
+            )
         return web.json_response(openai_format.models(listed))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -124,34 +128,44 @@ class HttpGateway:
 
     async def embeddings(self, request: web.Request) -> web.Response:
         message = openai_format.embed_request(await _json(request))
-        answer = await self._router.Embed(message, metadata=_metadata(request))
+        with self._router.stub() as router:
+            answer = await router.Embed(message, metadata=_metadata(request))
         return web.json_response(openai_format.embeddings(answer))
 
     async def _generate(
         self, request: web.Request, body: dict[str, Any], prompt: str, chat: bool
     ) -> web.StreamResponse:
         message = openai_format.generate_request(body, prompt)
-        if not body.get("stream"):
-            answer = await self._router.Infer(message, metadata=_metadata(request))
-            return web.json_response(openai_format.completion(answer, chat))
-        options = openai_format.stream_options(body)
-        call = self._router.Generate(message, metadata=_metadata(request))
-        try:
-            first = await call.read()  # errors before the first token become HTTP statuses
-            response = web.StreamResponse(
-                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-            )
-            await response.prepare(request)
+        with self._router.stub() as router:
+            if not body.get("stream"):
+                answer = await router.Infer(message, metadata=_metadata(request))
+                return web.json_response(openai_format.completion(answer, chat))
+            options = openai_format.stream_options(body)
+            call = router.Generate(message, metadata=_metadata(request))
             try:
-                await _write_events(response, call, first, message.model_id, chat, options)
-            except grpc.aio.AioRpcError as exc:  # the status line is sent: an SSE error event
-                body_text = json.dumps(error_body(exc)[0])
-                await response.write(f"event: error\ndata: {body_text}\n\n".encode())
-                return response
-            await response.write(b"data: [DONE]\n\n")
-            return response
-        finally:
-            call.cancel()
+                return await _stream(request, call, message.model_id, chat, options)
+            finally:
+                call.cancel()
+
+
+async def _stream(
+    request: web.Request, call: Any, model: str, chat: bool, options: tuple[bool, bool]
+) -> web.StreamResponse:
+    """The stream as server-sent events; errors before the first token become HTTP
+    statuses, errors after it a final SSE error event."""
+    first = await call.read()
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    try:
+        await _write_events(response, call, first, model, chat, options)
+    except grpc.aio.AioRpcError as exc:  # the status line is sent: an SSE error event
+        body_text = json.dumps(error_body(exc)[0])
+        await response.write(f"event: error\ndata: {body_text}\n\n".encode())
+        return response
+    await response.write(b"data: [DONE]\n\n")
+    return response
 
 
 async def _write_events(

@@ -98,7 +98,12 @@ class RouterServer:
         with contextlib.suppress(Unavailable):  # the model list, if a scheduler answers now
             await self.models.refresh()
         if self.config.http_listen:
-            self.http = HttpGateway(f"127.0.0.1:{own}", self.config.max_request_bytes, self.models)
+            self.http = HttpGateway(
+                f"127.0.0.1:{own}",
+                self.config.max_request_bytes,
+                self.models,
+                self.config.max_streams_per_connection,
+            )
             tls = self.config.public_tls()
             await self.http.start(
                 self.config.http_listen, tls.ssl_context() if tls.enabled else None

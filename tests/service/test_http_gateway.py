@@ -6,6 +6,7 @@ import json
 import urllib.error
 import urllib.request
 
+import aiohttp
 import openai
 import pytest
 
@@ -125,3 +126,29 @@ async def test_openai_completions_models_and_errors(http_stack):
         await asyncio.to_thread(client.completions.create, model="gpt-17", prompt="x")
     with pytest.raises(openai.BadRequestError):
         await asyncio.to_thread(client.chat.completions.create, model="sim-fast", messages=[])
+
+
+async def test_more_streams_than_one_connection_carries_all_succeed():
+    """The door spreads its calls to the router over connections: past the public port's
+    streams per connection, callers are not refused (UNAVAILABLE) for it."""
+    models = [sim_model(slots=32, step_ms=20.0)]
+    stack = await start_stack(models, router_overrides={"max_streams_per_connection": 4})
+    url = f"http://127.0.0.1:{stack.router.http.port}/v1/chat/completions"
+    body = {
+        "model": "sim-fast",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 8,
+        "stream": True,
+    }
+
+    async def one() -> tuple[int, str]:
+        async with aiohttp.ClientSession() as session, session.post(url, json=body) as reply:
+            return reply.status, await reply.text()
+
+    try:
+        answers = await asyncio.gather(*(one() for _ in range(12)))
+        assert [status for status, _ in answers] == [200] * 12
+        assert all(text.endswith("data: [DONE]\n\n") for _, text in answers)
+        assert stack.router.http._router.connections >= 3  # 12 calls, 4 on each
+    finally:
+        await stack.close()
