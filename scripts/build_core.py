@@ -1,4 +1,4 @@
-"""Compiles the scheduler's core with mypyc into build/core (see services.scheduler.compiled_core).
+"""Compiles the scheduler's core with mypyc into build/core (see its compiled_build module).
 
     python scripts/build_core.py [--strict]
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.scheduler.compiled_core import (
+from services.scheduler.core.compiled_build import (
     BUILD_DIR,
     GROUP,
     MANIFEST,

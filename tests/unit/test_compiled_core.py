@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import services.scheduler.core as core_package
-from services.scheduler import compiled_core
+from services.scheduler.core import compiled_build as compiled_core
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,3 +94,15 @@ def test_the_compiled_core_grants_and_revokes_exactly_as_its_source_does():
     assert compiled[0] == "compiled" and source[0] == "python"
     assert len(compiled) > 250  # a grant for (nearly) every lease that ended
     assert compiled[1:] == source[1:]
+
+
+def test_the_core_imports_nothing_of_the_scheduler_service_around_it():
+    core = Path(compiled_core.__file__).parent
+    for path in core.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                if name.startswith("services.scheduler"):
+                    assert name.startswith("services.scheduler.core"), f"{path.name}: {name}"

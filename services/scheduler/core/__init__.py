@@ -1,9 +1,10 @@
 """The scheduler's pure core: queue, lease table, fairness and placement, no I/O.
 
 Its modules run compiled with mypyc when `make core` has built them from the sources as they
-are now (services.scheduler.compiled_core); `BUILD` says which build runs.
+are now (`compiled_build`, beside them); `BUILD` says which build runs. The core imports
+nothing of the service around it.
 """
 
-from services.scheduler import compiled_core
+from services.scheduler.core import compiled_build
 
-BUILD = compiled_core.activate(__path__)
+BUILD = compiled_build.activate(__path__)

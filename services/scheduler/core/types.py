@@ -156,7 +156,7 @@ class Lease:
     """A slot on one worker for one request, holding `kv_tokens` of its KV cache. Nothing
     changes a lease after its grant; it is not frozen only because a frozen dataclass takes
     three times as long to build, and its constructor is written out because the compiled
-    core (services.scheduler.compiled_core) compiles only a written one (one is built per
+    core (services.scheduler.core.compiled_build) compiles only a written one (one is built per
     decision: docs/architecture.md)."""
 
     lease_id: str

@@ -1,4 +1,6 @@
 """Which build of the scheduler's core runs: the modules compiled with mypyc, or their source.
+It lives in the core package, imports nothing of the service around it, and is itself never
+compiled (the core's `__init__` imports it, from source, before the path is set).
 
 `scripts/build_core.py` (`make core`) compiles every module of `services.scheduler.core` with
 mypyc into `build/core/` and writes a manifest of the sources it compiled (their SHA-256). The
@@ -17,16 +19,17 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-SOURCE_DIR = ROOT / "services" / "scheduler" / "core"
+ROOT = Path(__file__).resolve().parents[3]
+SOURCE_DIR = Path(__file__).resolve().parent
 BUILD_DIR = ROOT / "build" / "core"
 MANIFEST = BUILD_DIR / "manifest.json"
 GROUP = "scheduler_core"  # mypyc's shared library: build/core/scheduler_core__mypyc.*.so
 
 
 def sources() -> list[Path]:
-    """The modules compiled: every module of the core package but its __init__."""
-    return sorted(p for p in SOURCE_DIR.glob("*.py") if p.name != "__init__.py")
+    """The modules compiled: every module of the core package but its __init__ and this."""
+    skipped = ("__init__.py", Path(__file__).name)
+    return sorted(p for p in SOURCE_DIR.glob("*.py") if p.name not in skipped)
 
 
 def digests(paths: list[Path]) -> dict[str, str]:
