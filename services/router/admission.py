@@ -40,6 +40,11 @@ class Admission:
             span.set_attribute("inference.tenant", tenant)
             return tenant
 
+    def caller_of(self, metadata: Iterable[tuple[str, Any]]) -> str:
+        """The caller's tenant, with no span: the HTTP door's check before it reads a body
+        (the gRPC door checks again, inside the request's trace). Raises Unauthenticated."""
+        return self._auth.tenant_for(tuple(metadata))
+
     def check(self, tenant: str, model_id: str, priority: int) -> None:
         """Raises PermissionDenied for a model or priority the tenant may not use."""
         self.policies.check(tenant, model_id, priority)

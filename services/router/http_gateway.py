@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import ssl
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -36,10 +37,14 @@ class HttpGateway:
         max_request_bytes: int = 512 * 1024,
         models: ModelDirectory | None = None,
         calls_per_connection: int = 100,
+        authenticate: Callable[[Iterable[tuple[str, str]]], str] | None = None,
     ) -> None:
         self._models = models
         self._router = RouterChannels(router_address, calls_per_connection)
-        self.app = web.Application(middlewares=[_errors], client_max_size=max_request_bytes)
+        self._authenticate = authenticate
+        self.app = web.Application(
+            middlewares=[_errors, self._caller_first], client_max_size=max_request_bytes
+        )
         self.app.add_routes(
             [
                 web.get("/health", self.health),
@@ -73,6 +78,14 @@ class HttpGateway:
         if self._runner is not None:
             await self._runner.cleanup()
         await self._router.close()
+
+    @web.middleware
+    async def _caller_first(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Who calls, before any body is read: a caller without a valid key gets 401 whatever
+        it sent (health endpoints need no key)."""
+        if self._authenticate is not None and not request.path.startswith("/health"):
+            self._authenticate(_metadata(request))
+        return await handler(request)
 
     # -- health, as vLLM and TGI serve it (no key needed: for probes and load balancers) ------
     async def health(self, request: web.Request) -> web.Response:

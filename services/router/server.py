@@ -52,7 +52,7 @@ class RouterServer:
         runner = LeasedRun(self.pools.acquire, self.workers, config.max_resumes)
         self.models = ModelDirectory(self.pools, config.model_refresh_s)
         self.metrics = RouterMetrics()
-        admission = Admission(config, self.metrics)
+        admission = self.admission = Admission(config, self.metrics)
         self.grpc = GrpcService(
             config.listen,
             [SERVICE_NAME],
@@ -103,6 +103,7 @@ class RouterServer:
                 self.config.max_request_bytes,
                 self.models,
                 self.config.max_streams_per_connection,
+                self.admission.caller_of,
             )
             tls = self.config.public_tls()
             await self.http.start(

@@ -152,3 +152,29 @@ async def test_more_streams_than_one_connection_carries_all_succeed():
         assert stack.router.http._router.connections >= 3  # 12 calls, 4 on each
     finally:
         await stack.close()
+
+
+async def test_a_caller_without_a_key_gets_401_before_its_body_is_read():
+    key = hashlib.sha256(b"k-acme").hexdigest()
+    stack = await start_stack(
+        [sim_model()], tenants=[TenantSpec("acme", key)], allow_anonymous=False
+    )
+    base = f"http://127.0.0.1:{stack.router.http.port}"
+    try:
+        for body in (b"{not json", b"[1, 2]", json.dumps({"model": 5}).encode()):
+            request = urllib.request.Request(
+                f"{base}/v1/chat/completions", data=body, method="POST"
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)
+            assert refused.value.code == 401
+            assert json.loads(refused.value.read())["error"]["code"] == "UNAUTHENTICATED"
+        # with its key, the same bad body is the caller's mistake: 400
+        status, _, _ = await asyncio.to_thread(
+            post, f"{base}/v1/chat/completions", [1, 2], {"Authorization": "Bearer k-acme"}
+        )
+        assert status == 400
+        health = await asyncio.to_thread(urllib.request.urlopen, f"{base}/health", timeout=10)
+        assert health.status == 200  # probes need no key
+    finally:
+        await stack.close()
