@@ -14,10 +14,12 @@ from typing import Any
 
 import grpc
 
-from services.common.status import HandlerInterceptor, rebuild_handler
+from services.common.errors import Unauthenticated
+from services.common.status import HandlerInterceptor, rebuild_handler, refusing_handler
 from services.common.tls import TlsFiles
 
 SECRET_KEY = "x-internal-secret"
+_WRONG_SECRET = Unauthenticated("internal service: missing or wrong shared secret")
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
@@ -35,16 +37,7 @@ class SecretCheckInterceptor(HandlerInterceptor):
             sent = sent.decode("latin-1")
         if hmac.compare_digest(sent, self._secret):
             return handler
-        return _refusing(handler)
-
-
-def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED, "internal service: missing or wrong shared secret"
-        )
-
-    return rebuild_handler(handler, lambda behavior, streaming: refuse)
+        return refusing_handler(handler, _WRONG_SECRET)  # its body is never parsed
 
 
 class RoleCheckInterceptor(HandlerInterceptor):

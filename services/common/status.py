@@ -205,6 +205,31 @@ def rebuild_handler(
     return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), **codec)
 
 
+def refusing_handler(handler: grpc.RpcMethodHandler, error: BaseException) -> grpc.RpcMethodHandler:
+    """A handler of the same kind that ends every call with the status of `error` without
+    parsing the request: a refused caller's body is never read."""
+
+    def wrap(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
+        if inspect.isasyncgenfunction(behavior):
+
+            async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await abort_with(context, error)
+                yield  # an async generator, as the handler it replaces
+
+            return refuse_stream
+
+        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await abort_with(context, error)
+
+        return refuse
+
+    return rebuild_handler(handler, wrap, request_deserializer=_unread)
+
+
+def _unread(data: bytes) -> None:
+    return None
+
+
 class HandlerInterceptor(grpc.aio.ServerInterceptor):
     """A server interceptor that rewrites the handler of each call (`rewrite`), except for
     methods under `open_prefixes` (health checks, reflection)."""

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from services.common.errors import Unauthenticated
-from services.common.status import HandlerInterceptor, abort_with, rebuild_handler
+from services.common.status import HandlerInterceptor, rebuild_handler, refusing_handler
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant")
@@ -49,30 +49,8 @@ class DoorInterceptor(HandlerInterceptor):
         try:
             tenant = self._authenticate(details.invocation_metadata or ())
         except Unauthenticated as refused:
-            return rebuild_handler(handler, _refusing(refused), request_deserializer=_ignore)
+            return refusing_handler(handler, refused)
         return rebuild_handler(handler, _as(tenant))
-
-
-def _ignore(data: bytes) -> None:
-    return None  # a refused caller's body is not parsed
-
-
-def _refusing(error: Unauthenticated) -> Callable[[Callable[..., Any], bool], Callable[..., Any]]:
-    def wrap(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
-        if inspect.isasyncgenfunction(behavior):
-
-            async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await abort_with(context, error)
-                yield  # an async generator, as the handler it replaces
-
-            return refuse_stream
-
-        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await abort_with(context, error)
-
-        return refuse
-
-    return wrap
 
 
 def _as(tenant: str) -> Callable[[Callable[..., Any], bool], Callable[..., Any]]:
