@@ -50,10 +50,19 @@ def generate_request(body: dict[str, Any], prompt: str) -> types_pb2.GenerateReq
 
 
 def refuse_unsupported(body: dict[str, Any]) -> None:
+    """What this server cannot honour is refused (400), never silently ignored."""
     if integer(body, "n", UINT32_MAX) not in (None, 1):
         raise InvalidArgument("n must be 1: one choice per request is supported")
     if body.get("logprobs") not in (None, False, 0) or body.get("top_logprobs"):
         raise InvalidArgument("logprobs are not supported")
+    for name in ("tools", "functions"):
+        if body.get(name):
+            raise InvalidArgument(f"{name} are not supported: no model here calls tools")
+    if body.get("tool_choice") not in (None, "none") or body.get("function_call"):
+        raise InvalidArgument("tool_choice is not supported: no model here calls tools")
+    response_format = body.get("response_format")
+    if response_format is not None and response_format != {"type": "text"}:
+        raise InvalidArgument('response_format is not supported (only {"type": "text"})')
     flag(body, "stream")
 
 
@@ -86,14 +95,23 @@ def chat_prompt(body: dict[str, Any]) -> str:
     turns = []
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):  # content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if isinstance(content, list):  # content parts: text ones only
+            content = "".join(_text_part(part) for part in content)
         if not isinstance(content, str):
             raise InvalidArgument("each message needs a role and text content")
         turns.append((text(message, "role", "user"), content))
     if len(turns) == 1:
         return turns[0][1]
     return "\n".join(f"{role.capitalize()}: {text}" for role, text in turns)
+
+
+def _text_part(part: object) -> str:
+    if not isinstance(part, dict) or part.get("type", "text") != "text":
+        raise InvalidArgument("content parts must be text parts: other kinds are not supported")
+    value = part.get("text")
+    if not isinstance(value, str):
+        raise InvalidArgument("a text content part needs a string text")
+    return value
 
 
 def embed_request(body: dict[str, Any]) -> types_pb2.EmbedRequest:

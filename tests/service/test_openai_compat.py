@@ -69,13 +69,18 @@ async def test_completions_take_the_fields_benchmark_clients_send(door):
         ({"logprobs": True}, "logprobs"),
         ({"extra_body": {"min_tokens": 99}}, "min_tokens"),
         ({"extra_body": {"ignore_eos": "yes"}}, "ignore_eos"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "text"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "text parts"),
     ],
 )
 async def test_what_is_not_supported_is_a_clear_400(door, fields, message):
     _, _, client = door
     with pytest.raises(openai.BadRequestError) as info:
         await client.chat.completions.create(
-            model="sim-fast", messages=MESSAGES, max_tokens=8, **fields
+            **{"model": "sim-fast", "messages": MESSAGES, "max_tokens": 8, **fields}
         )
     assert message in info.value.message
     assert info.value.body["code"] == "INVALID_ARGUMENT"
