@@ -11,6 +11,7 @@ records its final status code.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -69,14 +70,15 @@ def server_span(
 ) -> Iterator[Span]:
     """The current span of an RPC, child of the caller's context; on an exception it records
     the gRPC status code the error maps to (and re-raises)."""
-    with tracer("inference").start_as_current_span(
+    span = tracer("inference").start_span(
         name,
         context=incoming_context(metadata),
         kind=SpanKind.SERVER,
         attributes={k: v for k, v in attributes.items() if v is not None},
         record_exception=False,
         set_status_on_exception=False,
-    ) as span:
+    )
+    with _current(span):
         try:
             yield span
         except BaseException as exc:
@@ -85,7 +87,32 @@ def server_span(
             if code != "OK":
                 span.set_status(Status(StatusCode.ERROR, code))
             raise
-        span.set_attribute("rpc.grpc.status_code", "OK")
+        else:
+            span.set_attribute("rpc.grpc.status_code", "OK")
+        finally:
+            span.end()
+
+
+_ATTACHED_HERE: contextvars.ContextVar[bool] = contextvars.ContextVar("span_attached_here")
+
+
+@contextlib.contextmanager
+def _current(span: Span) -> Iterator[None]:
+    """Makes `span` current, and undoes it where that can be done. A streaming servicer is an
+    async generator: when its call is cancelled, gRPC closes it from another context than the
+    one it ran in, where OpenTelemetry's detach fails (and logs an ERROR with a traceback);
+    that context is being discarded with its call, so there is nothing to undo."""
+    token = otel_context.attach(trace.set_span_in_context(span))
+    here = _ATTACHED_HERE.set(True)
+    try:
+        yield
+    finally:
+        try:
+            _ATTACHED_HERE.reset(here)  # raises in any other Context, a copy of it too
+        except ValueError:
+            pass
+        else:
+            otel_context.detach(token)
 
 
 def record_summary(span: Span, summary: Any) -> None:
