@@ -69,3 +69,30 @@ def test_requests_batched_together_get_the_same_vectors_as_alone(engine):
 
 def test_an_input_beyond_the_context_is_invalid(engine):
     assert isinstance(embed(engine, ["word " * 400]), InvalidArgument)
+
+
+def test_an_empty_request_gets_no_vectors_and_the_engine_serves_on(engine):
+    out = embed(engine, [])
+    assert isinstance(out, Embeddings) and out.vectors == [] and out.prompt_tokens == 0
+    assert engine.healthy
+    assert len(embed(engine, ["still serving"]).vectors) == 1
+
+
+def test_the_batch_being_computed_counts_as_active(engine, monkeypatch):
+    """Drain and heartbeats count what the engine computes, not only what waits."""
+    computing, release = threading.Event(), threading.Event()
+    forward = engine._forward
+
+    def slow_forward(texts):
+        computing.set()
+        assert release.wait(30)
+        return forward(texts)
+
+    monkeypatch.setattr(engine, "_forward", slow_forward)
+    done = threading.Event()
+    engine.embed(["one", "two"], lambda event: done.set())
+    assert computing.wait(30)
+    assert engine.active_sequences() == 1 and engine.stats().running == 1
+    release.set()
+    assert done.wait(30)
+    assert engine.active_sequences() == 0

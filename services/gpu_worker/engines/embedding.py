@@ -51,6 +51,7 @@ class SentenceEmbeddingEngine(ThreadedEngine):
         self._tokenizer: Any = None
         self._model: Any = None
         self._queue: deque[_EmbedRequest] = deque()
+        self._computing = 0  # requests in the batch being computed (out of the queue)
         self._done = SlidingWindow(RATE_WINDOW_S)  # texts embedded
 
     def load(self) -> None:
@@ -82,11 +83,12 @@ class SentenceEmbeddingEngine(ThreadedEngine):
         return request
 
     def active_sequences(self) -> int:
-        return len(self._queue)
+        """Requests waiting or being computed (drain waits for both)."""
+        return len(self._queue) + self._computing
 
     def stats(self) -> EngineStats:
         return EngineStats(
-            running=len(self._queue),
+            running=self.active_sequences(),
             kv_tokens_used=0,
             kv_tokens_capacity=0,
             tokens_per_second=self._done.per_second(),  # texts embedded per second
@@ -112,7 +114,11 @@ class SentenceEmbeddingEngine(ThreadedEngine):
                     break
                 batch = self._take_batch()
             if batch:
-                self._embed_batch(batch)
+                self._computing = len(batch)
+                try:
+                    self._embed_batch(batch)
+                finally:
+                    self._computing = 0
 
     def _take_batch(self) -> list[_EmbedRequest]:
         return admit_in_order(
@@ -127,6 +133,9 @@ class SentenceEmbeddingEngine(ThreadedEngine):
         limit = self.spec.max_context_tokens
         accepted: list[tuple[_EmbedRequest, int]] = []
         for request in batch:
+            if not request.texts:  # nothing to embed (the router refuses it; others may not)
+                request.sink(Embeddings([], 0))
+                continue
             try:
                 lengths = [len(ids) for ids in self._tokenizer(request.texts)["input_ids"]]
             except Exception as exc:  # noqa: BLE001 - this request's input, alone
