@@ -212,6 +212,16 @@ def test_the_vllm_overlay_runs_the_embedded_engines_models_on_vllm_images_with_a
             assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
 
 
+def test_compose_publishes_the_operators_tools_on_this_host_only():
+    """Jaeger, Prometheus and Grafana (anonymous viewers) carry no authentication of their
+    own: they listen on loopback; the router is the one public door."""
+    compose = yaml.safe_load((ROOT / "deploy" / "compose" / "docker-compose.yml").read_text())
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            if name != "router":
+                assert str(port).startswith("127.0.0.1:"), f"{name}: {port}"
+
+
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda", "Dockerfile.vllm"])
 def test_dockerfiles_copy_files_that_exist(dockerfile):
     text = (ROOT / "deploy" / "docker" / dockerfile).read_text()
