@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import shlex
 import signal
@@ -22,6 +21,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from services.common.output_relay import relay_output
 
 FIRST_BACKOFF_S, MAX_BACKOFF_S, STABLE_AFTER_S = 0.5, 10.0, 30.0
 PARENT_PID_ENV = "INFERENCE_PARENT_PID"  # services.common.cli: children stop with us
@@ -90,12 +92,7 @@ class Supervisor:
         prefix = f"[{proc.name}] ".encode()
         mode = "ab" if proc.restarts else "wb"
         with open(self.log_dir / f"{proc.name}.log", mode) as out:  # noqa: ASYNC230
-            while line := await proc.process.stdout.readline():
-                out.write(line)
-                out.flush()
-                with contextlib.suppress(OSError):
-                    sys.stdout.buffer.write(prefix + line)
-                    sys.stdout.buffer.flush()
+            await relay_output(proc.process.stdout, out, prefix)
 
     async def _stop_all(self) -> None:
         say("stopping (SIGTERM; in-flight streams finish)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from services.actuator.plan import WorkerProcess
 from services.common.cli import PARENT_PID_ENV
+from services.common.output_relay import relay_output
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +138,4 @@ class Launcher:
         prefix = f"[{worker.spec.worker_id}] ".encode()
         # small appends to a local file, as the services' own logging does
         with open(worker.log_path, "ab") as out:  # noqa: ASYNC230
-            while line := await stream.readline():
-                out.write(line)
-                out.flush()
-                if self.echo:
-                    with contextlib.suppress(OSError):
-                        sys.stdout.buffer.write(prefix + line)
-                        sys.stdout.buffer.flush()
+            await relay_output(stream, out, prefix, self.echo)
