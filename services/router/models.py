@@ -6,6 +6,7 @@ several pools (router.pools) both are merged from every pool's scheduler."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from inference.v1 import types_pb2
@@ -24,6 +25,7 @@ class ModelDirectory:
         self._lists: dict[str, dict[str, types_pb2.ModelInfo]] = {}  # pool → its models
         self._models: dict[str, types_pb2.ModelInfo] = {}  # every pool's, merged
         self._fetched_at = float("-inf")
+        self._refreshing: asyncio.Future | None = None  # the one refresh in flight
 
     async def get(self, model_id: str) -> types_pb2.ModelInfo:
         """The model's info. Raises NotFound, or Unavailable when its pool's scheduler is
@@ -64,14 +66,24 @@ class ModelDirectory:
         self._fetched_at = time.monotonic()
 
     async def _refresh_quietly(self) -> None:
+        """One refresh at a time: the requests that find the list stale together wait for
+        the same one (its caller's cancellation does not cancel it for the others)."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self.refresh())
+            self._refreshing.add_done_callback(_retrieved)
         try:
-            await self.refresh()
+            await asyncio.shield(self._refreshing)
         except Unavailable:
             if not self._models:
                 raise
 
     def _stale(self) -> bool:
         return time.monotonic() - self._fetched_at > self._refresh_s
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()  # whoever waited has it; unretrieved, asyncio would log it
 
 
 class StatusViews:
