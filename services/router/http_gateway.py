@@ -60,12 +60,17 @@ class HttpGateway:
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self, listen: str, ssl_context: ssl.SSLContext | None = None) -> int:
-        """Serves on `listen`, over HTTPS with `ssl_context`."""
+    async def start(
+        self, listen: str, ssl_context: ssl.SSLContext | None = None, grace_s: float = 30.0
+    ) -> int:
+        """Serves on `listen`, over HTTPS with `ssl_context`. On `stop`, requests in flight
+        have `grace_s` to finish."""
         host, _, port = listen.rpartition(":")
         # a client that goes away cancels its handler, which cancels the gRPC call: the
         # request leaves the queue or its sequence stops on the worker
-        self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handler_cancellation=True, shutdown_timeout=grace_s
+        )
         await self._runner.setup()
         site = web.TCPSite(
             self._runner, host.strip("[]") or "127.0.0.1", int(port), ssl_context=ssl_context

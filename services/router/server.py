@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
@@ -107,14 +108,20 @@ class RouterServer:
             )
             tls = self.config.public_tls()
             await self.http.start(
-                self.config.http_listen, tls.ssl_context() if tls.enabled else None
+                self.config.http_listen,
+                tls.ssl_context() if tls.enabled else None,
+                self.config.shutdown_grace_s,
             )
         return port
 
     async def stop(self, grace_s: float | None = None) -> None:
+        """Both doors drain together, within the grace period: health says NOT_SERVING at
+        once, no new call or connection is taken, and calls in flight finish or are cut."""
+        await self.grpc.set_serving(False)
+        doors = [self.grpc.stop(grace_s)]
         if self.http is not None:
-            await self.http.stop()
-        await self.grpc.stop(grace_s)
+            doors.append(self.http.stop())
+        await asyncio.gather(*doors)
         for channel in self.channels.values():
             await channel.close()
         await self.workers.close()

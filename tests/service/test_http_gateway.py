@@ -9,6 +9,7 @@ import urllib.request
 import aiohttp
 import openai
 import pytest
+from grpc_health.v1 import health_pb2
 
 from services.router.config import TenantSpec
 from services.router.ratelimit import Limits
@@ -178,3 +179,35 @@ async def test_a_caller_without_a_key_gets_401_before_its_body_is_read():
         assert health.status == 200  # probes need no key
     finally:
         await stack.close()
+
+
+async def test_the_router_drains_both_doors_within_its_grace_period():
+    """A stream still running when the router stops is cut at the grace period (not
+    aiohttp's own 60 s), and the router says NOT_SERVING from the start of the drain."""
+    models = [sim_model(step_ms=50.0)]
+    stack = await start_stack(models, router_overrides={"shutdown_grace_s": 1.0})
+    url = f"http://127.0.0.1:{stack.router.http.port}/v1/completions"
+    body = {"model": "sim-fast", "prompt": "Hi", "max_tokens": 200, "stream": True}
+    started = asyncio.Event()
+
+    async def stream() -> None:
+        async with aiohttp.ClientSession() as session, session.post(url, json=body) as reply:
+            async for _ in reply.content:
+                started.set()
+
+    client = asyncio.ensure_future(stream())
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        began = asyncio.get_running_loop().time()
+        stopping = asyncio.ensure_future(stack.router.stop())
+        await asyncio.sleep(0.2)
+        health = await stack.router.grpc.health.Check(health_pb2.HealthCheckRequest(), None)
+        assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        await asyncio.wait_for(stopping, 30)
+        assert asyncio.get_running_loop().time() - began < 8.0  # the 200 tokens take 10 s
+    finally:
+        client.cancel()
+        await asyncio.gather(client, return_exceptions=True)
+        for worker in stack.workers:
+            await worker.stop()
+        await stack.scheduler.stop(0)
