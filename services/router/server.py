@@ -14,7 +14,7 @@ from services.common.internal_auth import internal_channel
 from services.common.leased_run import LeasedRun
 from services.common.metrics import MetricsEndpoint
 from services.common.server import CHANNEL_OPTIONS, GrpcService
-from services.common.worker_channels import WorkerChannels
+from services.common.worker_channels import IDLE_CLOSE_S, WorkerChannels
 from services.router.admission import Admission
 from services.router.config import RouterConfig
 from services.router.door import DoorInterceptor, door_options
@@ -49,7 +49,9 @@ class RouterServer:
             },
             config.model_pools,
         )
-        self.workers = WorkerChannels(config.internal_secret, config.tls())
+        # a channel idle past any call's deadline carries no call: then it may close
+        idle_close_s = max(IDLE_CLOSE_S, config.max_deadline_s + 60.0)
+        self.workers = WorkerChannels(config.internal_secret, config.tls(), idle_close_s)
         runner = LeasedRun(self.pools.acquire, self.workers, config.max_resumes)
         self.models = ModelDirectory(self.pools, config.model_refresh_s)
         self.metrics = RouterMetrics()
