@@ -164,3 +164,17 @@ def test_finished_events_report_the_tokens(engine):
     engine.submit(GenerationInput("x", "hello", 5), sink)
     assert done.wait(30)
     assert events[-1].completion_tokens == 5
+
+
+def test_out_of_device_memory_moves_the_request_on_and_is_not_a_streak():
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    engine = engine_with(oom)
+    try:
+        for _ in range(4):  # past the streak limit, were these the requests' faults
+            [alone] = run(engine, ["oh!"])
+            assert isinstance(alone, Unavailable)  # the router moves it to another worker
+        assert engine.healthy
+        ok, moved = run(engine, ["hello", "bad!"])
+        assert isinstance(ok, str) and ok and isinstance(moved, Unavailable)
+    finally:
+        engine.close()

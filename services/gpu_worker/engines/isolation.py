@@ -7,7 +7,9 @@ is unhealthy and its worker is replaced), each sequence of the failed step is ru
 from its prompt and the tokens it already generated (`rebuild`): the ones that fail alone are
 the culprits and end with INVALID_ARGUMENT, not to be retried elsewhere; the others continue
 in a new batch, with nothing lost. A fault that every sequence has, or one that keeps hitting
-request after request (`FaultStreak`), is the engine's.
+request after request (`FaultStreak`), is the engine's. Running out of device memory is
+neither: the sequence that still cannot run alone moves to another worker (UNAVAILABLE), and
+the engine stays healthy.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, ServiceError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,22 @@ def is_device_fault(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(m in str(exc) for m in DEVICE_FAULT_MARKERS)
 
 
-def request_error(model_id: str, exc: BaseException) -> InvalidArgument:
-    """What a request that makes the model fail gets (the details go to the log)."""
+def is_out_of_memory(exc: BaseException) -> bool:
+    """The device ran out of memory: the worker's condition at that moment (its batch, its
+    other models), not the request's fault, and no poison for the device either."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def request_error(model_id: str, exc: BaseException) -> ServiceError:
+    """What a request that fails alone gets (the details go to the log): INVALID_ARGUMENT,
+    not retried, when its input makes the model fail; UNAVAILABLE when the device ran out of
+    memory, so that the router moves it to another worker."""
+    if is_out_of_memory(exc):
+        return Unavailable(f"{model_id} ran out of device memory on this worker; moving on")
     return InvalidArgument(
         f"{model_id} failed on this request ({type(exc).__name__}); it is not retried"
     )

@@ -191,9 +191,12 @@ class TransformersEngine(ThreadedEngine):
     def _fail_request(self, seq: Sequence, exc: BaseException, counted: bool = True) -> None:
         """Ends one sequence whose input made the model fail; a streak of them (no request
         succeeding in between) says the fault is the engine's."""
-        from services.gpu_worker.engines.isolation import request_error
+        from services.gpu_worker.engines.isolation import is_out_of_memory, request_error
 
-        if self._streak.failed():
+        if is_out_of_memory(exc):  # the worker's condition, not a streak of bad requests
+            log.warning("%s ran out of device memory; a request moves on", self.spec.model_id)
+            _free_device_cache(self.device)
+        elif self._streak.failed():
             log.error(
                 "%s failed %d requests in a row; unhealthy", self.spec.model_id, self._streak.limit
             )
@@ -343,3 +346,11 @@ def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
+
+
+def _free_device_cache(device: str) -> None:
+    """Gives the allocator's cached blocks back after an out-of-memory error."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()

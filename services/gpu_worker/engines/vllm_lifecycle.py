@@ -27,7 +27,7 @@ from services.common.catalog import ModelSpec
 from services.common.errors import ServiceError, Unavailable
 from services.common.windowed import SlidingWindow
 from services.gpu_worker.engines.base import RATE_WINDOW_S, ModelState, Sink
-from services.gpu_worker.engines.isolation import FaultStreak, request_error
+from services.gpu_worker.engines.isolation import FaultStreak, is_out_of_memory, request_error
 from services.gpu_worker.engines.vllm_setup import EngineFigures, engine_args, stat_logger_factory
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class VllmLifecycle:
             error.__cause__ = exc
             return error
         log.warning("vLLM failed a request of %s: %r", self.spec.model_id, exc)
-        if self._streak.failed():
+        if not is_out_of_memory(exc) and self._streak.failed():
             log.error(
                 "%s failed %d requests in a row; unhealthy", self.spec.model_id, self._streak.limit
             )
