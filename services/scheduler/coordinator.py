@@ -54,6 +54,14 @@ class Grant:
     queue_time_ms: float  # time this request waited in this scheduler's queue
 
 
+@dataclass
+class _Caller:
+    """The call that waits for a queued request now (a retry of it takes over)."""
+
+    tenant: str
+    admitted: PendingRequest | None = None
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What GetStatus and the metrics show. A tenant's view has no workers or scaling."""
@@ -90,6 +98,7 @@ class Coordinator:
     ) -> None:
         self._core = core
         self._waiters: dict[str, asyncio.Future[Lease]] = {}
+        self._callers: dict[str, _Caller] = {}  # who waits for each queued request now
         self.sessions = Sessions(to_message)  # domain command → session message
         self._on_lease_end = on_lease_end
         # what the scheduler did to requests and workers, for metrics (read and reset)
@@ -105,7 +114,10 @@ class Coordinator:
         met), Unavailable when its model's last worker leaves, ResourceExhausted when it is
         shed for a higher class; on cancellation the request leaves the queue. A request
         resubmitted after its lease ended early is not shed again; the lease it names ends."""
-        if ticket.request_id in self._waiters:
+        waiting = self._waiters.get(ticket.request_id)
+        if waiting is not None:
+            if again is not None and not again.previous_lease_id:  # the router's own retry
+                return await self._take_over(ticket, waiting, timeout_s)
             raise InvalidArgument(
                 f"request_id {ticket.request_id!r} is already queued; ids must be unique"
             )
@@ -113,25 +125,60 @@ class Coordinator:
             ticket = replace(ticket, deadline=self._core.clock() + timeout_s)
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         self._waiters[ticket.request_id] = future
+        caller = self._callers[ticket.request_id] = _Caller(ticket.tenant_id)
         asked_at = self._core.clock()
         try:
             if again is not None and again.previous_lease_id:
                 changes = self._core.resubmit(ticket, again)
             else:
                 changes = self._core.submit(ticket, again.waited_s if again else 0.0)
-            admitted = changes.admitted
+            admitted = caller.admitted = changes.admitted
             assert admitted is not None
             self._apply(changes)
-            lease = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            lease = await self._wait(ticket.request_id, future, caller, timeout_s)
+        finally:
+            if self._callers.get(ticket.request_id) is caller:
+                self._waiters.pop(ticket.request_id, None)
+                self._callers.pop(ticket.request_id, None)
+        return Grant(lease, admitted, (self._core.clock() - asked_at) * 1000.0)
+
+    async def _wait(
+        self, request_id: str, future: asyncio.Future[Lease], caller: _Caller, timeout_s
+    ) -> Lease:
+        """Waits for the request's lease. A caller that gives up withdraws the request, unless
+        a retry of it took over the wait."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:
-            self._abandon(ticket.request_id, future)
+            if self._callers.get(request_id) is caller:
+                self._abandon(request_id, future)
             raise DeadlineExceeded("deadline passed while waiting in the queue") from None
         except asyncio.CancelledError:
-            self._abandon(ticket.request_id, future)
+            if self._callers.get(request_id) is caller:
+                self._abandon(request_id, future)
             raise
+
+    async def _take_over(
+        self, ticket: Ticket, future: asyncio.Future[Lease], timeout_s: float | None
+    ) -> Grant:
+        """A router resubmits an Acquire whose first call it lost (a connection that failed
+        ambiguously) while that call still waits here: the retry waits for the same queued
+        request, in its place, and the first call, if it still runs, no longer withdraws it.
+        (A client's second request with a queued id, or another tenant's, is refused.)"""
+        first = self._callers[ticket.request_id]
+        if first.tenant != ticket.tenant_id or first.admitted is None:
+            raise InvalidArgument(
+                f"request_id {ticket.request_id!r} is already queued; ids must be unique"
+            )
+        caller = self._callers[ticket.request_id] = _Caller(ticket.tenant_id, first.admitted)
+        asked_at = self._core.clock()
+        try:
+            lease = await self._wait(ticket.request_id, future, caller, timeout_s)
         finally:
-            self._waiters.pop(ticket.request_id, None)
-        return Grant(lease, admitted, (self._core.clock() - asked_at) * 1000.0)
+            if self._callers.get(ticket.request_id) is caller:
+                self._waiters.pop(ticket.request_id, None)
+                self._callers.pop(ticket.request_id, None)
+        return Grant(lease, caller.admitted, (self._core.clock() - asked_at) * 1000.0)
 
     def lease_ended(
         self, worker_id: str, lease_id: str, outcome: Outcome, usage: Usage | None

@@ -4,7 +4,7 @@ import asyncio
 
 import grpc
 import pytest
-from inference.v1 import types_pb2
+from inference.v1 import scheduler_pb2, types_pb2
 
 from services.common.status import RETRY_AFTER_KEY
 from tests.stack import request, sim_model, start_stack
@@ -153,3 +153,30 @@ async def test_a_router_keeps_at_most_its_cap_of_requests_waiting_for_a_lease():
         assert answer.completion_tokens == 1
     finally:
         await stack.close()
+
+
+async def test_a_routers_retry_of_a_lost_acquire_takes_over_the_waiting_request(one_slot):
+    """The router lost its Acquire call ambiguously and resubmits while the first call still
+    waits on the scheduler: the retry waits for the same queued request (no 'already
+    queued'), and the first call's end does not withdraw it."""
+    stub = one_slot.router_stub()
+    blocker = asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=20)))
+    await wait_until(lambda: one_slot.scheduler.coordinator.state.active_leases() == 1)
+    scheduler = one_slot.scheduler_stub()
+    ticket = scheduler_pb2.AcquireRequest(
+        request_id="lost-once", model_id="sim-slow", tenant_id="anonymous", max_tokens=1
+    )
+    first = asyncio.ensure_future(scheduler.Acquire(ticket, timeout=30))
+    await wait_until(lambda: queued(one_slot) == 1)
+    retry = scheduler_pb2.AcquireRequest()
+    retry.CopyFrom(ticket)
+    retry.resubmission.waited_ms = 150.0  # what the router's retry sends
+    second = asyncio.ensure_future(scheduler.Acquire(retry, timeout=30))
+    await asyncio.sleep(0.2)
+    first.cancel()  # the first call's connection is gone
+    await asyncio.gather(first, return_exceptions=True)
+    await asyncio.sleep(0.2)
+    assert queued(one_slot) == 1  # still waiting, for the retry
+    grant = await second
+    assert grant.lease_id and grant.model_id == "sim-slow"
+    await blocker
