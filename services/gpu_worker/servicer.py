@@ -204,11 +204,11 @@ def _outcome(exc: BaseException, context: grpc.aio.ServicerContext) -> int:
 def _merge(batch: list[Event]) -> tuple[types_pb2.TokenDelta, Finished | None]:
     """Joins deltas; returns (the delta, the Finished event if one came). Raises an error
     event: a ServiceError as is, anything else (an engine fault) as Unavailable."""
-    texts, tokens, prompt, finished = [], 0, 0, None
+    texts, tokens, prompt, finished, revoked = [], 0, 0, None, False
     for event in batch:
         if event is REVOKED:
-            raise LeaseEnded("the scheduler revoked this lease to preempt it", PREEMPTED)
-        if isinstance(event, TextDelta):
+            revoked = True
+        elif isinstance(event, TextDelta):
             texts.append(event.text)
             tokens += event.token_count
             prompt = prompt or event.prompt_tokens
@@ -216,6 +216,8 @@ def _merge(batch: list[Event]) -> tuple[types_pb2.TokenDelta, Finished | None]:
             finished = event
         else:
             _raise_error_event(event)
+    if revoked and finished is None:  # a generation that finished as it was revoked stands
+        raise LeaseEnded("the scheduler revoked this lease to preempt it", PREEMPTED)
     return types_pb2.TokenDelta(
         text="".join(texts), token_count=tokens, prompt_tokens=prompt
     ), finished
