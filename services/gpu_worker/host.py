@@ -75,21 +75,21 @@ class ModelHost:
         task.add_done_callback(self._retiring.discard)
 
     def generative(self, model_id: str) -> GenerativeEngine:
-        """The ready engine of a generative model. Raises NotFound, InvalidArgument (an
-        embedding model) or Unavailable."""
+        """The ready engine of a generative model. Raises InvalidArgument (an embedding
+        model) or Unavailable (not here, not ready, unhealthy: another worker may serve)."""
         return cast(GenerativeEngine, self._ready(model_id, "generative"))
 
     def embedding(self, model_id: str) -> EmbeddingEngine:
-        """The ready engine of an embedding model. Raises NotFound, InvalidArgument (a
-        generative model) or Unavailable."""
+        """The ready engine of an embedding model. Raises InvalidArgument (a generative
+        model) or Unavailable (not here, not ready, unhealthy: another worker may serve)."""
         return cast(EmbeddingEngine, self._ready(model_id, "embedding"))
 
     def _ready(self, model_id: str, kind: str) -> GenerativeEngine | EmbeddingEngine:
         """A draining worker still runs what the scheduler leased before it heard of the
         drain; the scheduler grants no new leases to a draining worker."""
         engine = self.engines.get(model_id)
-        if engine is None:
-            raise NotFound(f"model {model_id!r} is not on this worker")
+        if engine is None:  # unloaded since the scheduler granted it: the request moves on
+            raise Unavailable(f"model {model_id!r} is not on this worker (any more)")
         if engine.spec.kind != kind:
             raise InvalidArgument(f"model {model_id!r} is a {engine.spec.kind} model")
         if not engine.healthy:
