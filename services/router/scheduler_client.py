@@ -76,6 +76,8 @@ class SchedulerClient:
                     metadata=tracing.outgoing_metadata(),
                 )
             except grpc.aio.AioRpcError as exc:
+                if exc.code() in MISCONFIGURED:
+                    raise misconfigured(exc) from None
                 if _reached(exc):
                     raise
                 elapsed = time.monotonic() - started
@@ -96,6 +98,23 @@ def _reached(exc: grpc.aio.AioRpcError) -> bool:
     if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         raise DeadlineExceeded("deadline passed while waiting for a lease") from None
     return exc.code() != grpc.StatusCode.UNAVAILABLE
+
+
+# what a scheduler answers a router it does not trust (a rotated secret, a wrong certificate)
+MISCONFIGURED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+
+
+def misconfigured(exc: grpc.aio.AioRpcError) -> Unavailable:
+    """The fleet's own misconfiguration is not the caller's to fix: UNAVAILABLE to it (with
+    a retry hint), the cause in this router's log for the operator."""
+    log.error(
+        "the scheduler refused this router (%s: %s): check the fleet secret and certificates",
+        exc.code().name,
+        exc.details(),
+    )
+    return Unavailable(
+        "the service is unavailable (internal configuration); retry later", RETRY_AFTER_MS
+    )
 
 
 def unreachable(exc: grpc.aio.AioRpcError) -> Unavailable:
