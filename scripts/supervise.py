@@ -82,6 +82,9 @@ class Supervisor:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, PARENT_PID_ENV: str(os.getpid())},
+            # its own session: a Ctrl-C reaches the supervisor alone, which stops the
+            # processes in order (each still ends with the supervisor: PARENT_PID_ENV)
+            start_new_session=True,
         )
         proc.started_at = time.monotonic()
         (self.log_dir / f"{proc.name}.pid").write_text(f"{proc.process.pid}\n")
@@ -95,19 +98,21 @@ class Supervisor:
             await relay_output(proc.process.stdout, out, prefix)
 
     async def _stop_all(self) -> None:
-        say("stopping (SIGTERM; in-flight streams finish)")
-        running = [p for p in reversed(self.processes) if _alive(p)]
-        for proc in running:
+        """In reverse order of start, one after the other: the router drains its streams
+        while workers and scheduler still serve them, then the workers (the actuator drains
+        them), then the scheduler. Each gets `stop_timeout_s`, then is killed."""
+        say("stopping (SIGTERM, in reverse order; in-flight streams finish)")
+        for proc in reversed(self.processes):
+            if not _alive(proc):
+                continue
             assert proc.process is not None
             proc.process.send_signal(signal.SIGTERM)
-        waits = [asyncio.ensure_future(p.process.wait()) for p in running if p.process]
-        if waits:
-            await asyncio.wait(waits, timeout=self.stop_timeout_s)
-        for proc in running:
-            if _alive(proc):
-                assert proc.process is not None
+            try:
+                await asyncio.wait_for(proc.process.wait(), self.stop_timeout_s)
+            except TimeoutError:
+                say(f"{proc.name} did not stop within {self.stop_timeout_s:.0f}s; killing it")
                 proc.process.kill()
-        await asyncio.gather(*(p.process.wait() for p in running if p.process))
+                await proc.process.wait()
         say("stopped")
 
 

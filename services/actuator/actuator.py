@@ -60,6 +60,9 @@ class Actuator:
         self.launcher = launcher
         self.workers: dict[str, ManagedWorker] = {}
         self._ids = itertools.count(1)
+        # this actuator's run, in its workers' ids: after a restart, a new worker never takes
+        # the id of one the scheduler still holds (draining, or dead and not yet declared)
+        self._run = _run_tag()
         self._backoff: dict[str, tuple[float, float]] = {}  # model → (until, next delay)
         self._simulated = frozenset(m for m, s in config.catalog.items() if s.simulated)
         # recent (time, "start" | "stop" | "exit", worker id), for tests and debugging
@@ -127,7 +130,9 @@ class Actuator:
 
     async def _start(self, action: Start) -> None:
         index = self._free_index()
-        worker_id = f"{self.config.worker_id_prefix}-{action.model_id}-{next(self._ids)}"
+        worker_id = (
+            f"{self.config.worker_id_prefix}-{action.model_id}-{self._run}-{next(self._ids)}"
+        )
         spec = LaunchSpec(
             worker_id,
             action.model_id,
@@ -202,3 +207,15 @@ class Actuator:
     def _address(self, base: int, index: int) -> str:
         port = base + index if base else 0
         return f"{self.config.worker_host}:{port}"
+
+
+def _run_tag() -> str:
+    """Short, and different for each start of an actuator (the clock in tenths of a second,
+    base 36, its last 5 digits: it repeats after about 70 days)."""
+    tenths = int(time.time() * 10)
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    tag = ""
+    for _ in range(5):
+        tenths, digit = divmod(tenths, 36)
+        tag = digits[digit] + tag
+    return tag

@@ -26,7 +26,7 @@ class ActuatorConfig(SecuritySettings):
     # threads a real model's CPU worker runs on (its WORKER_TORCH_THREADS); 0: torch's
     # default, every core, so one such worker already uses the whole machine
     cpu_threads_per_worker: int = 0
-    worker_id_prefix: str = "local"  # workers are named <prefix>-<model>-<n>
+    worker_id_prefix: str = "local"  # workers are named <prefix>-<model>-<run>-<n>
     pool: str = ""  # it starts workers for the [[models]] of this pool ("": the default one)
     worker_host: str = "127.0.0.1"  # workers listen (and are reached) on this host
     worker_base_port: int = 50061  # workers listen on base, base+1, ...; 0: any free port

@@ -104,3 +104,20 @@ async def test_until_the_scheduler_settles_a_count_workers_are_kept_and_min_star
         assert act.counts() == {"m": 2}, "kept, not cut to the minimum"
     finally:
         await act.shutdown()
+
+
+async def test_a_restarted_actuator_never_reuses_a_worker_id():
+    """Its first run's workers may still be draining, or be dead but not yet declared so by
+    the scheduler: a second run's workers get ids of their own (review finding 17)."""
+    ids = []
+    for _ in range(2):
+        status, launcher = FedStatus(), SleepLauncher()
+        act = actuator(status, launcher)
+        try:
+            status.want(m=2)
+            await settle(act)
+            ids += [spec.worker_id for spec in launcher.started]
+        finally:
+            await act.shutdown()
+        await asyncio.sleep(0.15)  # a restart takes longer than the tag's tenth of a second
+    assert len(ids) == 4 and len(set(ids)) == 4

@@ -1,8 +1,10 @@
-"""A child's output reaches its log and our stdout whatever the length of its lines (review
-finding 2: a line over 64 KiB used to end the reader, and the child then froze)."""
+"""Supervised processes: a child's output reaches its log and our stdout whatever the length
+of its lines (review finding 2: a line over 64 KiB used to end the reader, and the child then
+froze), and the supervisor stops its processes in reverse order, one after another."""
 
 import asyncio
 import io
+import signal
 import subprocess
 import sys
 import time
@@ -63,3 +65,39 @@ def test_the_supervisor_keeps_a_child_with_a_long_line_running(tmp_path):
     finally:
         supervisor.terminate()
         supervisor.wait(timeout=30)
+
+
+def test_the_supervisor_stops_its_processes_one_after_another_in_reverse_order(tmp_path):
+    """Review finding 17: the router drains before the workers and the scheduler go."""
+    record = tmp_path / "stops.txt"
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import signal, sys, time\n"
+        "def stop(*_):\n"
+        "    with open(sys.argv[2], 'a') as f: f.write(f'{sys.argv[1]} got {time.time()}\\n')\n"
+        "    time.sleep(0.3)\n"
+        "    with open(sys.argv[2], 'a') as f: f.write(f'{sys.argv[1]} left {time.time()}\\n')\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "print('up', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    names = ["scheduler", "actuator", "router"]
+    argv = [sys.executable, str(ROOT / "scripts" / "supervise.py"), "--log-dir", str(tmp_path)]
+    for name in names:
+        argv += ["--process", f"{name}={sys.executable} {script} {name} {record}"]
+    supervisor = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(
+        (tmp_path / f"{n}.log").exists() and b"up" in (tmp_path / f"{n}.log").read_bytes()
+        for n in names
+    ):
+        time.sleep(0.05)
+    supervisor.send_signal(signal.SIGINT)  # Ctrl-C
+    assert supervisor.wait(timeout=30) == 0
+    events = [line.split() for line in record.read_text().splitlines()]
+    assert [(name, what) for name, what, _ in events] == [
+        ("router", "got"), ("router", "left"),
+        ("actuator", "got"), ("actuator", "left"),
+        ("scheduler", "got"), ("scheduler", "left"),
+    ]  # fmt: skip
