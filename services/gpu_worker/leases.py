@@ -23,7 +23,7 @@ from services.common.lease_token import LeaseRefused, LeaseVerifier, check_claim
 from services.common.status import PREEMPTED
 
 KEY_WAIT_S = 2.0  # a lease signed with a key not yet received waits this long for it
-FORGET_REVOKED_MS = 60_000  # longer than any lease may wait to be presented
+FORGET_REVOKED_MS = 60_000  # at least: a lease revoked unseen is refused this long after
 
 
 def _now_ms() -> int:
@@ -67,12 +67,28 @@ class LeaseBook:
         self._key_arrived = asyncio.Event()
         self._running: dict[str, RunningLease] = {}
         self._used: dict[str, int] = {}  # lease → its start-by time: no second use before
-        self._revoked_unseen: dict[str, int] = {}  # revoked before presented → start-by
+        self._revoked_unseen: dict[str, int] = {}  # revoked before presented → forget after
+        self._offset_ms = 0  # the scheduler's clock minus ours (start-by is on its clock)
+        self._forget_revoked_ms = FORGET_REVOKED_MS
+
+    def accepted(self, session: scheduler_pb2.SessionAccepted) -> None:
+        """A scheduler accepted this worker's session: its key, its clock, its start-by
+        window. The offset is measured as its message arrives, so it errs by the message's
+        transit, on the side of accepting a lease (the scheduler also expires unpresented
+        leases and revokes them)."""
+        if session.scheduler_time_unix_ms:
+            self._offset_ms = session.scheduler_time_unix_ms - self._clock_ms()
+        window = session.lease_start_timeout_ms + FORGET_REVOKED_MS
+        self._forget_revoked_ms = max(self._forget_revoked_ms, window)
+        self.add_key(session.lease_key)
 
     def add_key(self, key: bytes) -> None:
         self.verifier.add_key(key)
         self._key_arrived.set()
         self._key_arrived = asyncio.Event()
+
+    def _scheduler_now_ms(self) -> int:
+        return self._clock_ms() + self._offset_ms
 
     async def admit(
         self, token: types_pb2.LeaseToken, lease_id: str, request_id: str, model_id: str
@@ -81,7 +97,7 @@ class LeaseBook:
         for this worker and request) or LeaseEnded (revoked before it was presented)."""
         try:
             claims = await self._claims(token)
-            check_claims(claims, self._worker_id(), request_id, model_id, self._clock_ms())
+            check_claims(claims, self._worker_id(), request_id, model_id, self._scheduler_now_ms())
             if claims.lease_id != lease_id or claims.lease_id in self._used:
                 raise LeaseRefused(f"lease {claims.lease_id} was presented already")
         except LeaseRefused as refused:
@@ -109,7 +125,7 @@ class LeaseBook:
             if running.on_revoke is not None:
                 running.on_revoke()
         elif lease_id not in self._used:
-            self._revoked_unseen[lease_id] = self._clock_ms() + FORGET_REVOKED_MS
+            self._revoked_unseen[lease_id] = self._scheduler_now_ms() + self._forget_revoked_ms
             self._send_end(lease_id, types_pb2.LEASE_OUTCOME_PREEMPTED, Tally())
 
     def running_claims(self) -> list[types_pb2.LeaseClaims]:
@@ -154,7 +170,7 @@ class LeaseBook:
     def _forget_old(self) -> None:
         """Drops used and revoked ids past their start-by time (they are refused as expired
         anyway), so the book stays as small as the leases of the last few seconds."""
-        now = self._clock_ms()
+        now = self._scheduler_now_ms()
         for table in (self._used, self._revoked_unseen):
             while table:  # in insertion order, which is (about) start-by order
                 lease_id, start_by = next(iter(table.items()))

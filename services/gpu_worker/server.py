@@ -94,7 +94,7 @@ class WorkerServer:
             self._command,
             self.config.internal_secret,
             self.tls,
-            on_accepted=self.leases.add_key,
+            on_accepted=self.leases.accepted,
         )
         self.session.start()
         self._watch = asyncio.create_task(self._watch_health())

@@ -40,7 +40,7 @@ class SchedulerSession:
         on_command: Callable[[Command], None],
         internal_secret: str = "",
         tls: TlsFiles | None = None,
-        on_accepted: Callable[[bytes], None] | None = None,
+        on_accepted: Callable[[scheduler_pb2.SessionAccepted], None] | None = None,
     ) -> None:
         self._on_accepted = on_accepted
         self._secret = internal_secret
@@ -120,7 +120,7 @@ class SchedulerSession:
         if kind == "accepted":
             self._interval_s = max(0.05, command.accepted.heartbeat_interval_ms / 1000.0)
             if self._on_accepted is not None:
-                self._on_accepted(command.accepted.lease_key)
+                self._on_accepted(command.accepted)
             self.send_heartbeat_now()  # first heartbeat now, then on the scheduler's interval
             self.connected.set()
             log.info("registered with the scheduler at %s", self._address)

@@ -131,6 +131,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 accepted=scheduler_pb2.SessionAccepted(
                     heartbeat_interval_ms=self._heartbeat_interval_ms,
                     lease_key=self._lease_key,
+                    scheduler_time_unix_ms=int(time.time() * 1000),
+                    lease_start_timeout_ms=self._lease_start_ms,
                 )
             )
             while (command := await session.outbox.get()) is not END_SESSION:

@@ -160,7 +160,7 @@ async def test_a_routers_retry_of_a_lost_acquire_takes_over_the_waiting_request(
     waits on the scheduler: the retry waits for the same queued request (no 'already
     queued'), and the first call's end does not withdraw it."""
     stub = one_slot.router_stub()
-    blocker = asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=20)))
+    blocker = asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=100)))
     await wait_until(lambda: one_slot.scheduler.coordinator.state.active_leases() == 1)
     scheduler = one_slot.scheduler_stub()
     ticket = scheduler_pb2.AcquireRequest(
@@ -176,7 +176,7 @@ async def test_a_routers_retry_of_a_lost_acquire_takes_over_the_waiting_request(
     first.cancel()  # the first call's connection is gone
     await asyncio.gather(first, return_exceptions=True)
     await asyncio.sleep(0.2)
-    assert queued(one_slot) == 1  # still waiting, for the retry
-    grant = await second
+    assert queued(one_slot) == 1  # still waiting (the blocker runs 2 s), for the retry
+    grant = await second  # withdrawn, it would have ended CANCELLED
     assert grant.lease_id and grant.model_id == "sim-slow"
     await blocker
