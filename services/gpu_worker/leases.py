@@ -69,6 +69,8 @@ class LeaseBook:
         self._used: dict[str, int] = {}  # lease → its start-by time: no second use before
         self._revoked_unseen: dict[str, int] = {}  # revoked before presented → forget after
         self._offset_ms = 0  # the scheduler's clock minus ours (start-by is on its clock)
+        self._session_began_ms = 0  # when the current session was accepted (its clock)
+        self._start_window_ms = 0  # a lease's start-by is its grant plus this
         self._forget_revoked_ms = FORGET_REVOKED_MS
 
     def accepted(self, session: scheduler_pb2.SessionAccepted) -> None:
@@ -78,6 +80,8 @@ class LeaseBook:
         leases and revokes them)."""
         if session.scheduler_time_unix_ms:
             self._offset_ms = session.scheduler_time_unix_ms - self._clock_ms()
+        self._session_began_ms = session.scheduler_time_unix_ms
+        self._start_window_ms = session.lease_start_timeout_ms
         window = session.lease_start_timeout_ms + FORGET_REVOKED_MS
         self._forget_revoked_ms = max(self._forget_revoked_ms, window)
         self.add_key(session.lease_key)
@@ -108,6 +112,10 @@ class LeaseBook:
             raise LeaseEnded(f"lease {claims.lease_id} was revoked", PREEMPTED)
         running = RunningLease(claims)
         self._running[claims.lease_id] = running
+        if claims.start_by_unix_ms - self._start_window_ms < self._session_began_ms:
+            # granted before this session began: a scheduler that restarted since does not
+            # know it (this worker's registration did not list it); it adopts it now
+            self._report(scheduler_pb2.WorkerSessionRequest(lease_started=claims))
         return running
 
     def end(self, lease: RunningLease, outcome: int) -> None:

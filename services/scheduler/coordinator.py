@@ -186,6 +186,11 @@ class Coordinator:
         """A worker reports a lease's end (a second end of the same lease does nothing)."""
         self._apply(self._core.end_lease(lease_id, outcome, usage))
 
+    def lease_started(self, lease: Lease) -> None:
+        """A worker reports running a lease this scheduler did not grant (its predecessor
+        did, before a restart): adopted."""
+        self._apply(self._core.adopt_lease(lease))
+
     def _abandon(self, request_id: str, future: asyncio.Future[Lease]) -> None:
         granted = None
         if future.done() and not future.cancelled() and future.exception() is None:

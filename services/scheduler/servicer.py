@@ -125,7 +125,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         if not reg.worker_id or not reg.address:
             raise InvalidArgument("registration needs worker_id and address")
         session = self._register(reg)
-        reader = asyncio.create_task(self._read_session(session, request_iterator))
+        where = (reg.address, reg.device.gpu_id or "cpu-0")
+        reader = asyncio.create_task(self._read_session(session, request_iterator, where))
         try:
             yield scheduler_pb2.WorkerSessionResponse(
                 accepted=scheduler_pb2.SessionAccepted(
@@ -156,8 +157,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         )
 
     async def _read_session(
-        self, session: Session, request_iterator: AsyncIterator[scheduler_pb2.WorkerSessionRequest]
+        self,
+        session: Session,
+        request_iterator: AsyncIterator[scheduler_pb2.WorkerSessionRequest],
+        where: tuple[str, str],
     ) -> None:
+        """`where`: the worker's address and GPU, as it registered."""
         try:
             async for message in request_iterator:
                 if message.HasField("lease_ended"):
@@ -168,6 +173,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                         convert.outcome(ended.outcome),
                         convert.usage(ended),
                     )
+                elif message.HasField("lease_started"):
+                    self._lease_started(session, message.lease_started, where)
                 elif message.HasField("heartbeat") and not self._heartbeat(session, message):
                     break
         except grpc.aio.AioRpcError:
@@ -176,6 +183,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             log.exception("worker %s: bad session message; ending its session", session.worker_id)
         finally:
             session.outbox.put_nowait(END_SESSION)
+
+    def _lease_started(
+        self, session: Session, claims: types_pb2.LeaseClaims, where: tuple[str, str]
+    ) -> None:
+        """A lease its worker verified (signed with the fleet's lease key) and runs."""
+        if claims.worker_id == session.worker_id:
+            lease = convert.running_lease(claims, *where, self._coord.now())
+            self._coord.lease_started(lease)
 
     def _heartbeat(self, session: Session, message: scheduler_pb2.WorkerSessionRequest) -> bool:
         beat = message.heartbeat

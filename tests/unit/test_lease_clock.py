@@ -56,3 +56,18 @@ async def test_a_lease_revoked_unseen_is_refused_for_the_whole_start_window():
     leases._forget_old()
     with pytest.raises(LeaseEnded):
         await leases.admit(token("late", SCHEDULER_NOW + 100_000), "late", "r", "m")
+
+
+async def test_a_lease_granted_before_the_session_began_is_reported_for_adoption():
+    """Review finding 16: granted just before a scheduler crash, presented after this worker
+    registered with the new one (which did not hear of it): the worker reports it."""
+    sent = []
+    leases = LeaseBook(lambda: "w1", sent.append, clock_ms=lambda: SCHEDULER_NOW)
+    leases.accepted(
+        scheduler_pb2.SessionAccepted(
+            lease_key=KEY, scheduler_time_unix_ms=SCHEDULER_NOW, lease_start_timeout_ms=10_000
+        )
+    )
+    await leases.admit(token("old", SCHEDULER_NOW + 8_000), "old", "r", "m")  # granted 2 s ago
+    await leases.admit(token("new", SCHEDULER_NOW + 10_000), "new", "r", "m")  # granted now
+    assert [m.lease_started.lease_id for m in sent if m.HasField("lease_started")] == ["old"]

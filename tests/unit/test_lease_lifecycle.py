@@ -140,3 +140,16 @@ def test_while_recovering_nothing_is_granted_and_resubmissions_regain_their_orde
     clock.now += 2.0
     [(first, _)] = c.tick().granted
     assert first.request_id == "old"
+
+
+def test_a_lease_its_worker_reports_started_after_registering_is_adopted_once():
+    """Granted by the scheduler before it restarted, presented after its worker registered
+    with the new one: adopted, so its slot is not promised twice (review finding 16)."""
+    c, _ = make()
+    worker(c, slots=1)
+    old = Lease("old-7", "r1", "w1", "w1:1", "cpu-0", "m", 0.0, kv_tokens=100)
+    c.adopt_lease(old)
+    c.adopt_lease(old)  # a second report changes nothing
+    assert [lease.lease_id for lease in c.leases()] == ["old-7"]
+    assert c.workers()[0].models["m"].active == 1
+    assert c.submit(ticket("r2")).granted == []  # the one slot is taken

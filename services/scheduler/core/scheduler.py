@@ -205,6 +205,14 @@ class SchedulerCore:
             self._end(lease_id, Outcome.LOST, None, changes)
         return self._settle(changes, place=True)
 
+    def adopt_lease(self, lease: Lease) -> Changes:
+        """A worker runs a lease granted before this scheduler started (presented after the
+        worker registered again): the table holds it from now on, so its slot is not
+        promised twice. Nothing changes if the table holds it already, or knows no such
+        worker."""
+        self._leases.adopt(lease)
+        return Changes()
+
     def heartbeat(
         self,
         worker_id: str,
