@@ -283,8 +283,8 @@ class Coordinator:
     def close_session(self, session: Session) -> None:
         if not self.sessions.close(session) or self._closing:
             return  # replaced by a newer session of the same worker, or shutting down
-        self._apply(self._core.remove_worker(session.worker_id))
-        log.info("worker %s left", session.worker_id)
+        self._apply(self._core.session_closed(session.worker_id))
+        log.info("worker %s's session ended", session.worker_id)
 
     def end_all_sessions(self) -> None:
         """At shutdown: ends every session but keeps leases so in-flight streams finish."""

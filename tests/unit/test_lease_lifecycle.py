@@ -153,3 +153,38 @@ def test_a_lease_its_worker_reports_started_after_registering_is_adopted_once():
     assert [lease.lease_id for lease in c.leases()] == ["old-7"]
     assert c.workers()[0].models["m"].active == 1
     assert c.submit(ticket("r2")).granted == []  # the one slot is taken
+
+
+def test_a_session_blip_keeps_the_workers_leases_and_queue_and_each_lease_ends_once():
+    """Review finding 3: its session broke for a moment and it registered again."""
+    c, clock = make()  # heartbeats every 1 s, 3 missed: dead
+    worker(c, slots=1)
+    first = ticket("r1", tenant_id="a", prompt_tokens=10, max_tokens=100)
+    [(_, lease)] = c.submit(first).granted
+    c.heartbeat("w1", c.workers()[0].state, running=[lease.lease_id])
+    waiting = c.submit(ticket("r2", tenant_id="a", max_tokens=10))
+    assert waiting.granted == []
+    blip = c.session_closed("w1")
+    assert blip.ended == [] and blip.failed == []  # nothing lost, nobody told to go away
+    assert [x.lease_id for x in c.leases()] == [lease.lease_id]
+    clock.now += 0.5
+    again = worker(c, slots=1, running=[lease])  # back, still running it
+    assert again == []
+    c.heartbeat("w1", c.workers()[0].state, running=[lease.lease_id])  # its first since
+    ended = c.end_lease(lease.lease_id, Outcome.COMPLETED, Usage(10, 100)).ended
+    assert [e.lease.lease_id for e in ended] == [lease.lease_id]
+    assert c.end_lease(lease.lease_id, Outcome.COMPLETED, Usage(10, 100)).ended == []
+    assert service(c, "a") == 110 + 10  # r1's tokens once, and r2's estimate (now granted)
+
+
+def test_a_session_that_never_comes_back_ends_as_a_dead_worker():
+    c, clock = make()  # heartbeats every 1 s, 3 missed: dead
+    worker(c, slots=1)
+    [(_, lease)] = c.submit(ticket("r1")).granted
+    c.session_closed("w1")
+    clock.now += 4.0  # past 3 missed heartbeats
+    changes = c.tick()
+    assert [(e.lease.lease_id, e.outcome) for e in changes.ended] == [
+        (lease.lease_id, Outcome.LOST)
+    ]
+    assert c.workers() == []

@@ -149,9 +149,7 @@ class SchedulerCore:
         """Its caller gave up: the request leaves the queue, and a lease granted to it just
         then (nobody will present it) ends CANCELLED."""
         self._queue.remove(request_id)
-        if granted is None:
-            return Changes()
-        return self.end_lease(granted.lease_id, Outcome.CANCELLED)
+        return Changes() if granted is None else self.end_lease(granted.lease_id, Outcome.CANCELLED)
 
     def end_lease(self, lease_id: str, outcome: Outcome, usage: Usage | None = None) -> Changes:
         """Ends a lease exactly once, whoever noticed first (a second end changes nothing).
@@ -164,9 +162,8 @@ class SchedulerCore:
         return self._settle(changes)
 
     def recovering(self) -> bool:
-        if self._recovered:
-            return False
-        self._recovered = self.clock() - self._started_at >= self.settings.dispatch.recovery_s
+        if not self._recovered:
+            self._recovered = self.clock() - self._started_at >= self.settings.dispatch.recovery_s
         return not self._recovered
 
     def retry_after_ms(self, model_id: str) -> int:
@@ -206,10 +203,8 @@ class SchedulerCore:
         return self._settle(changes, place=True)
 
     def adopt_lease(self, lease: Lease) -> Changes:
-        """A worker runs a lease granted before this scheduler started (presented after the
-        worker registered again): the table holds it from now on, so its slot is not
-        promised twice. Nothing changes if the table holds it already, or knows no such
-        worker."""
+        """A worker runs a lease this scheduler's predecessor granted (presented after the
+        worker registered again): held from now on, unless held already or the worker is gone."""
         self._leases.adopt(lease)
         return Changes()
 
@@ -236,11 +231,21 @@ class SchedulerCore:
         return self._settle(changes)
 
     def remove_worker(self, worker_id: str) -> Changes:
-        """Forgets a worker (its session ended); the leases it held end LOST (their routers
-        resume them), and requests no remaining worker can serve fail."""
+        """Forgets a worker (it left); the leases it held end LOST (their routers resume
+        them), and requests no remaining worker can serve fail."""
         changes = Changes()
         self._remove(worker_id, changes)
         return self._settle(changes)
+
+    def session_closed(self, worker_id: str) -> Changes:
+        """A drained worker that runs nothing has left. Any other may be cut off a moment (a
+        blip): no new lease, its leases kept, until it registers again (they are reconciled,
+        each ends once) or misses enough heartbeats to be declared dead."""
+        record = self._leases.worker(worker_id)
+        if record is not None and record.state is WorkerState.DRAINING and not record.leases:
+            return self.remove_worker(worker_id)
+        self._leases.suspect(worker_id)  # (nothing for a worker it does not know)
+        return Changes()
 
     # -- periodic work ---------------------------------------------------------------------
     def tick(self) -> Changes:
@@ -263,10 +268,9 @@ class SchedulerCore:
             self.settings.cold_start_margin_s,
         )
         changes.fail(cold, FailReason.COLD_EXPIRED)
-        late = deadlines.take_late(self._queue, self._leases.room(), self._warm, self._rate, now)
-        for model_id in {r.model_id for r in late}:  # each with its model's retry hint
-            mine = [r for r in late if r.model_id == model_id]
-            changes.fail(mine, FailReason.DROPPED_LATE, self.retry_after_ms(model_id))
+        room, hint = self._leases.room(), self.retry_after_ms  # a late request: its model's hint
+        for late in deadlines.take_late(self._queue, room, self._warm, self._rate, now):
+            changes.fail([late], FailReason.DROPPED_LATE, hint(late.model_id))
         self._settle(changes, place=True)
         changes.scaling = self._autoscale()
         return changes
