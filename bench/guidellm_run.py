@@ -101,14 +101,19 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     return {"rows": summarize(data), "door_streamed_tokens": streamed, "report": data}
 
 
-def main() -> None:
+def load_arguments(out: str) -> argparse.Namespace:
+    """The command line of a guidellm comparison: streams, seconds per level, the JSON file."""
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "--streams", default="1,4,16", type=lambda s: [int(n) for n in s.split(",")]
     )
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--out", default="bench/results/guidellm.json")
-    args = parser.parse_args()
+    parser.add_argument("--out", default=out)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = load_arguments("bench/results/guidellm.json")
     with tempfile.TemporaryDirectory() as work:
         result = run(args, Path(work))
     print(

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import tomli_w
 
-from bench.guidellm_run import GUIDELLM, scenario, summarize
+from bench.guidellm_run import GUIDELLM, load_arguments, scenario, summarize
 from bench.local_system import ROOT, LocalSystem, free_port
 from scripts.engine_config import move
 from services.common.catalog import ModelSpec, parse_catalog
@@ -135,13 +135,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument(
-        "--streams", default="1,4,16", type=lambda s: [int(n) for n in s.split(",")]
-    )
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--out", default="bench/results/vs_vllm_server.json")
-    args = parser.parse_args()
+    args = load_arguments("bench/results/vs_vllm_server.json")
     with tempfile.TemporaryDirectory() as work:
         result = run(args, Path(work))
     print(

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import secrets
 import time
 from collections import deque
 from typing import Protocol
@@ -62,7 +63,7 @@ class Actuator:
         self._ids = itertools.count(1)
         # this actuator's run, in its workers' ids: after a restart, a new worker never takes
         # the id of one the scheduler still holds (draining, or dead and not yet declared)
-        self._run = _run_tag()
+        self._run = secrets.token_hex(3)
         self._backoff: dict[str, tuple[float, float]] = {}  # model → (until, next delay)
         self._simulated = frozenset(m for m, s in config.catalog.items() if s.simulated)
         # recent (time, "start" | "stop" | "exit", worker id), for tests and debugging
@@ -207,15 +208,3 @@ class Actuator:
     def _address(self, base: int, index: int) -> str:
         port = base + index if base else 0
         return f"{self.config.worker_host}:{port}"
-
-
-def _run_tag() -> str:
-    """Short, and different for each start of an actuator (the clock in tenths of a second,
-    base 36, its last 5 digits: it repeats after about 70 days)."""
-    tenths = int(time.time() * 10)
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    tag = ""
-    for _ in range(5):
-        tenths, digit = divmod(tenths, 36)
-        tag = digits[digit] + tag
-    return tag

@@ -132,31 +132,37 @@ class Coordinator:
                 changes = self._core.resubmit(ticket, again)
             else:
                 changes = self._core.submit(ticket, again.waited_s if again else 0.0)
-            admitted = caller.admitted = changes.admitted
-            assert admitted is not None
-            self._apply(changes)
-            lease = await self._wait(ticket.request_id, future, caller, timeout_s)
-        finally:
-            if self._callers.get(ticket.request_id) is caller:
-                self._waiters.pop(ticket.request_id, None)
-                self._callers.pop(ticket.request_id, None)
+        except BaseException:
+            self._release(ticket.request_id, caller)
+            raise
+        admitted = caller.admitted = changes.admitted
+        assert admitted is not None
+        self._apply(changes)
+        lease = await self._wait(ticket.request_id, future, caller, timeout_s)
         return Grant(lease, admitted, (self._core.clock() - asked_at) * 1000.0)
 
     async def _wait(
         self, request_id: str, future: asyncio.Future[Lease], caller: _Caller, timeout_s
     ) -> Lease:
-        """Waits for the request's lease. A caller that gives up withdraws the request, unless
-        a retry of it took over the wait."""
+        """Waits for the request's lease as its current caller. One that gives up withdraws
+        the request, unless a retry of it took over the wait (then the retry is the caller)."""
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError:
+        except (TimeoutError, asyncio.CancelledError) as gave_up:
             if self._callers.get(request_id) is caller:
                 self._abandon(request_id, future)
-            raise DeadlineExceeded("deadline passed while waiting in the queue") from None
-        except asyncio.CancelledError:
-            if self._callers.get(request_id) is caller:
-                self._abandon(request_id, future)
+            if isinstance(gave_up, TimeoutError):
+                raise DeadlineExceeded("deadline passed while waiting in the queue") from None
             raise
+        finally:
+            self._release(request_id, caller)
+
+    def _release(self, request_id: str, caller: _Caller) -> None:
+        """The caller's wait is over: the request is no longer waited for, unless a retry
+        took over."""
+        if self._callers.get(request_id) is caller:
+            self._waiters.pop(request_id, None)
+            self._callers.pop(request_id, None)
 
     async def _take_over(
         self, ticket: Ticket, future: asyncio.Future[Lease], timeout_s: float | None
@@ -172,12 +178,7 @@ class Coordinator:
             )
         caller = self._callers[ticket.request_id] = _Caller(ticket.tenant_id, first.admitted)
         asked_at = self._core.clock()
-        try:
-            lease = await self._wait(ticket.request_id, future, caller, timeout_s)
-        finally:
-            if self._callers.get(ticket.request_id) is caller:
-                self._waiters.pop(ticket.request_id, None)
-                self._callers.pop(ticket.request_id, None)
+        lease = await self._wait(ticket.request_id, future, caller, timeout_s)
         return Grant(lease, caller.admitted, (self._core.clock() - asked_at) * 1000.0)
 
     def lease_ended(

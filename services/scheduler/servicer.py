@@ -124,8 +124,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         reg = first.registration
         if not reg.worker_id or not reg.address:
             raise InvalidArgument("registration needs worker_id and address")
-        session = self._register(reg)
-        where = (reg.address, reg.device.gpu_id or "cpu-0")
+        where = (reg.address, reg.device.gpu_id or "cpu-0")  # its address and GPU
+        session = self._register(reg, where[1])
         reader = asyncio.create_task(self._read_session(session, request_iterator, where))
         try:
             yield scheduler_pb2.WorkerSessionResponse(
@@ -142,8 +142,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             reader.cancel()
             self._coord.close_session(session)
 
-    def _register(self, reg: scheduler_pb2.WorkerRegistration) -> Session:
-        gpu_id = reg.device.gpu_id or "cpu-0"
+    def _register(self, reg: scheduler_pb2.WorkerRegistration, gpu_id: str) -> Session:
         now = self._coord.now()
         return self._coord.open_session(
             reg.worker_id,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 
 from services.gpu_worker.engines.admission import input_error
-from services.gpu_worker.engines.base import Embeddings, EngineStats, Sink
+from services.gpu_worker.engines.base import Embeddings, Sink
 from services.gpu_worker.engines.vllm_lifecycle import VllmLifecycle, VllmSequence
 
 
@@ -21,24 +21,12 @@ class VllmEmbeddingEngine(VllmLifecycle):
     """An `EmbeddingEngine` (engines.base) on vLLM."""
 
     RUNNER = "pooling"
+    KEEPS_KV = False
 
     def embed(self, texts: list[str], sink: Sink) -> VllmSequence:
         """Must be called on the worker's event loop (vLLM's client runs on it)."""
         texts = list(texts)
         return self._start(lambda number: self._embed(texts, number), sink)
-
-    def stats(self) -> EngineStats:
-        figures, busy = self._figures, bool(self._running)
-        return EngineStats(
-            running=len(self._running),
-            kv_tokens_used=0,
-            kv_tokens_capacity=0,
-            tokens_per_second=self._produced.per_second(),  # texts embedded per second
-            memory_bytes=self._weights_bytes,
-            max_slots=self._max_slots,
-            engine_running=figures.running if busy else 0,
-            engine_waiting=figures.waiting if busy else 0,
-        )
 
     async def _embed(self, texts: list[str], number: int) -> Embeddings:
         """Every text as one vLLM request, all at once; the first failure cancels the rest

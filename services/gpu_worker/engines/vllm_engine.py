@@ -17,7 +17,6 @@ from typing import Any
 
 from services.gpu_worker.engines.admission import context_error
 from services.gpu_worker.engines.base import (
-    EngineStats,
     Finished,
     FinishReason,
     GenerationInput,
@@ -36,22 +35,6 @@ class VllmEngine(VllmLifecycle):
     def submit(self, request: GenerationInput, sink: Sink) -> VllmSequence:
         """Must be called on the worker's event loop (vLLM's client runs on it)."""
         return self._start(lambda number: self._stream(request, sink, number), sink)
-
-    def stats(self) -> EngineStats:
-        figures, busy = self._figures, bool(self._running)
-        return EngineStats(
-            running=len(self._running),
-            # vLLM reports when it steps: once idle, what it last said is stale
-            kv_tokens_used=int(figures.kv_usage * self._kv_capacity) if busy else 0,
-            kv_tokens_capacity=self._kv_capacity,
-            tokens_per_second=self._produced.per_second(),
-            memory_bytes=self._weights_bytes,
-            max_slots=self._max_slots,
-            engine_running=figures.running if busy else 0,
-            engine_waiting=figures.waiting if busy else 0,
-            prefix_cache_queries=figures.prefix_queries,
-            prefix_cache_hits=figures.prefix_hits,
-        )
 
     async def _stream(self, request: GenerationInput, sink: Sink, number: int) -> Finished:
         """Streams one request's deltas to its sink; returns its Finished event."""

@@ -26,7 +26,7 @@ from typing import Any
 from services.common.catalog import ModelSpec
 from services.common.errors import ServiceError, Unavailable
 from services.common.windowed import SlidingWindow
-from services.gpu_worker.engines.base import RATE_WINDOW_S, ModelState, Sink
+from services.gpu_worker.engines.base import RATE_WINDOW_S, EngineStats, ModelState, Sink
 from services.gpu_worker.engines.isolation import FaultStreak, is_out_of_memory, request_error
 from services.gpu_worker.engines.vllm_setup import EngineFigures, engine_args, stat_logger_factory
 
@@ -64,6 +64,7 @@ class VllmLifecycle:
     names vLLM's runner ("generate" or "pooling") and runs its requests with `_start`."""
 
     RUNNER = "generate"
+    KEEPS_KV = True  # its requests hold KV cache a lease must budget (not an encoder's)
 
     def __init__(self, spec: ModelSpec, cache_dir: Path, device: str) -> None:
         self.spec = spec
@@ -142,6 +143,23 @@ class VllmLifecycle:
 
     def active_sequences(self) -> int:
         return len(self._running)
+
+    def stats(self) -> EngineStats:
+        figures, busy = self._figures, bool(self._running)
+        kv_capacity = self._kv_capacity if self.KEEPS_KV else 0
+        return EngineStats(
+            running=len(self._running),
+            # vLLM reports when it steps: once idle, what it last said is stale
+            kv_tokens_used=int(figures.kv_usage * kv_capacity) if busy else 0,
+            kv_tokens_capacity=kv_capacity,
+            tokens_per_second=self._produced.per_second(),  # tokens, or texts embedded
+            memory_bytes=self._weights_bytes,
+            max_slots=self._max_slots,
+            engine_running=figures.running if busy else 0,
+            engine_waiting=figures.waiting if busy else 0,
+            prefix_cache_queries=figures.prefix_queries,
+            prefix_cache_hits=figures.prefix_hits,
+        )
 
     def _start(
         self, work: Callable[[int], Coroutine[Any, Any, object]], sink: Sink

@@ -36,8 +36,9 @@ def take_late(
         per_s = rate.rate(model_id)  # None until measured: then only passed deadlines
         drained_in = queue.ahead_of(model_id, Priority.LOW) / per_s if per_s else 0.0
         keep: list[PendingRequest] = []
+        turns: dict[tuple[Priority, str], int] = {}  # per sweep: O(tenants) once per tenant
         for request in queue.deadlines.due(model_id, now + drained_in, LATE_CHECKS):
-            wait = _ahead(queue, request) / per_s if per_s else 0.0
+            wait = _ahead(queue, request, turns) / per_s if per_s else 0.0
             deadline = request.deadline  # indexed: it has one
             assert deadline is not None
             (late if now + wait > deadline else keep).append(request)
@@ -47,17 +48,22 @@ def take_late(
     return late
 
 
-def _ahead(queue: RequestQueue, request: PendingRequest) -> int:
+def _ahead(
+    queue: RequestQueue, request: PendingRequest, turns: dict[tuple[Priority, str], int]
+) -> int:
     """Requests served before a waiting one, at least by arrival, or by its tenant's turn
     in the fair queue when that comes sooner (its tenant's other waiting requests of the
-    class counted ahead of it)."""
+    class counted ahead of it). `turns`: the fair turns already counted in this sweep."""
     by_arrival = queue.ahead_at_least(request)
     higher = queue.ahead_of(request.model_id, request.priority) - queue.waiting_in(
         request.model_id, request.priority
     )
-    backlog = queue.tenants_waiting(request.priority)
-    own_ahead = max(0, backlog.get(request.tenant_id, 0) - 1)
-    return min(by_arrival, higher + turns_before(backlog, request.tenant_id, own_ahead))
+    key = (request.priority, request.tenant_id)
+    if key not in turns:
+        backlog = queue.tenants_waiting(request.priority)
+        own_ahead = max(0, backlog.get(request.tenant_id, 0) - 1)
+        turns[key] = turns_before(backlog, request.tenant_id, own_ahead)
+    return min(by_arrival, higher + turns[key])
 
 
 def take_cold(
