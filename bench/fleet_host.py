@@ -163,7 +163,7 @@ async def _session(host: Host, worker: SimWorker, stub) -> None:
     async for command in call:
         kind = command.WhichOneof("command")
         if kind == "accepted":
-            host.verifier.add_key(command.accepted.lease_key)
+            host.verifier.add_key(command.accepted.lease_public_key)
             worker.interval_s = command.accepted.heartbeat_interval_ms / 1000.0
         elif kind == "revoke_lease":
             revoked = worker.running.get(command.revoke_lease.lease_id)

@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/latency.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as logs:
-        system = LocalSystem(Path(logs), env=direct.ENV)
+        system = LocalSystem(Path(logs), env=direct.env(Path(logs)))
         system.start()
         try:
             rows = [

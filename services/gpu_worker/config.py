@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.catalog import ModelSpec, parse_catalog
-from services.common.config import ConfigError, load_section, require
+from services.common.config import ConfigError, is_loopback, load_section, require
+from services.common.lease_token import LeaseKeyError, parse_public_keys
 from services.common.tls import SecuritySettings
 
 
@@ -38,14 +39,32 @@ class WorkerConfig(SecuritySettings):
     exit_when_unhealthy: bool = True
     log_level: str = "info"
     log_format: str = "json"  # json (one object per line) or text
+    # the scheduler's lease public keys (base64, comma-separated): only leases they signed
+    # run here. Empty: the key the scheduler hands over on the session (mTLS or loopback)
+    lease_public_keys: str = ""
     catalog: dict[str, ModelSpec] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.require_secret("worker", self.listen, self.advertise_address)
         require(self.device in ("auto", "cpu", "cuda"), "worker.device: auto, cpu or cuda")
+        self.pinned_lease_keys()
+        trusted = self.lease_public_keys or self.tls_cert_file
+        require(
+            bool(trusted) or is_loopback(self.scheduler_address),
+            f"worker: the scheduler at {self.scheduler_address} is off loopback without mTLS, "
+            "so its lease key must be pinned: set worker.lease_public_keys "
+            "(WORKER_LEASE_PUBLIC_KEYS) to the scheduler's public key "
+            "(python -m services.common.lease_token public FILE)",
+        )
         require(self.flush_interval_ms >= 0, "worker.flush_interval_ms must be >= 0")
         for model_id in self.model_ids:
             require(model_id in self.catalog, f"worker.models: {model_id!r} is not in [[models]]")
+
+    def pinned_lease_keys(self) -> list[bytes]:
+        try:
+            return parse_public_keys(self.lease_public_keys)
+        except LeaseKeyError as exc:
+            raise ConfigError(f"worker.lease_public_keys: {exc}") from None
 
     @property
     def model_ids(self) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from inference.v1 import scheduler_pb2, types_pb2
@@ -59,11 +59,12 @@ class LeaseBook:
         worker_id: Callable[[], str],
         report: Callable[[scheduler_pb2.WorkerSessionRequest], None],
         clock_ms: Callable[[], int] = _now_ms,
+        pinned_keys: Iterable[bytes] = (),
     ) -> None:
         self._worker_id = worker_id
         self._report = report
         self._clock_ms = clock_ms
-        self.verifier = LeaseVerifier()
+        self.verifier = LeaseVerifier(pinned_keys)
         self._key_arrived = asyncio.Event()
         self._running: dict[str, RunningLease] = {}
         self._used: dict[str, int] = {}  # lease → its start-by time: no second use before
@@ -75,16 +76,16 @@ class LeaseBook:
 
     def accepted(self, session: scheduler_pb2.SessionAccepted) -> None:
         """A scheduler accepted this worker's session: its key, its clock, its start-by
-        window. The offset is measured as its message arrives, so it errs by the message's
-        transit, on the side of accepting a lease (the scheduler also expires unpresented
-        leases and revokes them)."""
+        window. Raises LeaseKeyError for a key that is not pinned here. The offset is
+        measured as its message arrives, so it errs by the message's transit, on the side of
+        accepting a lease (the scheduler also expires unpresented leases and revokes them)."""
+        self.add_key(session.lease_public_key)
         if session.scheduler_time_unix_ms:
             self._offset_ms = session.scheduler_time_unix_ms - self._clock_ms()
         self._session_began_ms = session.scheduler_time_unix_ms
         self._start_window_ms = session.lease_start_timeout_ms
         window = session.lease_start_timeout_ms + FORGET_REVOKED_MS
         self._forget_revoked_ms = max(self._forget_revoked_ms, window)
-        self.add_key(session.lease_key)
 
     def add_key(self, key: bytes) -> None:
         self.verifier.add_key(key)

@@ -65,7 +65,9 @@ class WorkerServer:
         self._watch: asyncio.Task | None = None
         self._health_changed = asyncio.Event()
         self.session: SchedulerSession | None = None
-        self.leases = LeaseBook(lambda: self.worker_id, self._report)
+        self.leases = LeaseBook(
+            lambda: self.worker_id, self._report, pinned_keys=config.pinned_lease_keys()
+        )
 
     @property
     def port(self) -> int:

@@ -18,6 +18,7 @@ import grpc
 from inference.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from services.common.internal_auth import internal_channel
+from services.common.lease_token import LeaseKeyError
 from services.common.server import CHANNEL_OPTIONS
 from services.common.tls import TlsFiles
 from services.gpu_worker import convert
@@ -84,6 +85,8 @@ class SchedulerSession:
                 try:
                     await self._session(stub)
                     backoff = MIN_BACKOFF_S  # the scheduler ended the session cleanly
+                except LeaseKeyError as exc:
+                    log.error("refused the scheduler at %s: %s", self._address, exc)
                 except grpc.aio.AioRpcError as exc:
                     log.warning(
                         "scheduler session failed (%s); retrying in %.1fs", exc.code().name, backoff
@@ -104,15 +107,20 @@ class SchedulerSession:
             log.warning("the scheduler did not accept the registration in time; retrying")
             return
         command = first
-        while command is not grpc.aio.EOF:
-            self._obey(command)
-            command = await call.read()
+        try:
+            while command is not grpc.aio.EOF:
+                self._obey(command)
+                command = await call.read()
+        finally:
+            call.cancel()  # a no-op once the scheduler ended it
 
     def _obey(self, command: scheduler_pb2.WorkerSessionResponse) -> None:
         """Acts on one message of the scheduler (a command that fails is logged, not fatal)."""
         kind = command.WhichOneof("command")
         try:
             self._act(kind, command)
+        except LeaseKeyError:
+            raise  # a scheduler whose leases this worker would refuse: no session with it
         except Exception:
             log.exception("scheduler command %s failed", kind)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from services.common.catalog import ModelSpec, pool_catalog
 from services.common.config import ConfigError, load_section, require
+from services.common.lease_token import LeaseKeyError, LeaseSigner
 from services.common.tls import SecuritySettings
 from services.scheduler.core.admission import AdmissionRules
 from services.scheduler.core.autoscaling import ScalingBounds, ScalingPolicy
@@ -37,6 +38,9 @@ class SchedulerConfig(SecuritySettings):
     heartbeat_misses: int = 3  # a worker silent this many intervals is declared dead
     max_resumes: int = 3  # for Schedule (deprecated); routers have their own max_resumes
     pool: str = ""  # this scheduler serves the [[models]] of this pool ("": the default one)
+    # Ed25519 key leases are signed with (python -m services.common.lease_token new FILE);
+    # empty: a key drawn at each start (workers keep their last keys across restarts)
+    lease_signing_key_file: str = ""
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
     log_format: str = "json"  # json (one object per line) or text
@@ -50,11 +54,20 @@ class SchedulerConfig(SecuritySettings):
         require(self.heartbeat_interval_ms >= 50, "scheduler.heartbeat_interval_ms must be >= 50")
         require(self.heartbeat_misses >= 1, "scheduler.heartbeat_misses must be >= 1")
         require(self.max_resumes >= 0, "scheduler.max_resumes must be >= 0")
+        self.lease_signer()  # a key file that does not load stops the start here
         for model_id, fallback in self.admission.fallbacks.items():
             require(
                 model_id in self.catalog and fallback in self.catalog,
                 f"scheduler.admission.fallbacks: {model_id!r} → {fallback!r} must name [[models]]",
             )
+
+    def lease_signer(self) -> LeaseSigner:
+        if not self.lease_signing_key_file:
+            return LeaseSigner.generate()
+        try:
+            return LeaseSigner.from_file(self.lease_signing_key_file)
+        except LeaseKeyError as exc:
+            raise ConfigError(f"scheduler.lease_signing_key_file: {exc}") from None
 
     def core_settings(self) -> CoreSettings:
         """The core's settings, with each model's worker bounds from its catalog entry."""

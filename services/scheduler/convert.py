@@ -147,7 +147,7 @@ def scoped_id(tenant_id: str, request_id: str) -> str:
 
 
 def lease_grant(
-    grant: Grant, request_id: str, key: bytes, start_by_unix_ms: int
+    grant: Grant, request_id: str, signer: lease_token.LeaseSigner, start_by_unix_ms: int
 ) -> scheduler_pb2.LeaseGrant:
     """The grant as the router receives it, with the lease signed for its worker and for
     `request_id` (the router's id; the scheduler scopes ids by tenant)."""
@@ -174,7 +174,7 @@ def lease_grant(
         model_id=lease.model_id,
         max_tokens=admitted.max_tokens,
         queue_time_ms=grant.queue_time_ms,
-        token=lease_token.sign(claims, key),
+        token=signer.sign(claims),
     )
 
 

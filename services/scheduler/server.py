@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 
 from inference.v1 import scheduler_pb2, scheduler_pb2_grpc
 
-from services.common.lease_token import lease_key
+from services.common.lease_token import public_key_text
 from services.common.leased_run import LeasedRun
 from services.common.metrics import MetricsEndpoint
 from services.common.server import GrpcService
@@ -21,6 +22,7 @@ from services.scheduler.core.scheduler import SchedulerCore
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.servicer import SchedulerServicer
 
+log = logging.getLogger(__name__)
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 # With mTLS, who may call what (by the role its certificate names)
 _ROUTER, _WORKER = frozenset({"router"}), frozenset({"worker"})
@@ -51,6 +53,15 @@ class SchedulerServer:
         )
         self.metrics = SchedulerMetrics(ServedTokens(config.fairness_window_s, time.monotonic))
         self.coordinator = Coordinator(core, convert.worker_command, self.metrics.lease_ended)
+        self.lease_signer = config.lease_signer()
+        log.info(
+            "leases signed with key %s (%s); workers may pin its public key %s",
+            self.lease_signer.key_id,
+            "from " + config.lease_signing_key_file
+            if config.lease_signing_key_file
+            else "drawn at this start",
+            public_key_text(self.lease_signer.public_key),
+        )
         tls = config.tls()
         self.workers = WorkerChannels(config.internal_secret, tls)  # for Schedule (deprecated)
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics_listen)
@@ -67,7 +78,7 @@ class SchedulerServer:
                 self.coordinator,
                 config.heartbeat_interval_ms,
                 self.metrics,
-                lease_key(config.internal_secret),
+                self.lease_signer,
                 config.dispatch.lease_start_timeout_s,
                 lambda acquire: LeasedRun(acquire, self.workers, config.max_resumes),
             ),

@@ -17,6 +17,7 @@ from inference.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
 from services.common import leased_run, logs, tracing
 from services.common.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from services.common.lease_token import LeaseSigner
 from services.common.leased_run import LeasedRun
 from services.scheduler import convert
 from services.scheduler.coordinator import Coordinator, Grant
@@ -34,14 +35,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         coordinator: Coordinator,
         heartbeat_interval_ms: int,
         metrics: SchedulerMetrics,
-        lease_key: bytes,
+        lease_signer: LeaseSigner,
         lease_start_s: float,
         compat: Callable[[Callable], LeasedRun],
     ) -> None:
         self._metrics = metrics
         self._coord = coordinator
         self._heartbeat_interval_ms = heartbeat_interval_ms
-        self._lease_key = lease_key
+        self._lease_signer = lease_signer
         self._lease_start_ms = int(lease_start_s * 1000)
         self._compat = compat(self._grant)
 
@@ -58,7 +59,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     ) -> scheduler_pb2.LeaseGrant:
         grant = await self._acquire(request, timeout_s)
         start_by = int(time.time() * 1000) + self._lease_start_ms
-        return convert.lease_grant(grant, request.request_id, self._lease_key, start_by)
+        return convert.lease_grant(grant, request.request_id, self._lease_signer, start_by)
 
     async def _acquire(
         self, request: scheduler_pb2.AcquireRequest, timeout_s: float | None
@@ -131,7 +132,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             yield scheduler_pb2.WorkerSessionResponse(
                 accepted=scheduler_pb2.SessionAccepted(
                     heartbeat_interval_ms=self._heartbeat_interval_ms,
-                    lease_key=self._lease_key,
+                    lease_public_key=self._lease_signer.public_key,
                     scheduler_time_unix_ms=int(time.time() * 1000),
                     lease_start_timeout_ms=self._lease_start_ms,
                 )

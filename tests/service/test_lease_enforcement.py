@@ -15,11 +15,13 @@ from tests.stack import request, sim_model, start_stack
 
 SECRET = "lease-test-secret"
 ONE_SLOT = sim_model("sim-one", slots=1, step_ms=5.0)
+SIGNER: list[lease_token.LeaseSigner] = []  # the running scheduler's
 
 
 @pytest.fixture
 async def stack():
     running = await start_stack([ONE_SLOT], secret=SECRET, lease_start_timeout_s=0.5)
+    SIGNER[:] = [running.scheduler.lease_signer]
     yield running
     await running.close()
 
@@ -55,10 +57,10 @@ async def refused(stack, execute_request) -> grpc.aio.AioRpcError:
 
 
 def resigned(claims: types_pb2.LeaseClaims, **changes) -> types_pb2.LeaseToken:
-    """The claims changed and signed again with the fleet's real key."""
+    """The claims changed and signed again with the scheduler's real key."""
     for name, value in changes.items():
         setattr(claims, name, value)
-    return lease_token.sign(claims, lease_token.lease_key(SECRET))
+    return SIGNER[0].sign(claims)
 
 
 async def test_a_granted_lease_runs_once_and_its_end_reaches_the_scheduler(stack):
@@ -78,7 +80,7 @@ async def test_work_without_a_valid_lease_is_refused(stack):
     req = request("sim-one", max_tokens=4, request_id="r-2")
     grant = await acquire(stack, req)
     claims = claims_of(grant)
-    forged = lease_token.sign(claims_of(grant), lease_token.lease_key("not-the-fleet-key"))
+    forged = lease_token.LeaseSigner.generate().sign(claims_of(grant))
     cases = {
         "no lease": None,
         "forged": forged,

@@ -15,6 +15,7 @@ from scripts.engine_config import move
 from services.actuator import config as actuator_config
 from services.common.catalog import parse_catalog
 from services.common.config import ConfigError, read_toml
+from services.common.lease_token import LeaseSigner, public_key_text
 from services.gpu_worker import config as worker_config
 from services.router import config as router_config
 from services.scheduler import config as scheduler_config
@@ -23,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 CLUSTER_CONFIG = K8S / "config.toml"
 SECRET = {"internal_secret": "0123456789abcdef0123456789abcdef"}
+LEASE = "inference-lease-key"
+PINNED = {"WORKER_LEASE_PUBLIC_KEYS": public_key_text(LeaseSigner.generate().public_key)}
 KUBERNETES_VERSION = "1.32.0"  # the oldest release these manifests are meant for
 
 
@@ -135,7 +138,7 @@ def _with_real_key(data: dict) -> dict:
 
 def test_gpu_workers_request_one_gpu_each_and_drain_within_their_grace(rendered):
     catalog = every_model()
-    grace = worker_config.load(read_toml(CLUSTER_CONFIG), {}, SECRET).shutdown_grace_s
+    grace = worker_config.load(read_toml(CLUSTER_CONFIG), PINNED, SECRET).shutdown_grace_s
     for deployment in by_kind(rendered, "Deployment").values():
         pod = deployment["spec"]["template"]["spec"]
         [container] = pod["containers"]
@@ -160,9 +163,33 @@ def test_the_cluster_config_loads_for_every_service_once_its_placeholders_are_re
     assert not router.allow_anonymous and router.tenants
     scheduler = scheduler_config.load(data, {}, SECRET)
     assert scheduler.autoscaling.enabled
-    worker = worker_config.load(data, {"WORKER_MODELS": "smollm2-135m"}, SECRET)
+    env = {"WORKER_MODELS": "smollm2-135m"}
+    with pytest.raises(ConfigError, match="must be pinned"):  # no lease key pinned
+        worker_config.load(data, env, SECRET)
+    worker = worker_config.load(data, env | PINNED, SECRET)
     assert worker.model_ids == ["smollm2-135m"] and not worker.load_on_command
     actuator_config.load(data, {}, {})
+
+
+def test_only_schedulers_hold_the_lease_signing_key_and_workers_pin_its_public_half(rendered):
+    for name, deployment in by_kind(rendered, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        role = deployment["metadata"]["labels"]["app.kubernetes.io/name"]
+        lease_volumes = [
+            v for v in pod.get("volumes", []) if v.get("secret", {}).get("secretName") == LEASE
+        ]
+        references = [
+            e["valueFrom"]["secretKeyRef"]["key"]
+            for e in container.get("env", [])
+            if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == LEASE
+        ]
+        if role == "scheduler":
+            [volume] = lease_volumes
+            assert [i["key"] for i in volume["secret"]["items"]] == ["signing-key.pem"], name
+        else:
+            assert not lease_volumes, name
+            assert references == (["public-key"] if role == "worker" else []), name
 
 
 def test_compose_runs_the_system_with_gpu_reservations_and_existing_files():

@@ -7,10 +7,10 @@ import pytest
 from inference.v1 import scheduler_pb2, types_pb2
 
 from services.common.errors import LeaseEnded, PermissionDenied
-from services.common.lease_token import key_id, lease_key, sign
+from services.common.lease_token import LeaseSigner
 from services.gpu_worker.leases import LeaseBook
 
-KEY = lease_key("fleet-secret-0123456789abcdef")
+SIGNER = LeaseSigner.generate()
 SCHEDULER_NOW = 1_800_000_000_000
 
 
@@ -20,7 +20,7 @@ def book(skew_ms: int, start_timeout_ms: int = 10_000) -> tuple[LeaseBook, list[
     leases = LeaseBook(lambda: "w1", lambda message: None, clock_ms=lambda: clock[0])
     leases.accepted(
         scheduler_pb2.SessionAccepted(
-            lease_key=KEY,
+            lease_public_key=SIGNER.public_key,
             scheduler_time_unix_ms=SCHEDULER_NOW,
             lease_start_timeout_ms=start_timeout_ms,
         )
@@ -35,9 +35,8 @@ def token(lease_id: str, start_by_ms: int) -> types_pb2.LeaseToken:
         request_id="r",
         model_id="m",
         start_by_unix_ms=start_by_ms,
-        key_id=key_id(KEY),
     )
-    return sign(claims, KEY)
+    return SIGNER.sign(claims)
 
 
 @pytest.mark.parametrize("skew_ms", [10_000, -10_000])
@@ -65,7 +64,9 @@ async def test_a_lease_granted_before_the_session_began_is_reported_for_adoption
     leases = LeaseBook(lambda: "w1", sent.append, clock_ms=lambda: SCHEDULER_NOW)
     leases.accepted(
         scheduler_pb2.SessionAccepted(
-            lease_key=KEY, scheduler_time_unix_ms=SCHEDULER_NOW, lease_start_timeout_ms=10_000
+            lease_public_key=SIGNER.public_key,
+            scheduler_time_unix_ms=SCHEDULER_NOW,
+            lease_start_timeout_ms=10_000,
         )
     )
     await leases.admit(token("old", SCHEDULER_NOW + 8_000), "old", "r", "m")  # granted 2 s ago
