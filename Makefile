@@ -17,7 +17,7 @@ protos: setup     ## generate Python stubs and .pyi files into gen/
 core: setup       ## compile the scheduler's core with mypyc (where it cannot, the core runs from source)
 	$(PY) scripts/build_core.py
 
-up: protos core $(if $(ENGINE),setup-$(ENGINE)) ## start the system on localhost (WORKERS=N fixed workers, POOLS=N pools, ENGINE=vllm); Ctrl-C stops
+up: protos core $(if $(ENGINE),setup-$(ENGINE)) ## start the system on localhost (WORKERS=N fixed workers, POOLS=N pools, ROUTERS=N, ENGINE=vllm); Ctrl-C stops
 	ENGINE=$(ENGINE) ./scripts/up.sh
 
 test: protos core ## unit, service and integration tests (real model on CPU)

@@ -25,6 +25,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def consecutive_free_ports(count: int) -> int:
+    """The first of `count` free consecutive ports."""
+    while True:
+        base = free_port()
+        if base + count > 65535:
+            continue
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+
+
+def start_make_up(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """scripts/up.sh (what `make up` runs) in its own process group, its output to
+    `log_path`."""
+    with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            ["scripts/up.sh"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 class LocalSystem:
     """`workers` worker processes started directly; or, with `actuator`, none: the local
     actuator starts and drains them as the scheduler's autoscaling policy wants."""
@@ -37,6 +66,7 @@ class LocalSystem:
         actuator: bool = False,
         root: Path = ROOT,
         worker_launch: WorkerLaunch | None = None,
+        routers: int = 1,
     ):
         self.log_dir = log_dir
         self.root = root  # the checkout whose services run (another one: a baseline)
@@ -48,6 +78,7 @@ class LocalSystem:
             "scheduler": free_port(),
             **{f"worker-{i}": free_port() for i in range(workers)},
         }
+        self.extra_routers = [(free_port(), free_port(), free_port()) for _ in range(routers - 1)]
         self.procs: dict[str, subprocess.Popen] = {}
         self._commands: dict[str, tuple[list[str], dict[str, str], str]] = {}
         self._extra_env = env or {}
@@ -57,6 +88,11 @@ class LocalSystem:
     @property
     def router_address(self) -> str:
         return f"127.0.0.1:{self.ports['router']}"
+
+    @property
+    def router_addresses(self) -> list[str]:
+        """Every router: `router`, then `router-1`, `router-2`..."""
+        return [self.router_address] + [f"127.0.0.1:{p}" for p, _, _ in self.extra_routers]
 
     @property
     def scheduler_address(self) -> str:
@@ -101,7 +137,16 @@ class LocalSystem:
             self._commands[name] = (args, worker_env, python)
             if i not in deferred:
                 self._spawn(name, args, worker_env, python=python)
+        env["ROUTER_REPLICAS"] = str(1 + len(self.extra_routers))
         self._spawn("router", ["services.router"], env)
+        for i, (grpc_port, http_port, metrics_port) in enumerate(self.extra_routers, 1):
+            router_env = {
+                **env,
+                "ROUTER_LISTEN": f"127.0.0.1:{grpc_port}",
+                "ROUTER_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+                "ROUTER_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+            }
+            self._spawn(f"router-{i}", ["services.router"], router_env)
         ready = subprocess.run(
             [
                 sys.executable,

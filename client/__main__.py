@@ -18,7 +18,7 @@ import grpc
 from google.protobuf import json_format
 from inference.v1 import types_pb2
 
-from client.sdk import PRIORITIES, InferenceClient
+from client.sdk import PRIORITIES, InferenceClient, RouterLost
 from client.status_table import render
 
 
@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
             return _run(client, args)
     except grpc.RpcError as exc:
         print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except RouterLost as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -98,7 +101,12 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--address", default=os.environ.get("INFERENCE_ADDRESS", "localhost:50051"))
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("INFERENCE_ADDRESS", "localhost:50051"),
+        help="a router, or several comma-separated: a call whose router dies moves to the next "
+        "(a stream continues where it stopped)",
+    )
     parser.add_argument("--api-key", default=os.environ.get("INFERENCE_API_KEY"))
     parser.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
     parser.add_argument("--tls", action="store_true", help="connect over TLS (system roots)")

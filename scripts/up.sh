@@ -9,10 +9,17 @@
 # into N pools (scripts/pools_config.py), each with its own scheduler and actuator; the router
 # sends each model to its pool's scheduler. ENGINE=vllm runs the models of the embedded
 # transformers engine on vLLM instead (scripts/engine_config.py; .venv-vllm, make setup-vllm).
+# ROUTERS=N starts N routers; a client given all of them (python -m client --address a,b)
+# continues a stream through another when its router dies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKERS="${WORKERS:-}"
 POOLS="${POOLS:-1}"
+ROUTERS="${ROUTERS:-1}"
+export ROUTER_REPLICAS="$ROUTERS"  # each router enforces its share of every tenant's limits
+ROUTERS_BASE_PORT="${ROUTERS_BASE_PORT:-50150}"  # router i: gRPC on this + i, HTTP and metrics
+ROUTERS_HTTP_BASE_PORT="${ROUTERS_HTTP_BASE_PORT:-8000}"  # on these + i (i >= 1)
+ROUTERS_METRICS_BASE_PORT="${ROUTERS_METRICS_BASE_PORT:-9190}"
 CONFIG="${CONFIG:-deploy/local/config.toml}"
 RUN_DIR="${RUN_DIR:-.run}"
 WORKER_BASE_PORT="${WORKER_BASE_PORT:-50061}"
@@ -70,6 +77,12 @@ else
   warm=(--models "$(kept_warm)")
 fi
 procs+=(--process "$(service router services.router)")
+routers="$ROUTER"
+for ((i=1; i<ROUTERS; i++)); do  # more routers: gRPC :5015i, HTTP :800i, metrics :919i
+  grpc_at="localhost:$((ROUTERS_BASE_PORT + i))"
+  procs+=(--process "router-$i=env ROUTER_HTTP_LISTEN=localhost:$((ROUTERS_HTTP_BASE_PORT + i)) $PY -u -m services.router --config $CONFIG --listen $grpc_at --metrics-listen localhost:$((ROUTERS_METRICS_BASE_PORT + i))")
+  routers+=",$grpc_at"
+done
 
 "$PY" -u scripts/supervise.py --log-dir "$RUN_DIR" "${procs[@]}" &
 supervisor=$!
@@ -82,13 +95,13 @@ if ! "$PY" scripts/wait_ready.py --address "$ROUTER" --timeout 600 "${warm[@]}";
 fi
 cat <<MSG
 
-==> services ready in $(( $(date +%s) - started ))s: router on $ROUTER (scheduler :50052, workers from :$WORKER_BASE_PORT)
+==> services ready in $(( $(date +%s) - started ))s: routers on $routers (scheduler :50052, workers from :$WORKER_BASE_PORT)
     a process that dies is restarted (logs and pids in $RUN_DIR/); Ctrl-C stops everything
     workers follow the autoscaling policy: .venv/bin/grpcurl -plaintext $ROUTER inference.v1.Router/GetStatus
     metrics: http://localhost:9091/metrics (router), :9092 (scheduler), :9093... (workers)
     .venv/bin/grpcurl -plaintext $ROUTER list
     .venv/bin/grpcurl -plaintext -d '{"model_id": "llama-3-70b", "prompt": "Hello", "priority": "PRIORITY_HIGH"}' $ROUTER inference.v1.Router/Generate
     .venv/bin/grpcurl -plaintext -d '{"model_id": "smollm2-135m", "prompt": "What is the capital of France?"}' $ROUTER inference.v1.Router/Generate
-    .venv/bin/python -m client generate --model smollm2-135m --priority high "Hello"
+    .venv/bin/python -m client --address $routers generate --model smollm2-135m --priority high "Hello"
 MSG
 wait "$supervisor" || true

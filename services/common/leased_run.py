@@ -94,10 +94,10 @@ class Attempts:
     queue_ms: float = 0.0  # time spent waiting for leases
     resubmission: scheduler_pb2.Resubmission | None = None
 
-    def resume_state(self) -> worker_pb2.ResumeState | None:
+    def resume_state(self) -> types_pb2.ResumeState | None:
         if not self.tokens and not self.texts:
             return None
-        return worker_pb2.ResumeState(
+        return types_pb2.ResumeState(
             generated_text="".join(self.texts), generated_tokens=self.tokens
         )
 
@@ -137,6 +137,9 @@ class LeasedRun:
         """The request's stream: deltas, then one summary whose counts cover every lease.
         `deadline`: clock seconds by which it must be done."""
         attempts = Attempts(self._clock())
+        if request.HasField("resume"):  # a client continuing a stream another router ran
+            attempts.texts.append(request.resume.generated_text)
+            attempts.tokens = request.resume.generated_tokens
         while True:
             grant = await self._lease(ticket, attempts, deadline)
             tokens_before = attempts.tokens
@@ -205,6 +208,7 @@ class LeasedRun:
         req = types_pb2.GenerateRequest()
         req.CopyFrom(request)
         req.model_id, req.max_tokens = grant.model_id, grant.max_tokens
+        req.ClearField("resume")  # the worker continues after `resume` below, every lease's
         execute = worker_pb2.ExecuteRequest(
             lease_id=grant.lease_id,
             request=req,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inference.v1 import scheduler_pb2, types_pb2, worker_pb2
+from inference.v1 import scheduler_pb2, types_pb2
 
 from services.common.catalog import ModelSpec
 from services.common.errors import InvalidArgument
@@ -34,7 +34,7 @@ _FINISH = {
 def generation_input(
     request: types_pb2.GenerateRequest,
     spec: ModelSpec,
-    resume: worker_pb2.ResumeState | None = None,
+    resume: types_pb2.ResumeState | None = None,
     leased_max_tokens: int = 0,
 ) -> GenerationInput:
     """Applies the model's defaults; rejects what the router should already have rejected.

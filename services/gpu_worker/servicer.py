@@ -87,7 +87,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     async def _generate(
         self,
         req: types_pb2.GenerateRequest,
-        resume: worker_pb2.ResumeState | None,
+        resume: types_pb2.ResumeState | None,
         lease: RunningLease,
     ) -> AsyncIterator[types_pb2.GenerateResponse]:
         engine = self._host.generative(req.model_id)

@@ -233,13 +233,15 @@ def _as_dict(message: Any) -> dict[str, Any]:
 
 
 def error_body(exc: BaseException) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """The OpenAI-shaped error body of a failure, its HTTP status and headers."""
+    """The OpenAI-shaped error body of a failure, its HTTP status and headers. A retry hint
+    is in the headers and in the body (`retry_after_ms`: an SSE error event has no headers)."""
     code, details, trailers = status_for(exc)
     headers = {}
+    error: dict[str, Any] = {"message": details, "type": code.name.lower(), "code": code.name}
     retry = dict(trailers).get(RETRY_AFTER_KEY)
     if retry is not None:
         headers = {"Retry-After": str(math.ceil(int(retry) / 1000)), RETRY_AFTER_KEY: retry}
-    error = {"message": details, "type": code.name.lower(), "code": code.name}
+        error["retry_after_ms"] = int(retry)
     return {"error": error}, http_status(code), headers
 
 

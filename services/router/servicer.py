@@ -162,7 +162,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     async for message in stream:
                         if message.HasField("summary"):
                             s = message.summary
-                            used = s.prompt_tokens + s.completion_tokens
+                            resumed = admitted.resume.generated_tokens  # charged before
+                            used = s.prompt_tokens + s.completion_tokens - resumed
                         yield message
             finally:
                 reservation.finish(used)
@@ -181,9 +182,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         admitted = validation.normalized(request)
         self._admission.check(tenant, admitted.model_id, admitted.priority)
         admitted.max_tokens = admitted.max_tokens or model.default_max_tokens
-        reservation = self._admission.reserve(
-            tenant, estimate_tokens(admitted.prompt) + admitted.max_tokens
-        )
+        # a resumed stream: its prompt, the text received (prefilled again) and what is left
+        prompt = estimate_tokens(admitted.prompt + admitted.resume.generated_text)
+        left = admitted.max_tokens - admitted.resume.generated_tokens
+        reservation = self._admission.reserve(tenant, prompt + left)
         span.set_attribute("inference.request_id", admitted.request_id)
         logs.request_id.set(admitted.request_id)
         log.debug("admitted for %s: model=%s prompt=%r", tenant, admitted.model_id, admitted.prompt)

@@ -37,6 +37,7 @@ def check_shape(request: types_pb2.GenerateRequest, max_prompt_chars: int) -> No
         )
     _check_common(request)
     _check_sampling(request.sampling)
+    _check_resume(request.resume)
 
 
 def check_embed_shape(request: types_pb2.EmbedRequest, max_input_chars: int) -> None:
@@ -89,6 +90,11 @@ def check_against_model(request: types_pb2.GenerateRequest, model: types_pb2.Mod
         raise InvalidArgument(
             f"sampling.min_tokens {request.sampling.min_tokens} exceeds max_tokens ({budget})"
         )
+    if request.resume.generated_tokens and request.resume.generated_tokens >= budget:
+        raise InvalidArgument(
+            f"resume.generated_tokens {request.resume.generated_tokens} leaves nothing to "
+            f"generate (max_tokens {budget})"
+        )
     if request.max_tokens > model.max_output_tokens:
         raise InvalidArgument(
             f"max_tokens {request.max_tokens} exceeds the limit of {model.model_id} "
@@ -115,6 +121,16 @@ def _check_common(request: Any) -> None:
     if len(rid) > MAX_REQUEST_ID_CHARS or not all(" " <= c <= "~" for c in rid):
         raise InvalidArgument(
             f"request_id must be printable ASCII, at most {MAX_REQUEST_ID_CHARS} characters"
+        )
+
+
+def _check_resume(resume: types_pb2.ResumeState) -> None:
+    """What a client received before its stream stopped: text its tokens can hold."""
+    limit = resume.generated_tokens * MAX_CHARS_PER_TOKEN
+    if len(resume.generated_text) > limit:
+        raise InvalidArgument(
+            f"resume.generated_text has {len(resume.generated_text)} characters, more than "
+            f"{resume.generated_tokens} tokens can hold ({MAX_CHARS_PER_TOKEN} each)"
         )
 
 

@@ -3,7 +3,7 @@
 The path of one request (docs/architecture.md, "One request through the scheduler"):
 `acquire` submits its ticket to the core and waits on a future; every core change returns one
 `Changes` that `_apply` carries out: a grant resolves the future (the servicer signs it), a
-failure raises in the waiting call, each ended lease reaches `on_lease_end` once, commands go
+failure raises in the waiting call, each lease's start and end reach `leases_seen` once, commands go
 to the workers' sessions. The lease then ends whoever notices first: the worker's report
 (`lease_ended`), the router's resubmission naming it (`acquire` with a `Resubmission`), the
 worker leaving (`close_session`, silence in `tick`), or its expiry unstarted (`tick`).
@@ -44,7 +44,13 @@ from services.scheduler.core.types import (
 from services.scheduler.sessions import Session, Sessions
 
 log = logging.getLogger(__name__)
-LeaseEndHook = Callable[[Lease, Outcome, Usage | None], None]
+
+
+class LeaseObserver(Protocol):
+    """Hears each lease's start (granted here, or adopted from a worker) and end, once."""
+
+    def lease_started(self, lease: Lease, how: str) -> None: ...
+    def lease_ended(self, lease: Lease, outcome: Outcome, usage: Usage | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -94,13 +100,13 @@ class Coordinator:
         self,
         core: SchedulerCore,
         to_message: Callable[[object], object] | None = None,
-        on_lease_end: LeaseEndHook | None = None,
+        leases_seen: LeaseObserver | None = None,
     ) -> None:
         self._core = core
         self._waiters: dict[str, asyncio.Future[Lease]] = {}
         self._callers: dict[str, _Caller] = {}  # who waits for each queued request now
         self.sessions = Sessions(to_message)  # domain command → session message
-        self._on_lease_end = on_lease_end
+        self._seen = leases_seen
         # what the scheduler did to requests and workers, for metrics (read and reset)
         self.actions: Counter[str] = Counter()
         self._closing = False  # shutting down: sessions end, leases stay until streams finish
@@ -202,9 +208,13 @@ class Coordinator:
 
     # -- the one place a core change is carried out ----------------------------------------
     def _apply(self, changes: Changes) -> None:
-        for ended in changes.ended:
-            if self._on_lease_end is not None:
-                self._on_lease_end(ended.lease, ended.outcome, ended.usage)
+        if self._seen is not None:
+            for lease in changes.adopted:
+                self._seen.lease_started(lease, "adopted")
+            for _, lease in changes.granted:
+                self._seen.lease_started(lease, "granted")
+            for ended in changes.ended:
+                self._seen.lease_ended(ended.lease, ended.outcome, ended.usage)
         for failure in changes.failed:
             if failure.reason is not FailReason.ORPHANED:
                 self.actions[failure.reason.value] += 1

@@ -58,6 +58,13 @@ class SchedulerMetrics:
             ["outcome"],
             registry=r,
         )
+        self.lease_starts = Counter(
+            "inference_scheduler_lease_starts",
+            "Leases this scheduler started holding: granted, or adopted from a worker that ran "
+            "one its predecessor granted (at rest, the sum equals lease ends)",
+            ["how"],
+            registry=r,
+        )
         self.scheduler_actions = Counter(
             "inference_scheduler_actions",
             "Preemptions, deadline drops, evictions and placement commands",
@@ -120,6 +127,9 @@ class SchedulerMetrics:
             "Jain's index of tokens served to the active tenants over the window (1 = equal)",
             registry=r,
         )
+
+    def lease_started(self, lease: Lease, how: str) -> None:
+        self.lease_starts.labels(how).inc()
 
     def lease_ended(self, lease: Lease, outcome: Outcome, usage: Usage | None) -> None:
         """Counts a lease's end, and the tokens its worker reports it generated."""

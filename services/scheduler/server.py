@@ -52,7 +52,7 @@ class SchedulerServer:
             lease_prefix=f"lease-{os.urandom(4).hex()}",
         )
         self.metrics = SchedulerMetrics(ServedTokens(config.fairness_window_s, time.monotonic))
-        self.coordinator = Coordinator(core, convert.worker_command, self.metrics.lease_ended)
+        self.coordinator = Coordinator(core, convert.worker_command, self.metrics)
         self.lease_signer = config.lease_signer()
         log.info(
             "leases signed with key %s (%s); workers may pin its public key %s",

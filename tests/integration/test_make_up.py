@@ -6,33 +6,16 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
-import subprocess
 from pathlib import Path
 
 import grpc
 import pytest
 from inference.v1 import router_pb2_grpc, types_pb2
 
-from bench.local_system import ROOT, free_port
+from bench.local_system import consecutive_free_ports, free_port, start_make_up
 from bench.sim_cluster import MODEL_ID, sim_config
 
 pytestmark = pytest.mark.slow
-
-
-def consecutive_free_ports(count: int) -> int:
-    """The first of `count` free consecutive ports."""
-    while True:
-        base = free_port()
-        if base + count > 65535:
-            continue
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
 
 
 def pid_of(run_dir: Path, name: str) -> int:
@@ -70,15 +53,7 @@ def make_up(tmp_path):
         "SCHEDULER_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
         "WORKER_SCHEDULER_ADDRESS": scheduler,
     }
-    log = open(tmp_path / "up.log", "w")  # noqa: SIM115 - closed below
-    up = subprocess.Popen(
-        ["scripts/up.sh"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    up = start_make_up(env, tmp_path / "up.log")
     yield up, router, tmp_path / "run"
     os.killpg(up.pid, signal.SIGTERM)
     try:
@@ -86,7 +61,6 @@ def make_up(tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(up.pid, signal.SIGKILL)
-        log.close()
 
 
 async def test_kill_9_of_a_worker_under_make_up_keeps_the_system_serving(make_up):

@@ -82,8 +82,9 @@ async def test_over_the_limit_is_429_with_retry_after(http_stack):
     key = {"Authorization": "Bearer k-acme"}
     body = {"model_id": "sim-fast", "prompt": "x", "max_tokens": 1}
     assert (await asyncio.to_thread(post, f"{base}/api/v1/inference", body, key))[0] == 200
-    status, _, headers = await asyncio.to_thread(post, f"{base}/api/v1/inference", body, key)
+    status, answer, headers = await asyncio.to_thread(post, f"{base}/api/v1/inference", body, key)
     assert status == 429 and int(headers["Retry-After"]) >= 1
+    assert answer["error"]["retry_after_ms"] > 0  # also where headers cannot go (SSE events)
 
 
 async def test_the_openai_client_streams_a_chat_completion(http_stack):

@@ -71,6 +71,14 @@ async def test_a_granted_lease_runs_once_and_its_end_reaches_the_scheduler(stack
     assert messages[-1].summary.completion_tokens == 4
     core = stack.scheduler.coordinator.state
     await wait_until(lambda: core.active_leases() == 0)  # the worker reported the end
+    registry = stack.scheduler.metrics.registry
+    started = registry.get_sample_value(
+        "inference_scheduler_lease_starts_total", {"how": "granted"}
+    )
+    ended = registry.get_sample_value(
+        "inference_scheduler_lease_ends_total", {"outcome": "completed"}
+    )
+    assert started == ended == 1
     replay = await refused(stack, run)  # the same lease a second time
     assert replay.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "presented already" in replay.details()

@@ -120,7 +120,9 @@ def test_a_lease_never_seen_running_expires_after_its_start_timeout():
 def test_a_restarted_scheduler_adopts_running_leases_and_ends_the_vanished():
     c, _ = make()
     running = Lease("old-1", "r1", "w1", "w1:1", "cpu-0", "m", 0.0, kv_tokens=100)
-    worker(c, slots=2, running=[running])
+    model = (c.catalog["m"], ModelSlots("m", 2, True))
+    adopted = c.register_worker("w1", "w1:1", "cpu-0", [model], running=[running])
+    assert adopted.adopted == [running]  # counted as a lease start (metrics)
     assert [lease.lease_id for lease in c.leases()] == ["old-1"]
     assert c.workers()[0].models["m"].active == 1
     [(_, fresh)] = c.submit(ticket("r2")).granted
@@ -148,8 +150,8 @@ def test_a_lease_its_worker_reports_started_after_registering_is_adopted_once():
     c, _ = make()
     worker(c, slots=1)
     old = Lease("old-7", "r1", "w1", "w1:1", "cpu-0", "m", 0.0, kv_tokens=100)
-    c.adopt_lease(old)
-    c.adopt_lease(old)  # a second report changes nothing
+    assert c.adopt_lease(old).adopted == [old]  # counted as a lease start (metrics)
+    assert c.adopt_lease(old).adopted == []  # a second report changes nothing
     assert [lease.lease_id for lease in c.leases()] == ["old-7"]
     assert c.workers()[0].models["m"].active == 1
     assert c.submit(ticket("r2")).granted == []  # the one slot is taken

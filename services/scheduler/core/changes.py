@@ -56,11 +56,12 @@ class Changes:
     commands: list[Command]
     removed_workers: list[str]  # their sessions must end
     scaling: list[ScalingDecision]  # this tick's decisions
+    adopted: list[Lease]  # leases a worker runs that this scheduler did not grant: now held
 
     def __init__(self) -> None:
         self.admitted = None
         self.granted, self.failed, self.ended, self.commands = [], [], [], []
-        self.removed_workers, self.scaling = [], []
+        self.removed_workers, self.scaling, self.adopted = [], [], []
 
     def __bool__(self) -> bool:
         return bool(
@@ -71,6 +72,7 @@ class Changes:
             or self.commands
             or self.removed_workers
             or self.scaling
+            or self.adopted
         )
 
     def fail(

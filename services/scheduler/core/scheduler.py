@@ -195,9 +195,8 @@ class SchedulerCore:
         self._placer.worker_changed(record)
         running = list(running)
         gone = self._leases.started_on(worker_id) - {lease.lease_id for lease in running}
-        for lease in running:
-            self._leases.adopt(lease)
         changes = Changes()
+        changes.adopted = [lease for lease in running if self._leases.adopt(lease)]
         for lease_id in sorted(gone):
             self._end(lease_id, Outcome.LOST, None, changes)
         return self._settle(changes, place=True)
@@ -205,8 +204,9 @@ class SchedulerCore:
     def adopt_lease(self, lease: Lease) -> Changes:
         """A worker runs a lease this scheduler's predecessor granted (presented after the
         worker registered again): held from now on, unless held already or the worker is gone."""
-        self._leases.adopt(lease)
-        return Changes()
+        changes = Changes()
+        changes.adopted = [lease] if self._leases.adopt(lease) else []
+        return changes
 
     def heartbeat(
         self,
