@@ -18,7 +18,6 @@ memory over its longest life (warm, then at its end), and the ERROR lines in the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import re
@@ -31,6 +30,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench import write_report
 from bench.chaos_system import MODELS, WORKERS_PER_MODEL, ChaosSystem, rss_mb
 from bench.chaos_traffic import Result, random_job, references, run_job
 from client.sdk import InferenceClient
@@ -244,10 +244,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="chaos-") as run_dir:
         report = run(args.minutes, args.clients, args.seed, Path(run_dir))
     print_report(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

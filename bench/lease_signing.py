@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
-import json
 import statistics
 import time
-from pathlib import Path
 
 from inference.v1 import types_pb2
 
+from bench import write_report
 from services.common.lease_token import LeaseSigner, LeaseVerifier
 
 
@@ -82,11 +81,7 @@ def main() -> None:
     print(f"{'lease signature':>24} {'sign µs':>9} {'verify µs':>10}")
     for name, (sign, verify) in rows.items():
         print(f"{name:>24} {sign:>9.1f} {verify:>10.1f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result = {name: {"sign_us": s, "verify_us": v} for name, (s, v) in rows.items()}
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.out, {name: {"sign_us": s, "verify_us": v} for name, (s, v) in rows.items()})
 
 
 if __name__ == "__main__":

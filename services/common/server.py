@@ -40,9 +40,27 @@ CHANNEL_OPTIONS = (
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
 )
+# The token path (router → worker) finds a silent peer in seconds: while a call is open the
+# channel pings every second and gives the peer 3 s to answer (TCP retransmits a reply within
+# that after a shorter blip), so a worker cut off is known 1-4 s after it went silent, never
+# from a slow step (gRPC answers pings on its own threads, whatever the model does).
+TOKEN_PATH_KEEPALIVE_MS, TOKEN_PATH_PING_TIMEOUT_MS = 1_000, 3_000
+TOKEN_PATH_OPTIONS = tuple(
+    (
+        dict(CHANNEL_OPTIONS)
+        | {
+            "grpc.keepalive_time_ms": TOKEN_PATH_KEEPALIVE_MS,
+            "grpc.keepalive_timeout_ms": TOKEN_PATH_PING_TIMEOUT_MS,
+            "grpc.keepalive_permit_without_calls": 0,  # an idle channel costs nothing
+        }
+    ).items()
+)
 SERVER_OPTIONS = (
     *CHANNEL_OPTIONS,
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    # peers may ping this often, streams quiet or not (the token path's keepalive)
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", TOKEN_PATH_KEEPALIVE_MS // 2),
+    ("grpc.http2.max_ping_strikes", 0),
     ("grpc.so_reuseport", 0),
 )
 

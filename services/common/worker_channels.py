@@ -15,7 +15,7 @@ import grpc
 from inference.v1 import worker_pb2_grpc
 
 from services.common.internal_auth import internal_channel
-from services.common.server import CHANNEL_OPTIONS
+from services.common.server import TOKEN_PATH_OPTIONS
 from services.common.tls import TlsFiles
 
 IDLE_CLOSE_S = 900.0  # above the longest deadline a router allows (600 s by default)
@@ -46,7 +46,7 @@ class WorkerChannels:
         stub = self._stubs.get(address)
         if stub is None:
             channel = internal_channel(
-                address, self._secret, CHANNEL_OPTIONS, self._tls, peer_role="worker"
+                address, self._secret, TOKEN_PATH_OPTIONS, self._tls, peer_role="worker"
             )
             self._channels[address] = channel
             stub = self._stubs[address] = worker_pb2_grpc.WorkerStub(channel)

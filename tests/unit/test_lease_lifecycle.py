@@ -184,9 +184,41 @@ def test_a_session_that_never_comes_back_ends_as_a_dead_worker():
     worker(c, slots=1)
     [(_, lease)] = c.submit(ticket("r1")).granted
     c.session_closed("w1")
-    clock.now += 4.0  # past 3 missed heartbeats
+    clock.now += 4.0  # past 3 missed heartbeats: suspect, its lease kept
+    assert c.tick().ended == []
+    clock.now += 3.0  # past twice that: dead
     changes = c.tick()
     assert [(e.lease.lease_id, e.outcome) for e in changes.ended] == [
         (lease.lease_id, Outcome.LOST)
     ]
     assert c.workers() == []
+
+
+def test_a_host_cut_off_for_a_moment_keeps_its_leases_and_none_is_recorded_lost():
+    """Issue 27: silent past the heartbeat timeout, back before it is declared dead."""
+    c, clock = make()
+    worker(c, slots=1)
+    [(_, lease)] = c.submit(ticket("r1")).granted
+    c.heartbeat("w1", c.workers()[0].state, running=[lease.lease_id])
+    clock.now += 3.5
+    assert c.tick().ended == []  # suspect only
+    back = c.heartbeat("w1", c.workers()[0].state, running=[lease.lease_id])
+    assert back.ended == [] and [x.lease_id for x in c.leases()] == [lease.lease_id]
+    assert not c.workers()[0].suspect
+
+
+def test_a_lease_that_ended_while_its_host_was_cut_off_is_revoked_not_adopted():
+    """Issue 27: its router resumed the request elsewhere; the worker comes back still
+    running it: it is stopped, and it ends once."""
+    c, clock = make()
+    worker(c, slots=1)
+    [(_, lease)] = c.submit(ticket("r1")).granted
+    c.heartbeat("w1", c.workers()[0].state, running=[lease.lease_id])
+    clock.now += 7.0
+    assert [e.lease.lease_id for e in c.tick().ended] == [lease.lease_id]  # dead: LOST
+    back = c.register_worker(
+        "w1", "w1:1", "cpu-0", [(c.catalog["m"], ModelSlots("m", 1, True))], running=[lease]
+    )
+    assert back.adopted == [] and c.leases() == []
+    assert [(x.worker_id, x.lease_id) for x in back.commands] == [("w1", lease.lease_id)]
+    assert c.end_lease(lease.lease_id, Outcome.PREEMPTED).ended == []  # ended once

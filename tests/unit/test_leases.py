@@ -65,10 +65,12 @@ def test_reregistration_keeps_lease_counts():
     assert table.total_slots() == 2
 
 
-def test_silent_workers():
-    table = table_with(("w1", 1), ("w2", 1))
-    table.heartbeat("w2", 10.0, WorkerState.READY)
-    assert table.silent_workers(now=10.0, timeout_s=3.0) == ["w1"]
+def test_silent_workers_are_suspect_first_then_dead():
+    table = table_with(("w1", 1), ("w2", 1))  # both beat at 0
+    table.heartbeat("w2", 5.0, WorkerState.READY)
+    assert table.silent_workers(now=5.0, suspect_after_s=3.0, dead_after_s=6.0) == []
+    assert table.worker("w1").suspect and not table.worker("w2").suspect
+    assert table.silent_workers(now=6.5, suspect_after_s=3.0, dead_after_s=6.0) == ["w1"]
 
 
 def test_kv_budget_bounds_leases_beyond_slots():

@@ -76,13 +76,18 @@ def test_losing_the_last_worker_orphans_queued_requests_of_its_model():
     assert not c.end_lease(lease.lease_id, Outcome.CANCELLED)
 
 
-def test_silent_workers_expire_after_the_timeout():
-    c, clock = core()
+def test_silent_workers_take_no_lease_then_expire_after_twice_the_timeout():
+    c, clock = core()  # heartbeats every 1 s, 3 missed: suspect; 6 s: removed
     add_worker(c, "w1", 1)
     add_worker(c, "w2", 1)
-    clock.now = 2.0
-    assert not c.heartbeat("w2", WorkerState.READY).removed_workers
     clock.now = 3.5
+    assert not c.heartbeat("w2", WorkerState.READY).removed_workers
+    assert c.tick().removed_workers == []  # w1 is only suspect: no lease goes there
+    assert [lease.worker_id for _, lease in c.submit(ticket("r1")).granted] == ["w2"]
+    assert c.submit(ticket("r2")).granted == []
+    clock.now = 5.0
+    assert not c.heartbeat("w2", WorkerState.READY).removed_workers
+    clock.now = 6.5
     assert c.tick().removed_workers == ["w1"]
     assert c.heartbeat("w1", WorkerState.READY).removed_workers == ["w1"]  # must re-register
 

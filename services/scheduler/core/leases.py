@@ -130,14 +130,20 @@ class LeaseTable:
                 self._preempting[lease.model_id] -= 1
         return reclaimed
 
-    def silent_workers(self, now: float, timeout_s: float) -> list[str]:
-        """Workers silent longer than the timeout: the front of the heartbeat order."""
-        silent = []
+    def silent_workers(self, now: float, suspect_after_s: float, dead_after_s: float) -> list[str]:
+        """Workers silent past `dead_after_s`, to be removed; those silent past
+        `suspect_after_s` only are made suspect (no new lease; their leases kept: a host cut
+        off for a moment comes back with them). The front of the heartbeat order."""
+        dead = []
         for worker_id in self._by_beat:
-            if now - self._workers[worker_id].last_heartbeat <= timeout_s:
+            silence = now - self._workers[worker_id].last_heartbeat
+            if silence <= suspect_after_s:
                 break
-            silent.append(worker_id)
-        return silent
+            if silence > dead_after_s:
+                dead.append(worker_id)
+            else:
+                self.suspect(worker_id)
+        return dead
 
     def workers(self) -> list[WorkerRecord]:
         return list(self._workers.values())

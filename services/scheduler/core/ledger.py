@@ -47,6 +47,10 @@ class Ledger:
         self._fair.charge(request.priority, request.tenant_id, request.tenant_weight, tokens)
         return tokens
 
+    def ended(self, lease_id: str) -> bool:
+        """The lease ended here, recently."""
+        return lease_id in self._ends
+
     def _remember(self, lease_id: str, reported: bool) -> None:
         ends = self._ends
         ends.pop(lease_id, None)  # a lease ends once: this is for a resubmission after it

@@ -6,10 +6,9 @@ one call at a time. Each mutating call returns one `Changes` (core.changes): the
 a change calls for (shedding, orphans, serving the queue, the preemption check, placing
 models) have already run inside it, and the caller applies the result in one place.
 
-After a start the core is *recovering* for `recovery_s`: workers re-register with the leases
-they run (the table is rebuilt from them) and routers resubmit the requests they held, which
-take their places by arrival time; nothing is granted, and a model without a worker yet is
-not refused, until the window ends.
+After a start the core is *recovering* for `recovery_s`: workers re-register with their leases
+(the table is rebuilt from them), routers resubmit their requests (by arrival time); nothing
+is granted, and a model without a worker yet is not refused, until the window ends.
 """
 
 from __future__ import annotations
@@ -182,8 +181,8 @@ class SchedulerCore:
         running: Iterable[Lease] = (),
     ) -> Changes:
         """Registers a worker (or a reconnecting one again) with the leases it is `running`:
-        those the table lacks are adopted (the scheduler restarted), those it holds as
-        started that the worker no longer runs end LOST."""
+        those the table lacks are adopted (the scheduler restarted) unless they ended here,
+        those it holds as started that the worker no longer runs end LOST."""
         slots = []
         for entry, model_slots in models:
             if entry.model_id not in self.catalog:
@@ -196,7 +195,11 @@ class SchedulerCore:
         running = list(running)
         gone = self._leases.started_on(worker_id) - {lease.lease_id for lease in running}
         changes = Changes()
-        changes.adopted = [lease for lease in running if self._leases.adopt(lease)]
+        for lease in running:  # one that ended here while its host was cut off is stopped
+            if self._ledger.ended(lease.lease_id):  # (its request went on elsewhere)
+                changes.commands.append(RevokeLease(worker_id, lease.lease_id, Outcome.LOST.value))
+            elif self._leases.adopt(lease):
+                changes.adopted.append(lease)
         for lease_id in sorted(gone):
             self._end(lease_id, Outcome.LOST, None, changes)
         return self._settle(changes, place=True)
@@ -249,12 +252,10 @@ class SchedulerCore:
 
     # -- periodic work ---------------------------------------------------------------------
     def tick(self) -> Changes:
-        """Declares silent workers dead, ends leases never presented in time, drops requests
-        that cannot meet their deadline (or whose model got no worker in time), places models
-        that demand waits for, serves the queue, and updates the desired worker counts."""
+        """Suspects, then removes, silent workers; ends leases never presented in time; drops
+        requests that cannot meet their deadline; places models; serves the queue; scales."""
         changes, now = Changes(), self.clock()
-        silent = self._leases.silent_workers(now, self.settings.heartbeat_timeout_s)
-        for worker_id in silent:
+        for worker_id in self._leases.silent_workers(now, *self.settings.silence_bounds_s):
             self._remove(worker_id, changes)
             changes.removed_workers.append(worker_id)
         for lease_id in self._leases.expired(now):

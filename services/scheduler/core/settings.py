@@ -48,7 +48,19 @@ class CoreSettings:
 
     @property
     def heartbeat_timeout_s(self) -> float:
+        """A worker silent this long takes no new lease (suspect)."""
         return self.heartbeat_s * self.heartbeat_misses
+
+    @property
+    def dead_after_s(self) -> float:
+        """A worker silent this long is removed and its leases end LOST; until then a host
+        cut off for a moment keeps its place and its leases (routers resume any stream they
+        lost on their own, within seconds)."""
+        return 2 * self.heartbeat_timeout_s
+
+    @property
+    def silence_bounds_s(self) -> tuple[float, float]:
+        return self.heartbeat_timeout_s, self.dead_after_s
 
     @property
     def lease_expiry_s(self) -> float:

@@ -1,0 +1,85 @@
+"""Hosts that fail quietly: the system across network namespaces (bench/netbed.py, needs
+root, ip and nft) with a worker's host cut off silently under 8 greedy streams.
+
+    sudo .venv/bin/python -m bench.partitions [--out bench/results/partitions.json]
+
+Scenarios, one run each, on a fresh fleet (scheduler, router, two workers of the simulated
+model, each host its own namespace): `cut-45s` (the second worker's host silent for 45 s from
+1 s into the streams), `blip-2s` (silent for 2 s), `heal-5s` (silent for 5 s, then back).
+For each: streams whose text differs from the undisturbed run, the longest silence any stream
+saw, leases the routers resumed (lost), and the scheduler's lease starts and ends (each lease
+ends once: equal at rest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from pathlib import Path
+
+from bench import write_report
+from bench.net_fleet import NetFleet, run_streams, scheduler_metric
+from bench.netbed import NetBed, available
+
+SCENARIOS = {"cut-45s": (45.0, False), "blip-2s": (2.0, True), "heal-5s": (5.0, True)}
+
+
+async def scenario(fleet: NetFleet, seconds: float, heal: bool) -> dict:
+    undisturbed = [text for text, _, _ in await run_streams(fleet)]
+    host = fleet.worker_hosts[1]
+
+    async def cut() -> None:
+        await asyncio.sleep(1.0)
+        host.cut()
+        if heal:
+            await asyncio.sleep(seconds)
+            host.heal()
+
+    results = await run_streams(fleet, cut)
+    if not heal:
+        await asyncio.sleep(seconds - 1.0)  # the cut lasts its time, streams or not
+        host.heal()
+    await asyncio.sleep(5.0)  # the healed worker reports what it ran
+    return {
+        "streams_wrong": sum(t != u for (t, _, _), u in zip(results, undisturbed, strict=True)),
+        "longest_silence_s": round(max(s for _, s, _ in results), 2),
+        "resumed": sum(scheduler_metric(fleet, "inference_scheduler_leases_lost").values()),
+        "lease_starts": sum(scheduler_metric(fleet, "inference_scheduler_lease_starts").values()),
+        "lease_ends": scheduler_metric(fleet, "inference_scheduler_lease_ends"),
+    }
+
+
+def run_one(name: str, log_dir: Path) -> dict:
+    seconds, heal = SCENARIOS[name]
+    bed = NetBed.create()
+    fleet = NetFleet(bed, log_dir / name)
+    try:
+        fleet.start()
+        return asyncio.run(scenario(fleet, seconds, heal))
+    finally:
+        fleet.stop()
+        bed.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="bench/results/partitions.json")
+    args = parser.parse_args()
+    if why := available():
+        raise SystemExit(f"network namespaces: {why}")
+    with tempfile.TemporaryDirectory(prefix="partitions-") as logs:
+        report = {name: run_one(name, Path(logs)) for name in SCENARIOS}
+    print(
+        f"{'scenario':>9} {'wrong':>6} {'longest silence s':>18} {'resumed':>8} {'starts':>7} ends"
+    )
+    for name, row in report.items():
+        print(
+            f"{name:>9} {row['streams_wrong']:>6} {row['longest_silence_s']:>18} "
+            f"{row['resumed']:>8g} {row['lease_starts']:>7g} {row['lease_ends']}"
+        )
+    write_report(args.out, report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Hosts that fail quietly (issue 27), on the multi-host test bed (bench/netbed.py): the
+scheduler, the router and two workers each in a network namespace of its own, and a worker's
+host cut off silently with nftables (every packet dropped, nothing reset)."""
+
+import asyncio
+
+import pytest
+
+from bench.net_fleet import STREAMS, NetFleet, run_streams, scheduler_metric
+from bench.netbed import NetBed, available
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.netbed,
+    pytest.mark.skipif(bool(available()), reason=f"network namespaces: {available()}"),
+]
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    bed = NetBed.create()
+    running = NetFleet(bed, tmp_path / "logs", workers=2)
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+        bed.close()
+
+
+def lost_leases(fleet) -> float:
+    """Leases the scheduler recorded as ended early (resubmitted by a router)."""
+    return sum(scheduler_metric(fleet, "inference_scheduler_leases_lost").values())
+
+
+async def test_a_silent_worker_costs_seconds_and_every_stream_keeps_its_text(fleet):
+    undisturbed = [text for text, _, _ in await run_streams(fleet)]
+    cut = fleet.worker_hosts[1]
+
+    async def cut_after_a_second():
+        await asyncio.sleep(1.0)
+        cut.cut()
+
+    try:
+        results = await run_streams(fleet, cut_after_a_second)
+    finally:
+        cut.heal()
+    assert [text for text, _, _ in results] == undisturbed
+    moved = [silence for _, silence, worker in results if worker != cut.name]
+    assert len(moved) == STREAMS  # every stream ended on the worker still reachable
+    longest = max(silence for _, silence, _ in results)
+    print(f"longest silence of a stream: {longest:.1f} s")
+    assert longest < 8.0, fleet.logs()
+
+
+async def test_a_blip_shorter_than_the_detection_bound_moves_nothing(fleet):
+    undisturbed = [text for text, _, _ in await run_streams(fleet)]
+    before = lost_leases(fleet)
+    blipped = fleet.worker_hosts[1]
+
+    async def blip():
+        await asyncio.sleep(1.0)
+        blipped.cut()
+        await asyncio.sleep(2.0)
+        blipped.heal()
+
+    results = await run_streams(fleet, blip)
+    assert [text for text, _, _ in results] == undisturbed
+    assert lost_leases(fleet) == before  # no lease ended early: nothing resumed
