@@ -166,7 +166,9 @@ def run(minutes: float, clients: int, seed: int, run_dir: Path) -> dict:
         leases = lease_counts(system)
     finally:
         system.stop()
+        leftovers = system.leftovers()
     report = summarize(results, kills, leases, settled_s, minutes)
+    report["leftover_processes"] = leftovers
     report["memory"] = memory_report(samples)
     report["log_errors"] = log_errors(run_dir)
     return report
@@ -199,7 +201,13 @@ def summarize(results: list[Result], kills, leases, settled_s, minutes) -> dict:
         "minutes": minutes,
         "requests": {kind: dict(row) for kind, row in by_kind.items()},
         "not_ok": [
-            {"job": vars(r.job), "outcome": r.outcome, "detail": r.detail, "tries": r.tries}
+            {
+                "job": vars(r.job),
+                "outcome": r.outcome,
+                "detail": r.detail,
+                "tries": r.tries,
+                "hinted": dict(Counter(r.hinted)),
+            }
             for r in results
             if r.outcome != "ok"
         ],
@@ -225,6 +233,7 @@ def print_report(report: dict) -> None:
         print(f"{kind:>8} " + " ".join(f"{row.get(o, 0):>17}" for o in outcomes))
     print("kills:", ", ".join(f"{k} {n}" for k, n in sorted(report["kills"].items())) or "none")
     print(f"leases after the run: {report['leases']} (settled in {report['settled_s']} s)")
+    print(f"processes left behind after the stop: {len(report['leftover_processes'])}")
     print(f"{'process (longest life)':>28} {'lived s':>8} {'MB warm':>8} {'MB at end':>10}")
     for kind, mem in sorted(report["memory"].items()):
         print(f"{kind:>28} {mem['lived_s']:>8} {mem['warm_mb']:>8} {mem['end_mb']:>10}")

@@ -8,6 +8,7 @@ replaces its workers. Nothing here restarts anything: what comes back, the syste
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -103,6 +104,24 @@ class ChaosSystem:
         except subprocess.TimeoutExpired:
             os.killpg(self.up.pid, signal.SIGKILL)
             self.up.wait()
+
+    def leftovers(self, wait_s: float = 30.0) -> list[str]:
+        """Processes of this run still alive after it stopped (waiting up to `wait_s` for
+        draining ones), then killed: what a killed parent left behind."""
+        deadline, marker = time.monotonic() + wait_s, str(self.run_dir)
+        while True:
+            left = [
+                p
+                for p in psutil.process_iter(["cmdline"])
+                if marker in " ".join(p.info["cmdline"] or ())
+            ]
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        for process in left:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        return [" ".join(p.info["cmdline"])[:200] for p in left]
 
     def logs(self, tail: int = 3000) -> str:
         return "\n".join(

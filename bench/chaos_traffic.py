@@ -6,7 +6,8 @@ routers: a stream whose router dies continues on the other), Infer and Embed (th
 again whole on the other router), and OpenAI chat streams over HTTP (a client that retries on
 the other router when its connection is cut, as OpenAI's clients retry). Three priorities,
 three tenants (one over its request rate). A client retries after an explicit status that
-carries a retry hint, waiting as long as the hint says; any other failure is final.
+carries a retry hint, waiting as long as the hint says and up to half as long again (jitter,
+so that clients told the same hint do not all come back at once); any other failure is final.
 """
 
 from __future__ import annotations
@@ -184,7 +185,8 @@ def run_job(job: Job, routers: list[str], http: list[str], expected: dict) -> Re
             got = answer(job, routers, http, result)
         except Retry as retry:
             result.hinted.append(retry.status)
-            time.sleep(min(retry.wait_s, max(0.0, deadline - time.monotonic())))
+            wait_s = retry.wait_s * random.uniform(1.0, 1.5)  # jitter, as clients should:
+            time.sleep(min(wait_s, max(0.0, deadline - time.monotonic())))  # no herd
             continue
         except (grpc.RpcError, RouterLost, Cut, RuntimeError, OSError) as exc:
             result.outcome, result.detail = "failed", _describe(exc)

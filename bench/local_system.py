@@ -137,6 +137,10 @@ class LocalSystem:
             self._commands[name] = (args, worker_env, python)
             if i not in deferred:
                 self._spawn(name, args, worker_env, python=python)
+        self._spawn_routers(env)
+        self._wait_ready(ready_timeout_s, models)
+
+    def _spawn_routers(self, env: dict[str, str]) -> None:
         env["ROUTER_REPLICAS"] = str(1 + len(self.extra_routers))
         self._spawn("router", ["services.router"], env)
         for i, (grpc_port, http_port, metrics_port) in enumerate(self.extra_routers, 1):
@@ -147,6 +151,8 @@ class LocalSystem:
                 "ROUTER_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
             }
             self._spawn(f"router-{i}", ["services.router"], router_env)
+
+    def _wait_ready(self, ready_timeout_s: float, models: str | None) -> None:
         ready = subprocess.run(
             [
                 sys.executable,

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 import warnings
 
 from services.common.cli import base_parser, run_service
+from services.common.tracing import shutdown_tracing
 from services.gpu_worker.config import WorkerConfig, load
 
 log = logging.getLogger("services.gpu_worker")
 STOP_MARGIN_S = 10.0
 
+# No progress bars in a service's log (model loading draws them); and no tqdm monitor thread,
+# whose lock a finalizer could wait on forever as the interpreter shuts down.
+os.environ.setdefault("TQDM_DISABLE", "1")
 # torch.cuda imports the `pynvml` module, which the pynvml wheel (a shim over nvidia-ml-py)
 # marks deprecated; the NVML bindings themselves are current.
 warnings.filterwarnings("ignore", message="The pynvml package is deprecated")
@@ -49,10 +52,12 @@ async def main(config: WorkerConfig) -> None:
     await asyncio.wait({stopping}, timeout=config.shutdown_grace_s + STOP_MARGIN_S)
     if not stopping.done():
         log.error("the worker did not stop within its grace period; exiting anyway")
-        logging.shutdown()
-        os._exit(1)  # what hangs may also ignore cancellation: no waiting for it
-    if server.exit_code:
-        sys.exit(server.exit_code)
+    # Drained: the process ends here, not in the interpreter's teardown, where a library's
+    # finalizer (tqdm's, seen in the chaos bench) can wait on a lock forever and leave an
+    # orphaned worker holding its model's memory.
+    shutdown_tracing()
+    logging.shutdown()
+    os._exit(server.exit_code if stopping.done() else 1)
 
 
 def _parser():

@@ -23,3 +23,4 @@ def test_nothing_is_lost_while_processes_keep_being_killed(tmp_path):
     assert report["not_ok"] == [], report["not_ok"]
     assert sum(report["kills"].values()) >= 4, report["kills"]
     assert report["leases"]["starts"] == report["leases"]["ends"], report["leases"]
+    assert report["leftover_processes"] == []  # orphans of killed actuators exited too
