@@ -54,7 +54,8 @@ class SchedulerConfig(SecuritySettings):
         require(self.heartbeat_interval_ms >= 50, "scheduler.heartbeat_interval_ms must be >= 50")
         require(self.heartbeat_misses >= 1, "scheduler.heartbeat_misses must be >= 1")
         require(self.max_resumes >= 0, "scheduler.max_resumes must be >= 0")
-        self.lease_signer()  # a key file that does not load stops the start here
+        if self.lease_signing_key_file:
+            self.lease_signer()  # a key file that does not load stops the start here
         for model_id, fallback in self.admission.fallbacks.items():
             require(
                 model_id in self.catalog and fallback in self.catalog,

@@ -6,6 +6,8 @@ Gauges that mirror the scheduler's state are refreshed by `refresh`, called on t
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common.metrics import LATENCY_BUCKETS
@@ -65,6 +67,7 @@ class SchedulerMetrics:
             ["how"],
             registry=r,
         )
+        self._start_counts: dict[str, Any] = {}
         self.scheduler_actions = Counter(
             "inference_scheduler_actions",
             "Preemptions, deadline drops, evictions and placement commands",
@@ -129,7 +132,11 @@ class SchedulerMetrics:
         )
 
     def lease_started(self, lease: Lease, how: str) -> None:
-        self.lease_starts.labels(how).inc()
+        """Counts a lease start (per grant: the labelled child is looked up once)."""
+        child = self._start_counts.get(how)
+        if child is None:
+            child = self._start_counts[how] = self.lease_starts.labels(how)
+        child.inc()
 
     def lease_ended(self, lease: Lease, outcome: Outcome, usage: Usage | None) -> None:
         """Counts a lease's end, and the tokens its worker reports it generated."""

@@ -11,7 +11,9 @@ import grpc
 import pytest
 from inference.v1 import router_pb2_grpc, types_pb2
 
+from client import sdk
 from client.sdk import InferenceClient
+from services.common import status
 from services.router.config import RouterConfig, TenantSpec
 from services.router.ratelimit import Limits
 from services.router.server import RouterServer
@@ -189,3 +191,8 @@ async def test_the_sdk_ends_a_stream_whose_router_died_after_its_last_token():
         assert servicer.calls == 1  # nothing left to ask another router for
     finally:
         await server.stop(0)
+
+
+def test_the_sdk_knows_a_routers_answer_by_the_trailer_the_services_send():
+    """The SDK stands alone (stubs only), so it names the trailer itself: the same one."""
+    assert sdk.ORIGIN_KEY == status.ORIGIN_KEY
