@@ -111,6 +111,9 @@ class ModelSpec:
     default_max_tokens: int = 128
     max_slots: int = 4  # concurrent sequences per worker (rows of the running batch)
     max_batch_tokens: int = 32768  # KV-cache budget: sum of prompt + max_tokens over rows
+    # the prefix cache's most tokens (transformers engine); it holds only the part of
+    # max_batch_tokens the running rows leave free; 0: off
+    prefix_cache_tokens: int = 16384
     memory_bytes: int = 0  # device memory the weights need, for placement; 0: unknown
     min_workers: int = 1  # autoscaling bounds on the workers serving it; 0: scale to zero
     max_workers: int = 1
@@ -159,6 +162,8 @@ class ModelSpec:
             raise ConfigError(f"{where}: need 0 <= min_workers <= max_workers")
         if self.max_batch_tokens < self.max_context_tokens:
             raise ConfigError(f"{where}: max_batch_tokens must be >= max_context_tokens")
+        if self.prefix_cache_tokens < 0:
+            raise ConfigError(f"{where}: prefix_cache_tokens must be >= 0")
         if self.simulation.gpu_type not in self.simulation.profiles:
             raise ConfigError(f"{where}: simulation.gpu_type names no profile")
         if self.dtype not in ("float32", "bfloat16", "float16"):

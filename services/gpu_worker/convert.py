@@ -134,6 +134,7 @@ def summary(
         finish_reason=_FINISH[finished.reason],
         prompt_tokens=finished.prompt_tokens,
         completion_tokens=finished.completion_tokens,
+        cached_prompt_tokens=finished.cached_prompt_tokens,
         inference_time_ms=inference_ms,
         time_to_first_token_ms=ttft_ms,
         gpu_id=gpu_id,
@@ -158,8 +159,32 @@ def heartbeat(
             healthy=healthy,
             draining=draining,
             lease_ids=lease_ids,
+            prefix_caches=prefix_reports(engines, full=False),
         )
     )
+
+
+def prefix_reports(engines: list[Engine], full: bool) -> list[types_pb2.PrefixCacheReport]:
+    """Each prefix cache's blocks: stored and evicted since the last report, or (`full`, or
+    where the changes overflowed their bound) every block it holds."""
+    reports = []
+    for engine in engines:
+        cache = engine.prefix_cache
+        if cache is None or not cache.enabled:
+            continue
+        events = cache.take_events()
+        model_id = engine.spec.model_id
+        if full or events.resync:
+            reports.append(
+                types_pb2.PrefixCacheReport(model_id=model_id, stored=cache.held(), full=True)
+            )
+        elif events.stored or events.removed:
+            reports.append(
+                types_pb2.PrefixCacheReport(
+                    model_id=model_id, stored=events.stored, removed=events.removed
+                )
+            )
+    return reports
 
 
 # each command's field in WorkerSessionResponse, and the field of it that is its argument

@@ -196,6 +196,7 @@ class WorkerServer:
                 ],
                 memory_budget_bytes=self.config.memory_budget_bytes or sample.memory_total_bytes,
                 leases=self.leases.running_claims(),
+                prefix_caches=convert.prefix_reports(list(self.host.engines.values()), full=True),
             )
         )
 

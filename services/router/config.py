@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.catalog import parse_catalog
+from services.common.catalog import ModelSpec, parse_catalog
 from services.common.config import ConfigError, is_loopback, load_section, require
 from services.common.tls import SecuritySettings, TlsFiles
 from services.router.ratelimit import Limits
@@ -50,6 +50,10 @@ class RouterConfig(SecuritySettings):
     # the pool its [[models]] entry names
     pools: dict[str, str] = field(default_factory=dict)
     model_pools: dict[str, str] = field(default_factory=dict)  # from [[models]] pool
+    models: dict[str, ModelSpec] = field(default_factory=dict)  # the [[models]] catalog
+    # where workers leave converted models: the router tokenizes prompts with their tokenizers
+    # to name the prompt's KV blocks for kv_aware placement (the workers' [worker] cache_dir)
+    model_cache_dir: str = ".cache/models"
     default_deadline_s: float = 120.0  # when the client sets none
     max_deadline_s: float = 600.0  # longer client deadlines are cut to this
     model_refresh_s: float = 2.0  # how long the model list from the scheduler is reused
@@ -144,6 +148,7 @@ def load(
         default_limits=defaults,
         pools=pools,
         model_pools={m: spec.pool for m, spec in catalog.items() if spec.pool},
+        models=catalog,
     )
 
 

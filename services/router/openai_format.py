@@ -121,11 +121,13 @@ def embed_request(body: dict[str, Any]) -> types_pb2.EmbedRequest:
     return types_pb2.EmbedRequest(model_id=text(body, "model"), inputs=inputs)
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage object; `cached_tokens`: prompt tokens the prefix cache held."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
@@ -141,7 +143,7 @@ def completion(answer: router_pb2.InferResponse, chat: bool) -> dict[str, Any]:
         "created": int(time.time()),
         "model": answer.model_id,
         "choices": [choice],
-        "usage": usage(answer.prompt_tokens, answer.completion_tokens),
+        "usage": usage(answer.prompt_tokens, answer.completion_tokens, answer.cached_prompt_tokens),
     }
 
 
@@ -153,7 +155,9 @@ def usage_chunk(summary: types_pb2.GenerationSummary, request_id: str, model: st
         "created": int(time.time()),
         "model": model,
         "choices": [],
-        "usage": usage(summary.prompt_tokens, summary.completion_tokens),
+        "usage": usage(
+            summary.prompt_tokens, summary.completion_tokens, summary.cached_prompt_tokens
+        ),
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
 from inference.v1 import router_pb2, router_pb2_grpc, scheduler_pb2_grpc
 
@@ -22,6 +23,7 @@ from services.router.http_gateway import HttpGateway
 from services.router.metrics import RouterMetrics
 from services.router.models import ModelDirectory
 from services.router.pools import Pools
+from services.router.prompt_blocks import PromptBlocks
 from services.router.scheduler_client import SchedulerClient
 from services.router.servicer import RouterServicer
 
@@ -78,6 +80,7 @@ class RouterServer:
                 self.models,
                 admission,
                 self.metrics,
+                PromptBlocks(config.models, Path(config.model_cache_dir)),
             ),
             self.grpc.server,
         )

@@ -25,6 +25,7 @@ from services.router.config import RouterConfig
 from services.router.metrics import RouterMetrics, StreamObserver
 from services.router.models import ModelDirectory, StatusViews
 from services.router.pools import Pools
+from services.router.prompt_blocks import PromptBlocks
 
 REQUEST_ID_HEADER = "x-request-id"
 TRACER = tracing.tracer("services.router")
@@ -40,7 +41,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         models: ModelDirectory,
         admission: Admission,
         metrics: RouterMetrics,
+        blocks: PromptBlocks | None = None,
     ) -> None:
+        self._blocks = blocks
         self._metrics = metrics
         self._config = config
         self._runner = runner
@@ -202,6 +205,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         """The request's stream from its leased worker, timed, traced and cached."""
         weight = self._admission.policies.spec(tenant).weight
         ticket = leased_run.generate_ticket(admitted, tenant, weight)
+        if self._blocks is not None:
+            self._blocks.describe(ticket, admitted)
         stream = self._runner.generate(ticket, admitted, self._deadline(context))
         observer = StreamObserver(self._metrics, admitted.model_id)
         collected: list[types_pb2.GenerateResponse] = []
@@ -252,4 +257,5 @@ def _infer_response(
         completion_tokens=s.completion_tokens,
         time_to_first_token_ms=s.time_to_first_token_ms,
         worker_id=s.worker_id,
+        cached_prompt_tokens=s.cached_prompt_tokens,
     )

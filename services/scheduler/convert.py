@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from inference.v1 import scheduler_pb2, types_pb2
@@ -11,6 +12,7 @@ from services.common.catalog import ModelSpec
 from services.scheduler.coordinator import Grant, Snapshot
 from services.scheduler.core.autoscaling import ScalingBounds, ScalingDecision
 from services.scheduler.core.model_placement import LoadModel, UnloadModel
+from services.scheduler.core.prefix_index import CacheReport
 from services.scheduler.core.types import (
     Lease,
     ModelCatalogEntry,
@@ -133,7 +135,13 @@ def ticket(request: scheduler_pb2.AcquireRequest) -> Ticket:
         tenant_weight=request.tenant_weight or 1.0,
         affinity_key=request.affinity_key,
         allow_fallback=request.allow_fallback,
+        prefix_blocks=tuple(request.prefix_blocks),
     )
+
+
+def cache_reports(reports: Iterable[types_pb2.PrefixCacheReport]) -> list[CacheReport]:
+    """A worker's prefix-cache reports as the core's index takes them."""
+    return [CacheReport(r.model_id, tuple(r.stored), tuple(r.removed), r.full) for r in reports]
 
 
 def usage(ended: scheduler_pb2.LeaseEnded) -> Usage:

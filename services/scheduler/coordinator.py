@@ -25,6 +25,7 @@ from typing import Protocol
 from services.common.errors import DeadlineExceeded, InvalidArgument
 from services.scheduler.core.autoscaling import ScalingBounds, ScalingDecision
 from services.scheduler.core.changes import Changes, FailReason
+from services.scheduler.core.prefix_index import CacheReport
 from services.scheduler.core.scheduler import SchedulerCore
 from services.scheduler.core.types import (
     Lease,
@@ -261,13 +262,14 @@ class Coordinator:
         loadable: dict[str, int] | None = None,
         memory_budget: int = 0,
         running: Iterable[Lease] = (),
+        caches: Iterable[CacheReport] = (),
     ) -> Session:
         """Registers a worker with the leases it runs (the lease table is rebuilt from them
         after a scheduler restart)."""
         session = self.sessions.open(worker_id, device)
         self._apply(
             self._core.register_worker(
-                worker_id, address, gpu_id, models, loadable, memory_budget, running
+                worker_id, address, gpu_id, models, loadable, memory_budget, running, caches
             )
         )
         log.info("worker %s registered at %s (%s)", worker_id, address, gpu_id)
@@ -281,13 +283,14 @@ class Coordinator:
         device: object,
         reported: list | None = None,
         running: Iterable[str] = (),
+        caches: Iterable[CacheReport] = (),
     ) -> bool:
         """False when the worker was declared dead meanwhile: the session must end."""
         if not self.sessions.current(session):
             return False
         session.device = device
         session.models = list(reported or [])
-        changes = self._core.heartbeat(session.worker_id, state, models, running)
+        changes = self._core.heartbeat(session.worker_id, state, models, running, caches)
         self._apply(changes)
         return session.worker_id not in changes.removed_workers
 

@@ -19,6 +19,7 @@ from services.common import leased_run, logs, tracing
 from services.common.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from services.common.lease_token import LeaseSigner
 from services.common.leased_run import LeasedRun
+from services.common.prefix_blocks import MAX_TICKET_BLOCKS
 from services.scheduler import convert
 from services.scheduler.coordinator import Coordinator, Grant
 from services.scheduler.core.admission import Shed
@@ -67,6 +68,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         """Queues the request and waits for its lease, inside a queue_wait span."""
         if not request.request_id or not request.model_id:
             raise InvalidArgument("request_id and model_id are required")
+        if len(request.prefix_blocks) > MAX_TICKET_BLOCKS:
+            raise InvalidArgument(f"prefix_blocks: at most {MAX_TICKET_BLOCKS} block hashes")
         logs.request_id.set(request.request_id)
         ticket = convert.ticket(request)
         again = convert.resubmission(request)
@@ -154,6 +157,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             loadable={m.info.model_id: m.memory_bytes for m in reg.loadable},
             memory_budget=reg.memory_budget_bytes,
             running=[convert.running_lease(c, reg.address, gpu_id, now) for c in reg.leases],
+            caches=convert.cache_reports(reg.prefix_caches),
         )
 
     async def _read_session(
@@ -201,6 +205,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             beat.device,
             beat.models,
             beat.lease_ids,
+            convert.cache_reports(beat.prefix_caches),
         )
 
     async def ListModels(

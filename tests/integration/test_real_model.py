@@ -2,12 +2,14 @@
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from services.common.config import read_toml
 from services.common.errors import InvalidArgument, Unavailable
+from services.common.prefix_blocks import BLOCK_TOKENS
 from services.gpu_worker import config as worker_config
 from services.gpu_worker.engines.base import (
     Finished,
@@ -154,15 +156,56 @@ def test_cancelled_rows_leave_the_batch(engine):
     assert not done.is_set()  # a cancelled sequence ends silently: the caller went away
 
 
+SYSTEM = "You answer questions about a small bakery in Lyon, briefly and politely. " * 12
+
+
 def test_prefix_caching_changes_nothing_but_speed(engine):
-    assert len(engine._prefix_ids) > 8  # the chat template's system prompt is cached
-    cached = text_of(run(engine, "Name a planet.", 16)[0])
-    saved, engine._prefix_ids = engine._prefix_ids, []
+    """The same prompts, concurrently and one by one, with the cache on (a long shared start:
+    the second and later prompts reuse its blocks) and off: the same greedy text."""
+    plain = TransformersEngine(replace(engine.spec, prefix_cache_tokens=0), CACHE, "cpu")
+    plain.load()
     try:
-        plain = text_of(run(engine, "Name a planet.", 16)[0])
+        prompts = [
+            SYSTEM + q for q in ("When do you open?", "Any croissants?", "When do you open?")
+        ]
+        cached_runs = [run(engine, p, 16) for p in prompts]
+        together: dict[int, str] = {}
+        threads = [
+            threading.Thread(
+                target=lambda i=i: together.update({i: text_of(run(engine, prompts[i], 16)[0])})
+            )
+            for i in range(len(prompts))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        uncached = [text_of(run(plain, p, 16)[0]) for p in prompts]
     finally:
-        engine._prefix_ids = saved
-    assert cached == plain and cached
+        plain.close()
+    assert [text_of(deltas) for deltas, _ in cached_runs] == uncached
+    assert [together[i] for i in range(len(prompts))] == uncached
+    finals = [final for _, final in cached_runs]
+    assert finals[1].cached_prompt_tokens >= 160  # the shared start came from the cache
+    assert finals[2].cached_prompt_tokens >= finals[2].prompt_tokens - BLOCK_TOKENS
+    assert plain.prefix_cache.hit_tokens == 0 and engine.prefix_cache.hit_tokens > 0
+    assert engine.stats().prefix_cache_hits == engine.prefix_cache.hit_tokens
+
+
+def test_the_prefix_cache_stays_in_its_budget_and_reports_what_it_evicts(engine):
+    small = TransformersEngine(
+        replace(engine.spec, prefix_cache_tokens=4 * BLOCK_TOKENS), CACHE, "cpu"
+    )
+    small.load()
+    try:
+        for topic in ("bread", "cake", "tea"):
+            run(small, f"Tell me about {topic}. " * 20, 2)
+            assert len(small.prefix_cache) <= 4
+        events = small.prefix_cache.take_events()  # net changes since it started: what it holds
+        assert set(small.prefix_cache.held()) == set(events.stored) and not events.removed
+        assert small.prefix_cache.hit_tokens >= BLOCK_TOKENS  # the chat template's start
+    finally:
+        small.close()
 
 
 def test_a_failing_batched_prefill_is_retried_alone_and_completes(engine, monkeypatch):

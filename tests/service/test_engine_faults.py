@@ -23,6 +23,7 @@ class FaultyEngine:
         self.state = ModelState.READY
         self.healthy = True
         self.submitted = 0
+        self.prefix_cache = None
 
     def load(self) -> None: ...
 

@@ -32,7 +32,7 @@ def test_each_default_is_the_one_its_dataclass_states():
         rate_window_s=30.0,
     )
     assert config.dispatch == DispatchRules(
-        placement="least_loaded",
+        placement="kv_aware",
         preemption=True,
         starvation_bound_s=30.0,
         lease_start_timeout_s=10.0,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from services.common.catalog import ModelSpec
+from services.gpu_worker.engines.prefix_cache import PrefixCache
 
 
 class ModelState(enum.Enum):
@@ -76,6 +77,7 @@ class Finished:
     reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    cached_prompt_tokens: int = 0  # of prompt_tokens, those the prefix cache held
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ class Engine(Protocol):
     spec: ModelSpec
     state: ModelState
     healthy: bool  # False after a device or runtime fault: the worker stops taking work
+    prefix_cache: PrefixCache | None  # the blocks it caches, where it keeps them itself
 
     def load(self) -> None:
         """Loads weights. Blocking: the worker calls it in a thread."""

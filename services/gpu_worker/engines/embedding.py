@@ -58,7 +58,7 @@ class SentenceEmbeddingEngine(ThreadedEngine):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from services.gpu_worker.engines.loader import resolve_source
+        from services.common.prompt_encoding import resolve_source
 
         started = time.monotonic()
         try:

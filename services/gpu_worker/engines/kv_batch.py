@@ -36,15 +36,57 @@ class KvBatch:
         )
 
 
+@dataclass
+class Prefix:
+    """Cached prompt prefixes of a batch's rows, left-padded: what `prefill` continues."""
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # keys, values [rows, kv_heads, columns, d]
+    mask: torch.Tensor  # [rows, columns] long
+
+
+@torch.inference_mode()
+def gather(rows: list[list[torch.Tensor]]) -> Prefix | None:
+    """The prefix of each row from its cached blocks (`blocks_of` payloads, in chain order; a
+    row may have none); None when no row has any."""
+    lengths = [sum(int(b.shape[3]) for b in blocks) for blocks in rows]
+    width = max(lengths, default=0)
+    if width == 0:
+        return None
+    first = next(b for blocks in rows for b in blocks)  # [layers, 2, heads, block, d]
+    shape = first.shape
+    out = first.new_zeros((len(rows), shape[0], 2, shape[2], width, shape[4]))
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device=first.device)
+    for row, (blocks, length) in enumerate(zip(rows, lengths, strict=True)):
+        if length:
+            out[row, :, :, :, width - length :] = torch.cat(blocks, dim=3)
+            mask[row, width - length :] = 1
+    layers = [(out[:, i, 0].contiguous(), out[:, i, 1].contiguous()) for i in range(shape[0])]
+    return Prefix(layers, mask)
+
+
+@torch.inference_mode()
+def blocks_of(batch: KvBatch, row: int, start: int, end: int, size: int) -> list[torch.Tensor]:
+    """Copies of row `row`'s KV for its real tokens [start, end) (a whole number of `size`-token
+    blocks), one tensor [layers, 2, kv_heads, size, d] per block: what a prefix cache keeps."""
+    columns = batch.mask[row].nonzero().squeeze(-1)[start:end]
+    stacked = torch.stack(
+        [
+            torch.stack([layer.keys[row][:, columns], layer.values[row][:, columns]])
+            for layer in batch.cache.layers
+        ]
+    )
+    return [block.clone() for block in stacked.split(size, dim=3)]
+
+
 @torch.inference_mode()
 def prefill(
-    model: Any, prompts: list[list[int]], device: str, prefix: KvBatch | None = None
+    model: Any, prompts: list[list[int]], device: str, prefix: Prefix | None = None
 ) -> KvBatch:
     """Runs the prompts as one left-padded batch; returns their cache and next-token logits.
 
-    With `prefix` (the one-row cache of a prompt prefix every prompt here starts with, e.g. a
-    chat template's system prompt), `prompts` are the parts after it: each row's cache becomes
-    [prefix | padding | rest], and only the rest is computed (prefix caching).
+    With `prefix` (each row's cached prompt prefix, from `gather`), `prompts` are the parts
+    after it: each row's cache becomes [padding | prefix | padding | rest] and only the rest is
+    computed (prefix caching); positions follow the mask, so the padding between is skipped.
     """
     rows, width = len(prompts), max(len(p) for p in prompts)
     ids = torch.zeros((rows, width), dtype=torch.long, device=device)
@@ -54,10 +96,9 @@ def prefill(
         mask[row, width - len(prompt) :] = 1
     cache = DynamicCache()
     if prefix is not None:
-        for i, layer in enumerate(prefix.cache.layers):
-            keys = layer.keys.expand(rows, -1, -1, -1).contiguous()
-            cache.update(keys, layer.values.expand(rows, -1, -1, -1).contiguous(), i)
-        mask = torch.cat([prefix.mask.expand(rows, -1), mask], dim=-1)
+        for i, (keys, values) in enumerate(prefix.layers):
+            cache.update(keys, values, i)
+        mask = torch.cat([prefix.mask, mask], dim=-1)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] - width :]
     out = model(
         input_ids=ids,

@@ -8,7 +8,6 @@ loads read that copy (~0.5 s). A file lock keeps concurrent workers from convert
 from __future__ import annotations
 
 import fcntl
-import importlib.util
 import logging
 import shutil
 from collections.abc import Iterator
@@ -17,28 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from services.common.catalog import ModelSpec
+from services.common.prompt_encoding import COMPLETE_MARKER, converted_folder, resolve_source
 
 log = logging.getLogger(__name__)
-
-COMPLETE_MARKER = ".complete"
-
-
-def resolve_source(source: str) -> Path:
-    """`package:<name>[/<subfolder>]` → that folder of an installed Python package (models
-    shipped inside wheels); anything else is a local directory."""
-    if source.startswith("package:"):
-        name, _, subfolder = source.removeprefix("package:").partition("/")
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(f"python package {name!r} is not installed")
-        path = Path(next(iter(spec.submodule_search_locations))) / subfolder
-        if not path.is_dir():
-            raise FileNotFoundError(f"{source}: {path} does not exist")
-        return path
-    path = Path(source).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"model directory {path} does not exist")
-    return path
 
 
 def load_causal_lm(spec: ModelSpec, cache_dir: Path, device: str) -> tuple[Any, Any]:
@@ -62,7 +42,7 @@ def model_folder(spec: ModelSpec, cache_dir: Path) -> Path:
 
 
 def _cached_copy(spec: ModelSpec, source: Path, cache_dir: Path) -> Path:
-    target = cache_dir / spec.model_id / Path(spec.gguf_file).stem
+    target = converted_folder(spec, cache_dir)
     if (target / COMPLETE_MARKER).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,8 @@ class Sequence:
     sink: Sink
     prompt_ids: list[int] = field(default_factory=list)
     output_ids: list[int] = field(default_factory=list)  # generated here (to rebuild a row)
+    block_hashes: list[int] = field(default_factory=list)  # the prompt's full blocks
+    cached_prompt_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     generated: int = 0
     generator: Any = None  # torch.Generator for sampled decoding; None when greedy
     detok: IncrementalDetokenizer | None = None
@@ -78,5 +80,5 @@ class Sequence:
 
     def _finish(self, reason: FinishReason) -> bool:
         generated_here = self.generated - self.request.resume_tokens
-        self.sink(Finished(reason, len(self.prompt_ids), generated_here))
+        self.sink(Finished(reason, len(self.prompt_ids), generated_here, self.cached_prompt_tokens))
         return False

@@ -122,6 +122,7 @@ class SimulatedEngine:
         self.profile = spec.simulation.profile_for(device_name)
         self.state = ModelState.LOADING
         self.healthy = True
+        self.prefix_cache = None
         self._running: list[_SimSequence] = []
         self._waiting: collections.deque[_SimSequence] = collections.deque()
         self._wake: asyncio.Event | None = None

@@ -80,23 +80,3 @@ class StopMatcher:
             if any(stop.startswith(tail) for stop in self._stops):
                 return size
         return 0
-
-
-def encode_prompt(tokenizer: Any, prompt: str, chat_template: bool) -> list[int]:
-    """A prompt's token ids as every engine feeds them to its model: inside the model's chat
-    template (as one user message) where the model has one and the catalog asks for it."""
-    if chat_template and tokenizer.chat_template:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    return tokenizer(prompt)["input_ids"]
-
-
-def encode_request(tokenizer: Any, prompt: str, resume_text: str, chat_template: bool) -> list[int]:
-    """The ids a sequence starts from: its prompt, then the text it already streamed on
-    another worker (a resumed request continues after it), whatever engine ran that."""
-    ids = encode_prompt(tokenizer, prompt, chat_template)
-    if resume_text:
-        ids += tokenizer(resume_text, add_special_tokens=False)["input_ids"]
-    return ids

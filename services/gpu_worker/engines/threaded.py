@@ -9,6 +9,7 @@ from typing import Any
 
 from services.common.catalog import ModelSpec
 from services.gpu_worker.engines.base import ModelState
+from services.gpu_worker.engines.prefix_cache import PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ class ThreadedEngine:
         self.state = ModelState.LOADING
         self.healthy = True
         self.weights_bytes = 0
+        self.prefix_cache: PrefixCache | None = None
         self._wake = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None

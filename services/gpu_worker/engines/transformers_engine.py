@@ -18,6 +18,7 @@ from typing import Any
 
 from services.common.catalog import ModelSpec
 from services.common.errors import Unavailable
+from services.common.prefix_blocks import BLOCK_TOKENS, block_hashes, reusable_blocks
 from services.common.windowed import SlidingWindow
 from services.gpu_worker.engines.admission import admit_in_order, context_error
 from services.gpu_worker.engines.base import (
@@ -28,6 +29,7 @@ from services.gpu_worker.engines.base import (
     Sink,
 )
 from services.gpu_worker.engines.isolation import FaultStreak
+from services.gpu_worker.engines.prefix_cache import PrefixCache
 from services.gpu_worker.engines.sequence import Sequence
 from services.gpu_worker.engines.threaded import ThreadedEngine
 
@@ -38,11 +40,10 @@ class TransformersEngine(ThreadedEngine):
     def __init__(self, spec: ModelSpec, cache_dir: Path, device: str) -> None:
         super().__init__(spec, device)
         self._cache_dir = cache_dir
+        self.prefix_cache = self._cache = PrefixCache(spec.prefix_cache_tokens)  # prompt blocks
         self._tokenizer: Any = None
         self._model: Any = None
         self._eos: set[int] = set()
-        self._prefix_ids: list[int] = []  # the chat template's shared prompt prefix
-        self._prefix: Any = None  # its KV cache (kv_batch.KvBatch of one row)
         self._incoming: list[Sequence] = []
         # engine thread only: the running batch, its rows, the sequences waiting to join
         self._rows: list[Sequence] = []
@@ -65,7 +66,6 @@ class TransformersEngine(ThreadedEngine):
             self.state = ModelState.FAILED
             raise
         self._eos = _eos_ids(self._tokenizer, self._model)
-        self._prefix_ids, self._prefix = self._cache_template_prefix()
         self._start(self._model, started)
 
     def close(self) -> None:
@@ -95,6 +95,8 @@ class TransformersEngine(ThreadedEngine):
             tokens_per_second=self._produced.per_second(),
             memory_bytes=self.weights_bytes,
             max_slots=self.spec.max_slots,
+            prefix_cache_queries=self._cache.queried_tokens,
+            prefix_cache_hits=self._cache.hit_tokens,
         )
 
     # -- the engine thread -----------------------------------------------------------------
@@ -217,46 +219,37 @@ class TransformersEngine(ThreadedEngine):
         self._waiting = collections.deque()
 
     def _prefill(self, joining: list[Sequence]) -> tuple[list[Sequence], Any]:
-        """Prefills joining sequences: those that start with the cached template prefix
-        compute only what follows it. Returns them in the order of the new batch's rows."""
+        """Prefills joining sequences, each from its longest cached prefix (prefix caching),
+        then caches the full blocks of their prompts."""
         from services.gpu_worker.engines import kv_batch
 
-        n = len(self._prefix_ids)
-        cached: list[Sequence] = []
-        plain: list[Sequence] = []
-        for s in joining:
-            prefixed = n and len(s.prompt_ids) > n and s.prompt_ids[:n] == self._prefix_ids
-            (cached if prefixed else plain).append(s)
-        parts = []
-        if cached:
-            rest = [s.prompt_ids[n:] for s in cached]
-            parts.append(kv_batch.prefill(self._model, rest, self.device, self._prefix))
-        if plain:
-            parts.append(kv_batch.prefill(self._model, [s.prompt_ids for s in plain], self.device))
-        fresh = parts[0] if len(parts) == 1 else kv_batch.merge(parts[0], parts[1])
-        return cached + plain, fresh
+        found = [self._lookup(s) for s in joining]
+        prefix = kv_batch.gather(found)
+        rest = [s.prompt_ids[s.cached_prompt_tokens :] for s in joining]
+        fresh = kv_batch.prefill(self._model, rest, self.device, prefix)
+        if self._cache.enabled:
+            for row, (s, blocks) in enumerate(zip(joining, found, strict=True)):
+                full = s.block_hashes[len(blocks) :]
+                if full:
+                    start, end = len(blocks) * BLOCK_TOKENS, len(s.block_hashes) * BLOCK_TOKENS
+                    payloads = kv_batch.blocks_of(fresh, row, start, end, BLOCK_TOKENS)
+                    self._cache.store(full, payloads)
+        return joining, fresh
 
-    def _cache_template_prefix(self) -> tuple[list[int], Any]:
-        """The token prefix the chat template puts before every user message (its system
-        prompt and role header), with its KV cache, computed once."""
-        from services.gpu_worker.engines import kv_batch
-
-        if not (self.spec.chat_template and self._tokenizer.chat_template):
-            return [], None
-        one, other = self._encode("a"), self._encode("b")
-        length = next((i for i, (x, y) in enumerate(zip(one, other, strict=False)) if x != y), 0)
-        if length < 8:  # too short to be worth a cache
-            return [], None
-        return one[:length], kv_batch.prefill(self._model, [one[:length]], self.device)
+    def _lookup(self, seq: Sequence) -> list[Any]:
+        """The cached blocks `seq` starts from; sets its cached prompt tokens."""
+        if not self._cache.enabled:
+            return []
+        usable = seq.block_hashes[: reusable_blocks(len(seq.prompt_ids))]
+        blocks = self._cache.lookup(usable, len(seq.prompt_ids))
+        seq.cached_prompt_tokens = len(blocks) * BLOCK_TOKENS
+        return blocks
 
     def _prepare(self, seq: Sequence) -> bool:
         """Tokenizes and checks the prompt. False (and an error to the sink) if it is bad."""
+        from services.common.prompt_encoding import encode_request
         from services.gpu_worker.engines.sampling import make_generator
-        from services.gpu_worker.engines.text import (
-            IncrementalDetokenizer,
-            StopMatcher,
-            encode_request,
-        )
+        from services.gpu_worker.engines.text import IncrementalDetokenizer, StopMatcher
 
         request = seq.request
         try:
@@ -273,6 +266,8 @@ class TransformersEngine(ThreadedEngine):
             seq.sink(error)
             return False
         seq.prompt_ids = ids
+        if self._cache.enabled:
+            seq.block_hashes = block_hashes(ids, limit=len(ids))
         seq.generated = request.resume_tokens
         seq.detok = IncrementalDetokenizer(self._tokenizer)
         seq.stops = StopMatcher(seq.request.sampling.stop)
@@ -280,12 +275,16 @@ class TransformersEngine(ThreadedEngine):
         return True
 
     def _admit(self) -> list[Sequence]:
-        """Waiting sequences that fit the free slots and the KV-token budget, in order."""
+        """Waiting sequences that fit the free slots and the KV-token budget, in order. The
+        prefix cache lives in the budget's free part: it shrinks to what the rows leave."""
         rows = self._rows
         budget = self.spec.max_batch_tokens - sum(s.kv_tokens for s in rows)
-        return admit_in_order(
+        admitted = admit_in_order(
             self._waiting, budget, len(rows), lambda s: s.kv_tokens, self.spec.max_slots
         )
+        left = budget - sum(s.kv_tokens for s in admitted)
+        self._cache.shrink_to(left // BLOCK_TOKENS)
+        return admitted
 
     def _drop_cancelled(self) -> None:
         from services.gpu_worker.engines import kv_batch
@@ -329,11 +328,6 @@ class TransformersEngine(ThreadedEngine):
         if count:
             with self._wake:
                 self._active -= count
-
-    def _encode(self, prompt: str) -> list[int]:
-        from services.gpu_worker.engines.text import encode_prompt
-
-        return encode_prompt(self._tokenizer, prompt, self.spec.chat_template)
 
 
 def _eos_ids(tokenizer: Any, model: Any) -> set[int]:

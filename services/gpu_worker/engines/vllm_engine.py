@@ -1,9 +1,10 @@
 """A generative model run by vLLM's v1 async engine (`AsyncLLM`), behind our engine interface
 (vLLM's process, loop, cancellation and health: vllm_lifecycle.py).
 
-- Prompts are tokenized here exactly as the transformers engine does (`text.encode_request`:
-  the chat template, then any text the request streamed elsewhere), and handed to vLLM as
-  token ids, so greedy text is the same on both engines and a stream moves between them.
+- Prompts are tokenized here exactly as the transformers engine does
+  (`services.common.prompt_encoding.encode_request`: the chat template, then any text the
+  request streamed elsewhere), and handed to vLLM as token ids, so greedy text is the same
+  on both engines and a stream moves between them.
 - Deltas come as vLLM makes them (`RequestOutputKind.DELTA`); the request's class goes to
   vLLM's priority scheduling (0 high, 1 medium, 2 low).
 - Capacity is vLLM's: slots from its `max_num_seqs`, the KV budget from its KV cache (blocks
@@ -40,7 +41,7 @@ class VllmEngine(VllmLifecycle):
         """Streams one request's deltas to its sink; returns its Finished event."""
         from vllm.inputs import TokensPrompt
 
-        from services.gpu_worker.engines.text import encode_request
+        from services.common.prompt_encoding import encode_request
 
         ids = encode_request(
             self._tokenizer, request.prompt, request.resume_text, self.spec.chat_template

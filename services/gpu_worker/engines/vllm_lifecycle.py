@@ -71,6 +71,7 @@ class VllmLifecycle:
         self.device = device
         self.state = ModelState.LOADING
         self._healthy = True
+        self.prefix_cache = None  # vLLM's own; its KV events are not translated yet
         self._cache_dir = cache_dir
         self._llm: Any = None
         self._tokenizer: Any = None

@@ -16,6 +16,7 @@ import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 
+from services.scheduler.core.prefix_index import PrefixIndex
 from services.scheduler.core.room_index import RoomIndex
 from services.scheduler.core.types import (
     Lease,
@@ -25,14 +26,25 @@ from services.scheduler.core.types import (
     WorkerRecord,
     WorkerState,
 )
-from services.scheduler.core.worker_choice import LeastLoaded, PlacementPolicy
+from services.scheduler.core.worker_choice import (
+    KvAware,
+    LeastLoaded,
+    PlacementPolicy,
+    make_policy,
+)
 
 LATENCY_SMOOTHING = 0.2  # weight of the newest sample in a worker's latency average
 
 
 class LeaseTable:
-    def __init__(self, placement: PlacementPolicy | None = None, id_prefix: str = "lease") -> None:
+    def __init__(
+        self,
+        placement: PlacementPolicy | None = None,
+        id_prefix: str = "lease",
+        prefixes: PrefixIndex | None = None,
+    ) -> None:
         self._workers: dict[str, WorkerRecord] = {}
+        self.prefixes = prefixes or PrefixIndex()  # the blocks workers' prefix caches hold
         self._leases: dict[str, Lease] = {}
         self._placement = placement or LeastLoaded()
         self._ids = itertools.count(1)
@@ -47,6 +59,13 @@ class LeaseTable:
         self._rooms = MappingProxyType(self._index.rooms)  # a read-only live view
         self._by_beat: dict[str, None] = {}  # workers, the longest silent first
         self._unstarted: dict[str, float] = {}  # lease → start-by time, in grant order
+
+    @classmethod
+    def placing_by(cls, placement: str, id_prefix: str = "lease") -> LeaseTable:
+        """A table whose workers are chosen by the policy named `placement` (worker_choice),
+        which reads the table's prefix index where it places by cached prefixes."""
+        prefixes = PrefixIndex()
+        return cls(make_policy(placement, None, prefixes), id_prefix, prefixes)
 
     # -- workers ---------------------------------------------------------------------------
     def upsert_worker(
@@ -67,6 +86,7 @@ class LeaseTable:
             for model_id in gone:
                 self._serving.get(model_id, {}).pop(worker_id, None)
             self._index.forget(worker_id, iter(gone))
+            self.prefixes.forget(worker_id, gone)
             record.models, record.address, record.gpu_id = slots, address, gpu_id
         for model_id in slots:
             self._serving.setdefault(model_id, {})[worker_id] = record
@@ -120,6 +140,7 @@ class LeaseTable:
         for model_id in record.models:
             self._serving.get(model_id, {}).pop(worker_id, None)
         self._index.forget(worker_id, iter(record.models))
+        self.prefixes.forget(worker_id)
         self._by_beat.pop(worker_id, None)
         reclaimed = [self._leases.pop(lease_id) for lease_id in sorted(record.leases)]
         for lease in reclaimed:
@@ -185,9 +206,11 @@ class LeaseTable:
         return lease
 
     def _choose(self, request: PendingRequest) -> WorkerRecord | None:
-        """The least loaded worker from the index in O(log W); any other policy (or a
-        request the index's pick does not suit) looks at every worker of the model."""
-        if type(self._placement) is LeastLoaded:  # the index holds its order
+        """The least loaded worker from the index in O(log W) (kv_aware's choice too for a
+        request without prompt blocks); any other policy (or a request the index's pick does
+        not suit) looks at every worker of the model."""
+        policy = type(self._placement)
+        if policy is LeastLoaded or (policy is KvAware and not request.prefix_blocks):
             worker = self._index.least_loaded(
                 request.model_id, request.kv_tokens, request.avoid_worker
             )

@@ -25,6 +25,7 @@ from services.scheduler.core.leases import LeaseTable
 from services.scheduler.core.ledger import Ledger
 from services.scheduler.core.load_signals import model_loads, model_views
 from services.scheduler.core.model_placement import ModelPlacer
+from services.scheduler.core.prefix_index import CacheReport
 from services.scheduler.core.queue import RequestQueue
 from services.scheduler.core.rates import EventRates
 from services.scheduler.core.settings import CoreSettings
@@ -42,7 +43,6 @@ from services.scheduler.core.types import (
     WorkerRecord,
     WorkerState,
 )
-from services.scheduler.core.worker_choice import make_policy
 
 
 class SchedulerCore:
@@ -56,7 +56,7 @@ class SchedulerCore:
         self.catalog, self.clock, self.settings = catalog, clock, settings
         admission, dispatch = settings.admission, settings.dispatch
         self._queue = RequestQueue(admission.queue_capacity)
-        self._leases = LeaseTable(make_policy(dispatch.placement), lease_prefix)
+        self._leases = LeaseTable.placing_by(dispatch.placement, lease_prefix)
         self._ledger = Ledger(self._queue.fair)
         self._started_at = clock()
         self._recovered = False  # the recovery window after a start is over
@@ -85,12 +85,11 @@ class SchedulerCore:
         return entry
 
     def submit(self, ticket: Ticket, waited_s: float = 0.0) -> Changes:
-        """Admits a request to the queue (`Changes.admitted`), possibly degraded (its model
-        or max_tokens changed), and serves the queue. Raises NotFound, Unavailable (no worker
-        has or can load the model), ResourceExhausted (shed) or DeadlineExceeded (its deadline
-        cannot be met). A lower-class request evicted to make room is among the failures.
-        `waited_s`: how long ago a router first admitted it (resubmitted after a scheduler
-        restart): it takes its place in arrival order."""
+        """Admits a request to the queue (`Changes.admitted`), possibly degraded (model or
+        max_tokens changed), and serves the queue. Raises NotFound, Unavailable (no worker has
+        or can load the model), ResourceExhausted (shed) or DeadlineExceeded. A lower class
+        evicted to make room is among the failures. `waited_s`: since a router first admitted
+        it (resubmitted after a scheduler restart): it takes its place in arrival order."""
         entry = self.model(ticket.model_id)
         now = self.clock()
         self._arrivals.record(ticket.model_id)  # offered load, shed or not, for the autoscaler
@@ -115,10 +114,9 @@ class SchedulerCore:
 
     def resubmit(self, ticket: Ticket, again: Resubmission) -> Changes:
         """A router resubmits a request whose lease (`again.previous_lease_id`) ended early
-        as it saw it. Ends that lease if it is still held and charges its tokens once (a
-        failed worker takes no new lease until its next heartbeat); the request is queued
-        again by arrival time, not shed, on the model it was admitted with. Raises NotFound,
-        or Unavailable when no worker can serve its model any more."""
+        as it saw it: ends that lease if still held, charging its tokens once (a failed worker
+        takes no lease until its next heartbeat); queues the request again by arrival time,
+        unshed, on its admitted model. Raises NotFound, or Unavailable (no worker serves it)."""
         entry = self.model(ticket.model_id)
         failed = again.previous_outcome is Outcome.FAILED
         max_tokens = ticket.max_tokens or entry.default_output_tokens
@@ -179,6 +177,7 @@ class SchedulerCore:
         loadable: dict[str, int] | None = None,
         memory_budget: int = 0,
         running: Iterable[Lease] = (),
+        caches: Iterable[CacheReport] = (),
     ) -> Changes:
         """Registers a worker (or a reconnecting one again) with the leases it is `running`:
         those the table lacks are adopted (the scheduler restarted) unless they ended here,
@@ -189,8 +188,8 @@ class SchedulerCore:
                 self._advertised[entry.model_id] = entry
             slots.append(model_slots)
         record = self._leases.upsert_worker(worker_id, address, gpu_id, slots, self.clock())
-        record.loadable = dict(loadable or {})
-        record.memory_budget = memory_budget
+        record.loadable, record.memory_budget = dict(loadable or {}), memory_budget
+        self._leases.prefixes.apply_all(worker_id, caches)
         self._placer.worker_changed(record)
         running = list(running)
         gone = self._leases.started_on(worker_id) - {lease.lease_id for lease in running}
@@ -217,15 +216,17 @@ class SchedulerCore:
         state: WorkerState,
         models: Iterable[ModelSlots] | None = None,
         running: Iterable[str] = (),
+        caches: Iterable[CacheReport] = (),
     ) -> Changes:
-        """Records a heartbeat: the worker's state, models and the leases it runs (they have
-        started). A worker unknown here (removed as dead) is in `removed_workers`."""
+        """Records a heartbeat: the worker's state, models, the leases it runs (started) and
+        its prefix caches' changes. A worker unknown here (removed as dead): `removed_workers`."""
         changes = Changes()
         changed = self._leases.heartbeat(worker_id, self.clock(), state)
         if changed is None:
             changes.removed_workers.append(worker_id)
             return changes
         self._leases.confirm(running)
+        self._leases.prefixes.apply_all(worker_id, caches)
         if models is not None:
             changed = self._leases.refresh_models(worker_id, models, self.clock()) or changed
         if not changed:  # the usual heartbeat: nothing a decision reads moved
@@ -303,9 +304,8 @@ class SchedulerCore:
 
     # -- follow-ups ------------------------------------------------------------------------
     def _settle(self, changes: Changes, place: bool = False) -> Changes:
-        """Runs what every change calls for: model placement (when demand may have
-        changed), serving the queue in order while requests fit somewhere (not while
-        recovering), and the preemption check."""
+        """Runs what every change calls for: model placement (when demand may have changed),
+        serving the queue while requests fit (not while recovering), the preemption check."""
         if place:
             changes.commands += self._placer.plan(
                 self._queue.models(), self._leases.room(), self._catalog_bytes(), self.clock()

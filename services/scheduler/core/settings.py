@@ -19,7 +19,8 @@ from services.scheduler.core.worker_choice import POLICIES
 class DispatchRules:
     """`[scheduler.dispatch]`: which waiting request gets which slot, and when."""
 
-    placement: str = "least_loaded"  # or round_robin, random, least_latency, prefix_affinity
+    # kv_aware, or least_loaded, round_robin, random, least_latency, prefix_affinity
+    placement: str = "kv_aware"
     preemption: bool = True  # a waiting high request may stop (and later resume) a low one
     starvation_bound_s: float = 30.0  # waited this long, a request goes first; 0: off
     lease_start_timeout_s: float = 10.0  # a granted lease must reach its worker within this

@@ -72,6 +72,7 @@ class PendingRequest:
     tenant_weight: float = 1.0  # the tenant's share within its priority class
     deadline: float | None = None  # clock seconds by which it must be done; None: none
     affinity_key: str = ""  # the prompt's first characters, for prefix-affinity placement
+    prefix_blocks: tuple[int, ...] = ()  # the prompt's block-hash chain, for kv_aware
     avoid_worker: str = ""  # a worker that just failed it: another is preferred
     resumed: bool = False  # it held a lease before: admitted already, its prompt charged
     resumed_tokens: int = 0  # tokens it generated before; they count against max_tokens
@@ -236,6 +237,7 @@ class Ticket:
     deadline: float | None = None  # clock seconds
     affinity_key: str = ""
     allow_fallback: bool = False  # it may be served by a smaller model under load
+    prefix_blocks: tuple[int, ...] = ()  # the prompt's block-hash chain (kv_aware placement)
 
     def pending(self, enqueued_at: float, model_id: str, max_tokens: int) -> PendingRequest:
         """The request as it waits in the queue, on the model and budget it was admitted to."""
@@ -250,6 +252,7 @@ class Ticket:
             tenant_weight=self.tenant_weight,
             deadline=self.deadline,
             affinity_key=self.affinity_key,
+            prefix_blocks=self.prefix_blocks,
         )
 
 

@@ -6,6 +6,12 @@
 - random: uniformly, from a seeded generator.
 - least_latency: the lowest moving average of time to first token (unmeasured workers first,
   so every worker gets measured).
+- kv_aware (default): the worker whose prefix cache holds the longest start of the prompt's
+  block chain (core.prefix_index), weighed against its load: the lowest cost of prompt tokens
+  still to prefill there plus LOAD_WEIGHT times the KV tokens its leases reserve (Dynamo's KV
+  router's cost, prefill blocks plus decode blocks, with decode weighed less: a running
+  sequence slows a step by a fraction, a prefill is the first token's whole wait). Without
+  blocks in the request, least_loaded.
 - prefix_affinity: consistent hashing of the prompt's first characters onto the workers that
   serve the model, so a repeated prefix lands where its KV cache is warm; if that worker is
   full the next one round the ring with room takes it. Workers joining or leaving move only
@@ -20,9 +26,14 @@ import random
 from collections.abc import Callable
 from typing import Protocol
 
+from services.common.prefix_blocks import BLOCK_TOKENS
+from services.scheduler.core.prefix_index import PrefixIndex
 from services.scheduler.core.types import PendingRequest, WorkerRecord
 
 VIRTUAL_NODES = 64  # ring points per worker: spreads keys evenly
+# kv_aware: KV tokens reserved on a worker that weigh as much as one prompt token to prefill
+# there; a worker caching a 1,000-token prefix wins until it holds about 4,000 more KV tokens
+LOAD_WEIGHT = 0.25
 
 
 class PlacementPolicy(Protocol):
@@ -73,6 +84,28 @@ class LeastLatency:
         )
 
 
+class KvAware:
+    def __init__(self, index: PrefixIndex) -> None:
+        self._index = index
+        self._fallback = LeastLoaded()
+
+    def choose(self, candidates, request, serving):
+        if not request.prefix_blocks or len(candidates) == 1:
+            return self._fallback.choose(candidates, request, serving)
+        model_id = request.model_id
+        lead = self._index.leading(
+            model_id, request.prefix_blocks, {w.worker_id for w in candidates}
+        )
+
+        def cost(worker: WorkerRecord) -> tuple[float, tuple[float, float, int]]:
+            uncached = max(0, request.prompt_tokens - lead[worker.worker_id] * BLOCK_TOKENS)
+            free, room, leases = _load_key(worker, model_id)
+            load = LOAD_WEIGHT * worker.models[model_id].kv_reserved
+            return uncached + load, (-free, -room, -leases)
+
+        return min(candidates, key=cost)
+
+
 def _hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
@@ -108,17 +141,21 @@ class PrefixAffinity:
         return cached[1], cached[2]
 
 
-POLICIES: dict[str, Callable[[int | None], PlacementPolicy]] = {
-    "least_loaded": lambda seed: LeastLoaded(),
-    "round_robin": lambda seed: RoundRobin(),
-    "random": lambda seed: RandomChoice(seed),
-    "least_latency": lambda seed: LeastLatency(),
-    "prefix_affinity": lambda seed: PrefixAffinity(),
+POLICIES: dict[str, Callable[[int | None, PrefixIndex], PlacementPolicy]] = {
+    "kv_aware": lambda seed, index: KvAware(index),
+    "least_loaded": lambda seed, index: LeastLoaded(),
+    "round_robin": lambda seed, index: RoundRobin(),
+    "random": lambda seed, index: RandomChoice(seed),
+    "least_latency": lambda seed, index: LeastLatency(),
+    "prefix_affinity": lambda seed, index: PrefixAffinity(),
 }
 
 
-def make_policy(name: str, seed: int | None = None) -> PlacementPolicy:
-    """The policy named in config. Raises ValueError for an unknown name."""
+def make_policy(
+    name: str, seed: int | None = None, index: PrefixIndex | None = None
+) -> PlacementPolicy:
+    """The policy named in config, reading `index` where it places by cached prefixes.
+    Raises ValueError for an unknown name."""
     if name not in POLICIES:
         raise ValueError(f"placement policy must be one of {sorted(POLICIES)}, got {name!r}")
-    return POLICIES[name](seed)
+    return POLICIES[name](seed, index if index is not None else PrefixIndex())
