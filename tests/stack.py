@@ -127,6 +127,7 @@ async def start_stack(
             scheduler_address=f"127.0.0.1:{scheduler.port}",
             model_refresh_s=0.0,
             tenants=tuple(tenants),
+            models={m.model_id: m for m in models},
             allow_anonymous=allow_anonymous,
             internal_secret=secret,
             **(router_overrides or {}),

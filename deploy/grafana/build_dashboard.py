@@ -78,6 +78,17 @@ PANELS = [
         "inference_scheduler_model_slot_utilization_ratio",
         "percentunit",
     ),
+    (
+        "Prefix cache hit rate per model and worker (prompt tokens not prefilled again)",
+        "delta(inference_worker_prefix_cache_hit_tokens[5m])"
+        " / delta(inference_worker_prefix_cache_queried_tokens[5m])",
+        "percentunit",
+    ),
+    (
+        "Prefill tokens saved by the prefix cache, per second",
+        "sum by (model) (delta(inference_worker_prefix_cache_hit_tokens[5m])) / 300",
+        "short",
+    ),
 ]
 
 

@@ -9,6 +9,7 @@ to load it leaves under the cache directory (services.gpu_worker.engines.loader)
 from __future__ import annotations
 
 import importlib.util
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,9 @@ def encode_request(tokenizer: Any, prompt: str, resume_text: str, chat_template:
     if resume_text:
         ids += tokenizer(resume_text, add_special_tokens=False)["input_ids"]
     return ids
+
+
+def simulated_token_ids(text: str) -> list[int]:
+    """A simulated model's "tokens": one per 4 characters (as `tokens.estimate_tokens`
+    counts them), each the CRC-32 of its characters, so equal texts share their blocks."""
+    return [zlib.crc32(text[i : i + 4].encode()) for i in range(0, len(text), 4)] or [0]

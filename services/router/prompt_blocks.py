@@ -4,8 +4,9 @@ For each generative model with a tokenizer on this host (its package, or the con
 the first worker to load it leaves in the model cache), the prompt is tokenized exactly as the
 worker will (services.common.prompt_encoding) and its block-hash chain goes in the ticket, with
 the real prompt length in place of the estimate. A tokenizer loads in a thread the first time
-its model is asked for; until it is ready (or where there is none: simulated models, a router
-without the model's files) the ticket carries no blocks and placement weighs load alone.
+its model is asked for; until it is ready (or where there is none: a router without the
+model's files) the ticket carries no blocks and placement weighs load alone. A simulated
+model's "tokens" need no tokenizer (`prompt_encoding.simulated_token_ids`).
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ from inference.v1 import scheduler_pb2, types_pb2
 
 from services.common.catalog import ModelSpec
 from services.common.prefix_blocks import block_hashes
-from services.common.prompt_encoding import encode_request, tokenizer_folder
+from services.common.prompt_encoding import (
+    encode_request,
+    simulated_token_ids,
+    tokenizer_folder,
+)
 
 log = logging.getLogger(__name__)
 
 RETRY_LOAD_S = 10.0  # a tokenizer not on disk yet (no worker converted it) is looked for again
-TOKENIZED_ENGINES = ("transformers", "vllm")  # engines that cache prompt blocks by token ids
+TOKENIZED_ENGINES = ("transformers", "vllm")  # engines whose blocks are of tokenizer ids
 
 Encoder = Callable[[str, str], list[int]]  # (prompt, resumed text) → token ids
 
@@ -34,8 +39,12 @@ class PromptBlocks:
     def __init__(self, catalog: Mapping[str, ModelSpec], cache_dir: Path) -> None:
         self._specs = {m: s for m, s in catalog.items() if s.engine in TOKENIZED_ENGINES}
         self._cache_dir = cache_dir
-        self._encoders: dict[str, Encoder] = {}
+        self._encoders: dict[str, Encoder] = {
+            m: _simulated for m, s in catalog.items() if s.simulated
+        }
         self._tried_at: dict[str, float] = {}  # model → when its tokenizer was last looked for
+        for model_id in self._specs:  # loaded in the background from the start
+            self._encoder(model_id)
 
     def describe(self, ticket: scheduler_pb2.AcquireRequest, request: types_pb2.GenerateRequest):
         """Puts the prompt's block chain and real length in the ticket, where it can."""
@@ -47,7 +56,8 @@ class PromptBlocks:
         except Exception:
             log.debug("could not tokenize a prompt for %s", request.model_id, exc_info=True)
             return
-        ticket.prompt_tokens = len(ids)
+        if not request.resume.generated_text:  # (a resumed one's text counts in max_tokens)
+            ticket.prompt_tokens = len(ids)
         ticket.prefix_blocks.extend(block_hashes(ids))
 
     def _encoder(self, model_id: str) -> Encoder | None:
@@ -78,3 +88,7 @@ class PromptBlocks:
             tokenizer, prompt, resumed, template
         )
         log.info("tokenizing %s's prompts for kv_aware placement", spec.model_id)
+
+
+def _simulated(prompt: str, resumed: str) -> list[int]:
+    return simulated_token_ids(prompt + resumed)

@@ -173,3 +173,10 @@ def test_the_cores_index_is_fed_by_registrations_and_heartbeats_and_loses_dead_w
     assert [w.worker_id for w in core.workers()] == ["w2"]
     register("w1")  # back, with an empty cache
     assert place("r3").worker_id == "w2"  # 4 blocks and a lease beat nothing cached
+
+
+def test_blocks_without_payload_are_found_too():
+    cache = PrefixCache(capacity_tokens=8 * B)  # the simulated engine keeps no tensors
+    chain = block_hashes(ids(3 * B))
+    cache.store(chain, [None] * 3)
+    assert cache.lookup(chain, 3 * B) == [None] * 3

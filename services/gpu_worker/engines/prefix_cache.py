@@ -58,11 +58,11 @@ class PrefixCache:
         `prompt_tokens` (the prompt's length) only feeds the hit-rate counters."""
         found: list[Any] = []
         with self._lock:
+            blocks = self._blocks
             for h in hashes:
-                payload = self._blocks.get(h)
-                if payload is None:
+                if h not in blocks:
                     break
-                found.append(payload)
+                found.append(blocks[h])
             for h in reversed(hashes[: len(found)]):
                 self._blocks.move_to_end(h)
             self.queried_tokens += prompt_tokens

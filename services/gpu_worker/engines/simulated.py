@@ -2,7 +2,9 @@
 
 Sequences advance in shared steps like a continuously batched GPU engine: each step emits one
 token for every running sequence and lasts `decode_ms_per_step * (1 + batch_slowdown *
-(batch - 1))`. A new sequence first waits out its prefill (prompt tokens / prefill rate).
+(batch - 1))`. A new sequence first waits out its prefill: the prompt tokens its prefix
+cache does not hold (blocks of simulated token ids, `prompt_encoding.simulated_token_ids`;
+LRU, in the part of the KV capacity the running sequences leave free) over the prefill rate.
 The text is deterministic: words drawn by a PRNG seeded from the prompt and the seed, so the
 same request always streams the same text at the same pace. Runs on the worker's event loop
 (it only sleeps), so it costs no model compute.
@@ -20,7 +22,8 @@ from dataclasses import dataclass, field
 
 from services.common.catalog import GpuProfile, ModelSpec
 from services.common.errors import Unavailable
-from services.common.tokens import estimate_tokens
+from services.common.prefix_blocks import BLOCK_TOKENS, block_hashes, reusable_blocks
+from services.common.prompt_encoding import simulated_token_ids
 from services.common.windowed import SlidingWindow
 from services.gpu_worker.engines.admission import admit_in_order, context_error
 from services.gpu_worker.engines.base import (
@@ -33,6 +36,7 @@ from services.gpu_worker.engines.base import (
     Sink,
     TextDelta,
 )
+from services.gpu_worker.engines.prefix_cache import PrefixCache
 from services.gpu_worker.engines.text import StopMatcher
 
 log = logging.getLogger(__name__)
@@ -107,6 +111,8 @@ class _SimSequence:
     cancelled: bool = False
     finished: bool = field(default=False)
     ready_at: float = float("inf")  # monotonic seconds when prefill is done, once admitted
+    blocks: list[int] = field(default_factory=list)  # its prompt's block hashes
+    cached_tokens: int = 0  # prompt tokens its prefix cache held
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -122,7 +128,8 @@ class SimulatedEngine:
         self.profile = spec.simulation.profile_for(device_name)
         self.state = ModelState.LOADING
         self.healthy = True
-        self.prefix_cache = None
+        capacity = min(spec.prefix_cache_tokens, self.profile.kv_capacity_tokens)
+        self.prefix_cache = PrefixCache(capacity)
         self._running: list[_SimSequence] = []
         self._waiting: collections.deque[_SimSequence] = collections.deque()
         self._wake: asyncio.Event | None = None
@@ -153,11 +160,14 @@ class SimulatedEngine:
             tokens_per_second=self._produced.per_second(),
             memory_bytes=self.spec.simulation.memory_bytes,
             max_slots=self.spec.max_slots,
+            prefix_cache_queries=self.prefix_cache.queried_tokens,
+            prefix_cache_hits=self.prefix_cache.hit_tokens,
         )
 
     def submit(self, request: GenerationInput, sink: Sink) -> _SimSequence:
         """Must be called on the worker's event loop."""
-        prompt_tokens = estimate_tokens(request.prompt + request.resume_text)
+        ids = simulated_token_ids(request.prompt + request.resume_text)
+        prompt_tokens = len(ids)
         seed = hashlib.sha256(f"{request.sampling.seed}|{request.prompt}".encode()).digest()
         seq = _SimSequence(
             request=request,
@@ -166,6 +176,7 @@ class SimulatedEngine:
             rng=random.Random(seed),
             stops=StopMatcher(request.sampling.stop),
             generated=request.resume_tokens,
+            blocks=block_hashes(ids, limit=len(ids)) if self.prefix_cache.enabled else [],
         )
         for _ in range(request.resume_tokens):  # a resumed text continues where it stopped
             seq.rng.choice(WORDS)
@@ -223,9 +234,16 @@ class SimulatedEngine:
             size=lambda s: s.kv_tokens,
             cancelled=lambda s: s.cancelled,
         )
+        cache = self.prefix_cache
         for seq in joining:
-            seq.ready_at = time.monotonic() + seq.prompt_tokens / self.profile.prefill_tokens_per_s
+            usable = seq.blocks[: reusable_blocks(seq.prompt_tokens)]
+            seq.cached_tokens = len(cache.lookup(usable, seq.prompt_tokens)) * BLOCK_TOKENS
+            cache.store(seq.blocks, [None] * len(seq.blocks))
+            prefill = seq.prompt_tokens - seq.cached_tokens
+            seq.ready_at = time.monotonic() + prefill / self.profile.prefill_tokens_per_s
             self._running.append(seq)
+        left = free - sum(s.kv_tokens for s in joining)
+        cache.shrink_to(left // BLOCK_TOKENS)
 
     def _emit(self, seq: _SimSequence) -> None:
         word = seq.rng.choice(WORDS)
@@ -240,5 +258,5 @@ class SimulatedEngine:
         if stopped or seq.generated >= seq.request.max_tokens:
             reason = FinishReason.STOP if stopped else FinishReason.LENGTH
             generated_here = seq.generated - seq.request.resume_tokens
-            seq.sink(Finished(reason, seq.prompt_tokens, generated_here))
+            seq.sink(Finished(reason, seq.prompt_tokens, generated_here, seq.cached_tokens))
             seq.finished = True

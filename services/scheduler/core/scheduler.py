@@ -302,6 +302,10 @@ class SchedulerCore:
     def service_rate(self, model_id: str) -> float | None:
         return self._rate.rate(model_id)
 
+    def cached_blocks(self, worker_id: str, model_id: str) -> int:
+        """Prompt blocks the worker's prefix cache holds for the model, as last reported."""
+        return self._leases.prefixes.blocks_held(worker_id, model_id)
+
     # -- follow-ups ------------------------------------------------------------------------
     def _settle(self, changes: Changes, place: bool = False) -> Changes:
         """Runs what every change calls for: model placement (when demand may have changed),
@@ -326,12 +330,7 @@ class SchedulerCore:
         return changes
 
     def _end(
-        self,
-        lease_id: str,
-        outcome: Outcome,
-        usage: Usage | None,
-        changes: Changes,
-        reported: bool = True,
+        self, lease_id: str, outcome: Outcome, usage: Usage | None, changes: Changes, reported=True
     ) -> Lease | None:
         """Ends one lease, once; None if it had ended already. `reported`: the usage is the
         worker's (else it is what a router says it streamed, charged but not reported)."""
