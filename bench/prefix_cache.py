@@ -206,7 +206,7 @@ def main() -> None:
     ideal = ideal_hits(prompts) / rows[0]["prompt_tokens"]
     off = rows[0]["ttft_ms_p50"]
     print(
-        f"{'config':<13} {'ttft p50':>9} {'ttft p90':>9} {'vs off':>7} {'hit rate':>9} "
+        f"{'config':<26} {'ttft p50':>9} {'ttft p90':>9} {'vs off':>7} {'hit rate':>9} "
         f"{'of ideal':>9} {'req/s':>6}"
     )
     for r in rows:

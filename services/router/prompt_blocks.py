@@ -43,7 +43,7 @@ class PromptBlocks:
             m: _simulated for m, s in catalog.items() if s.simulated
         }
         self._tried_at: dict[str, float] = {}  # model → when its tokenizer was last looked for
-        for model_id in self._specs:  # loaded in the background from the start
+        for model_id in list(self._specs):  # loaded in the background from the start
             self._encoder(model_id)
 
     def describe(self, ticket: scheduler_pb2.AcquireRequest, request: types_pb2.GenerateRequest):
@@ -62,14 +62,13 @@ class PromptBlocks:
 
     def _encoder(self, model_id: str) -> Encoder | None:
         encode = self._encoders.get(model_id)
-        if encode is not None or model_id not in self._specs:
+        spec = self._specs.get(model_id)
+        if encode is not None or spec is None:
             return encode
         now = time.monotonic()
         if now - self._tried_at.get(model_id, -RETRY_LOAD_S) >= RETRY_LOAD_S:
             self._tried_at[model_id] = now
-            threading.Thread(
-                target=self._load, args=(self._specs[model_id],), daemon=True, name="tokenizer"
-            ).start()
+            threading.Thread(target=self._load, args=(spec,), daemon=True, name="tokenizer").start()
         return None
 
     def _load(self, spec: ModelSpec) -> None:
@@ -80,8 +79,9 @@ class PromptBlocks:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(folder)
-        except Exception:
-            log.warning("no tokenizer for %s: placed by load alone", spec.model_id, exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - no blocks for this model; it still runs
+            self._specs.pop(spec.model_id, None)  # not looked for again
+            log.warning("no tokenizer for %s (%r): placed by load alone", spec.model_id, exc)
             return
         template = spec.chat_template
         self._encoders[spec.model_id] = lambda prompt, resumed: encode_request(

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from inference.v1 import scheduler_pb2, types_pb2
 
 from services.common.config import read_toml
 from services.common.errors import InvalidArgument, Unavailable
@@ -19,6 +20,7 @@ from services.gpu_worker.engines.base import (
 )
 from services.gpu_worker.engines.text import IncrementalDetokenizer
 from services.gpu_worker.engines.transformers_engine import TransformersEngine
+from services.router.prompt_blocks import PromptBlocks
 
 pytestmark = pytest.mark.slow
 
@@ -233,3 +235,19 @@ def test_a_device_fault_in_prefill_ends_its_requests_with_an_error(engine, monke
         assert engine.active_sequences() == 0
     finally:
         engine.healthy = True  # the fault was injected; the module's engine serves on
+
+
+def test_the_router_names_the_blocks_the_engine_caches(engine):
+    """The router tokenizes as the worker does: the chain in its ticket is what the engine
+    stores for the prompt, so the scheduler's index matches tickets to workers."""
+    blocks = PromptBlocks({engine.spec.model_id: engine.spec}, CACHE)
+    ticket = scheduler_pb2.AcquireRequest()
+    prompt = types_pb2.GenerateRequest(model_id=engine.spec.model_id, prompt=SYSTEM + "Bye?")
+    deadline = time.monotonic() + 60
+    while not ticket.prefix_blocks and time.monotonic() < deadline:  # its tokenizer loads
+        blocks.describe(ticket, prompt)
+        time.sleep(0.05)
+    _, final = run(engine, prompt.prompt, 2)
+    assert ticket.prompt_tokens == final.prompt_tokens
+    assert len(ticket.prefix_blocks) == final.prompt_tokens // BLOCK_TOKENS
+    assert set(ticket.prefix_blocks) <= set(engine.prefix_cache.held())

@@ -180,3 +180,14 @@ def test_blocks_without_payload_are_found_too():
     chain = block_hashes(ids(3 * B))
     cache.store(chain, [None] * 3)
     assert cache.lookup(chain, 3 * B) == [None] * 3
+
+
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=6), st.integers(0, 40))
+def test_the_index_finds_how_much_of_a_chain_each_worker_holds(starts, asked):
+    chain = tuple(block_hashes(ids(40 * B)))
+    index = PrefixIndex()
+    for i, held in enumerate(starts):
+        index.apply(f"w{i}", CacheReport("m", stored=chain[:held]))
+    workers = [f"w{i}" for i in range(len(starts))] + ["nobody"]
+    lead = index.leading("m", chain[:asked], workers)
+    assert lead == {**{f"w{i}": min(h, asked) for i, h in enumerate(starts)}, "nobody": 0}

@@ -207,15 +207,19 @@ class LeaseTable:
 
     def _choose(self, request: PendingRequest) -> WorkerRecord | None:
         """The least loaded worker from the index in O(log W) (kv_aware's choice too for a
-        request without prompt blocks); any other policy (or a request the index's pick does
-        not suit) looks at every worker of the model."""
+        request without prompt blocks); kv_aware's among the workers caching the prompt's
+        first block and that one; any other policy (or a request those picks do not suit)
+        looks at every worker of the model."""
         policy = type(self._placement)
-        if policy is LeastLoaded or (policy is KvAware and not request.prefix_blocks):
+        if policy is LeastLoaded or policy is KvAware:
             worker = self._index.least_loaded(
                 request.model_id, request.kv_tokens, request.avoid_worker
             )
-            if worker is not None:
-                return worker
+            if not request.prefix_blocks or policy is LeastLoaded:
+                if worker is not None:
+                    return worker
+            elif (shortlist := self._holders(request, worker)) is not None:
+                return self._placement.choose(shortlist, request, [])
         candidates, serving = [], []
         for worker in self._workers_of(request.model_id):
             slots = worker.models[request.model_id]
@@ -227,6 +231,23 @@ class LeaseTable:
             return None
         elsewhere = [w for w in candidates if w.worker_id != request.avoid_worker]
         return self._placement.choose(elsewhere or candidates, request, serving)
+
+    def _holders(
+        self, request: PendingRequest, least_loaded: WorkerRecord | None
+    ) -> list[WorkerRecord] | None:
+        """kv_aware's candidates: the workers with room that cache the prompt's first block
+        (the others would prefill it all, so the least loaded of them stands for them all),
+        and the least loaded; None when that leaves none."""
+        model_id, kv_tokens = request.model_id, request.kv_tokens
+        found = [least_loaded] if least_loaded is not None else []
+        for worker_id in self.prefixes.holders(model_id, request.prefix_blocks[0]):
+            worker = self._workers.get(worker_id)
+            if worker is None or worker is least_loaded or worker_id == request.avoid_worker:
+                continue
+            slots = worker.models.get(model_id)
+            if worker.accepts_leases and slots is not None and slots.fits(kv_tokens):
+                found.append(worker)
+        return found or None
 
     def adopt(self, lease: Lease) -> bool:
         """Takes in a lease its worker reports running (a scheduler that restarted rebuilds

@@ -64,27 +64,30 @@ class PrefixIndex:
             self._drop(worker_id, key[1], set(self._held.pop(key)))
 
     def leading(
-        self, model_id: str, hashes: tuple[int, ...], worker_ids: set[str]
+        self, model_id: str, hashes: tuple[int, ...], worker_ids: Iterable[str]
     ) -> dict[str, int]:
-        """For each of `worker_ids`, how many of `hashes` it holds from the start."""
+        """For each of `worker_ids`, how many of `hashes` it holds from the start. A worker's
+        blocks of one chain are a start of it (its cache evicts a chain's tail before its
+        head), so the count is found by bisection: O(log n) lookups a worker."""
         blocks = self._holders.get(model_id)
         found = dict.fromkeys(worker_ids, 0)
         if not blocks or not hashes:
             return found
-        alive, depth = set(worker_ids), 0
-        for h in hashes:
-            holders = blocks.get(h)
-            if not holders:
-                break
-            for worker_id in alive - holders:
-                found[worker_id] = depth
-            alive &= holders
-            if not alive:
-                break
-            depth += 1
-        for worker_id in alive:
-            found[worker_id] = depth
+        for worker_id in found:
+            held, missing = 0, len(hashes) + 1  # it holds the first `held`, not `missing`
+            while missing - held > 1:
+                middle = (held + missing) // 2
+                holders = blocks.get(hashes[middle - 1])
+                if holders is not None and worker_id in holders:
+                    held = middle
+                else:
+                    missing = middle
+            found[worker_id] = held
         return found
+
+    def holders(self, model_id: str, block: int) -> set[str]:
+        """The workers that hold `block` (and so every block before it)."""
+        return self._holders.get(model_id, {}).get(block) or set()
 
     def blocks_held(self, worker_id: str, model_id: str) -> int:
         return len(self._held.get((worker_id, model_id), ()))
