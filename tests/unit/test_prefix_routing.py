@@ -173,6 +173,8 @@ def test_the_cores_index_is_fed_by_registrations_and_heartbeats_and_loses_dead_w
     assert [w.worker_id for w in core.workers()] == ["w2"]
     register("w1")  # back, with an empty cache
     assert place("r3").worker_id == "w2"  # 4 blocks and a lease beat nothing cached
+    register("w2")  # restarted under the same id (its model still loading: no report)
+    assert core.cached_blocks("w2", "m") == 0
 
 
 def test_blocks_without_payload_are_found_too():

@@ -189,6 +189,7 @@ class SchedulerCore:
             slots.append(model_slots)
         record = self._leases.upsert_worker(worker_id, address, gpu_id, slots, self.clock())
         record.loadable, record.memory_budget = dict(loadable or {}), memory_budget
+        self._leases.prefixes.forget(worker_id)  # a registration tells all it caches
         self._leases.prefixes.apply_all(worker_id, caches)
         self._placer.worker_changed(record)
         running = list(running)
