@@ -18,11 +18,14 @@ MAX_TICKET_BLOCKS = 1024  # hashes a ticket may carry (16k prompt tokens): bound
 _ROOT = bytes(8)
 
 
-def block_hashes(token_ids: Sequence[int], limit: int = MAX_TICKET_BLOCKS) -> list[int]:
-    """The hashes (unsigned 64-bit) of the first full blocks of `token_ids`, at most `limit`."""
+def block_hashes(
+    token_ids: Sequence[int], limit: int = MAX_TICKET_BLOCKS, parent_hash: int | None = None
+) -> list[int]:
+    """The hashes (unsigned 64-bit) of the first full blocks of `token_ids`, at most `limit`;
+    with `parent_hash`, the chain goes on from that block (ids that follow its tokens)."""
     count = min(len(token_ids) // BLOCK_TOKENS, limit)
     hashes: list[int] = []
-    parent = _ROOT
+    parent = _ROOT if parent_hash is None else parent_hash.to_bytes(8, "little")
     for k in range(count):
         block = array("I", token_ids[k * BLOCK_TOKENS : (k + 1) * BLOCK_TOKENS])
         parent = hashlib.blake2b(parent + block.tobytes(), digest_size=8).digest()

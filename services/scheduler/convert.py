@@ -227,8 +227,11 @@ def model_info(view: ModelView) -> types_pb2.ModelInfo:
     )
 
 
-def worker_status(record: WorkerRecord, session: Any, now: float) -> types_pb2.WorkerStatus:
-    """The worker's lease-table view, with the engine figures of its last heartbeat."""
+def worker_status(
+    record: WorkerRecord, session: Any, now: float, cached: dict[tuple[str, str], int]
+) -> types_pb2.WorkerStatus:
+    """The worker's lease-table view, with the engine figures of its last heartbeat and the
+    prompt blocks the prefix index holds for each of its models (`cached`)."""
     reported = {m.info.model_id: m for m in (session.models if session else [])}
     models = []
     for slots in record.models.values():
@@ -238,6 +241,7 @@ def worker_status(record: WorkerRecord, session: Any, now: float) -> types_pb2.W
         model.info.model_id = slots.model_id
         model.state = types_pb2.MODEL_STATE_READY if slots.ready else types_pb2.MODEL_STATE_LOADING
         model.max_slots = slots.max_slots
+        model.prefix_cache_blocks = cached.get((record.worker_id, slots.model_id), 0)
         models.append(model)
     device = session.device if session else None
     return types_pb2.WorkerStatus(
@@ -272,7 +276,10 @@ def model_scaling(decision: ScalingDecision, bounds: ScalingBounds) -> types_pb2
 def status(snapshot: Snapshot) -> types_pb2.GetStatusResponse:
     return types_pb2.GetStatusResponse(
         queues=queue_depths(snapshot.queues),
-        workers=[worker_status(r, session, snapshot.now) for r, session in snapshot.workers],
+        workers=[
+            worker_status(r, session, snapshot.now, snapshot.cached_blocks)
+            for r, session in snapshot.workers
+        ],
         active_leases=snapshot.active_leases,
         total_slots=snapshot.total_slots,
         scaling=[model_scaling(d, bounds) for d, bounds in snapshot.scaling],

@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from services.common.errors import DeadlineExceeded, InvalidArgument
@@ -80,6 +80,8 @@ class Snapshot:
     total_slots: int
     scaling: list[tuple[ScalingDecision, ScalingBounds]]
     now: float
+    # (worker, model) → prompt blocks the prefix index holds for it
+    cached_blocks: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class CoreView(Protocol):
@@ -94,6 +96,7 @@ class CoreView(Protocol):
     def workers(self) -> list[WorkerRecord]: ...
     def leases(self) -> list[Lease]: ...
     def models(self) -> list[ModelView]: ...
+    def cached_blocks(self, worker_id: str, model_id: str) -> int: ...
 
 
 class Coordinator:
@@ -332,6 +335,11 @@ class Coordinator:
             active_leases=core.active_leases(),
             models=core.models(),
             workers=[(r, self.sessions.get(r.worker_id)) for r in core.workers()],
+            cached_blocks={
+                (r.worker_id, m): core.cached_blocks(r.worker_id, m)
+                for r in core.workers()
+                for m in r.models
+            },
             total_slots=core.total_slots(),
             scaling=[(d, policy.bounds_of(m)) for m, d in sorted(core.decisions.items())],
             now=core.clock(),

@@ -142,6 +142,21 @@ async def test_a_heartbeat_carries_vllm_capacity_and_kv_use(system):
     await asyncio.gather(stream, return_exceptions=True)
 
 
+async def test_a_the_blocks_vllm_caches_reach_the_schedulers_index(system):
+    """vLLM's KV events, in our block names, go to the scheduler's index (GetStatus shows
+    them); the summary says what vLLM's cache held."""
+    shared = "You answer questions about a bakery in Lyon, briefly and politely. " * 20
+    _, first = await generate(system, shared + "When do you open?", max_tokens=2)
+    _, second = await generate(system, shared + "Any croissants?", max_tokens=2)
+    assert second.cached_prompt_tokens >= 128  # at least one of vLLM's 128-token blocks
+
+    async def indexed() -> bool:
+        return (await vllm_model(system)).prefix_cache_blocks >= 8  # 8 of ours a vLLM block
+
+    assert await wait_for(indexed, 10)
+    assert first.prompt_tokens > 256
+
+
 async def test_b_a_cancel_aborts_inside_vllm(system):
     streams = [
         asyncio.ensure_future(generate(system, f"Story number {i}.", **long_request()))

@@ -55,6 +55,7 @@ async def test_a_shared_prefix_is_prefilled_once_and_followed_by_its_requests(st
             break
         await asyncio.sleep(0.1)
     assert hits >= 3 * (len(SYSTEM) // 4 - BLOCK_TOKENS)
+    assert model.prefix_cache_blocks == indexed(stack, holder) > 30  # the index, in GetStatus
 
 
 async def test_a_restarted_scheduler_hears_the_caches_again_and_a_gone_worker_takes_its_own(

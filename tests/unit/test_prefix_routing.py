@@ -35,6 +35,12 @@ def test_a_blocks_hash_names_its_whole_prefix(prompt, other):
         assert not set(block_hashes(changed)) & set(chain)
 
 
+def test_a_chain_goes_on_from_a_parent_block():  # how vLLM's 128-token blocks become ours
+    prompt = ids(10 * B)
+    whole = block_hashes(prompt)
+    assert block_hashes(prompt[4 * B :], parent_hash=whole[3]) == whole[4:]
+
+
 def test_the_chain_is_bounded_and_the_last_token_is_never_reused():
     assert len(block_hashes(ids(100_000))) == 1024
     assert len(block_hashes(ids(100_000), limit=10)) == 10

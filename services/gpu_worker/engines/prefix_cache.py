@@ -85,6 +85,14 @@ class PrefixCache:
         with self._lock:
             self._evict_to(min(blocks, self.capacity_blocks))
 
+    def remove(self, hashes: Sequence[int]) -> None:
+        """Drops blocks its engine evicted (an engine that evicts by itself: vLLM)."""
+        with self._lock:
+            for h in hashes:
+                if h in self._blocks:
+                    del self._blocks[h]
+                    self._note(h, stored=False)
+
     def take_events(self) -> CacheEvents:
         with self._lock:
             pending, resync = self._pending, self._resync

@@ -53,6 +53,7 @@ class VllmEngine(VllmLifecycle):
             raise error
         params = sampling_params(request)
         generated, prompt_tokens, reason, first = 0, len(ids), FinishReason.LENGTH, True
+        cached = 0  # prompt tokens vLLM's prefix cache held
         stream = self._llm.generate(
             TokensPrompt(prompt_token_ids=ids),
             params,
@@ -60,6 +61,7 @@ class VllmEngine(VllmLifecycle):
             priority=request.priority_rank,
         )
         async for output in stream:
+            cached = getattr(output, "num_cached_tokens", None) or cached
             completion = output.outputs[0]
             tokens = len(completion.token_ids)
             if completion.finish_reason is not None:
@@ -73,7 +75,7 @@ class VllmEngine(VllmLifecycle):
                 self._produced.add(tokens)
                 first = False
             generated += tokens
-        return Finished(reason, prompt_tokens, generated)
+        return Finished(reason, prompt_tokens, generated, cached)
 
 
 def _finish_reason(completion: Any) -> FinishReason:

@@ -28,6 +28,8 @@ from services.common.errors import ServiceError, Unavailable
 from services.common.windowed import SlidingWindow
 from services.gpu_worker.engines.base import RATE_WINDOW_S, EngineStats, ModelState, Sink
 from services.gpu_worker.engines.isolation import FaultStreak, is_out_of_memory, request_error
+from services.gpu_worker.engines.prefix_cache import PrefixCache
+from services.gpu_worker.engines.vllm_kv_events import KvEventMirror
 from services.gpu_worker.engines.vllm_setup import EngineFigures, engine_args, stat_logger_factory
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,8 @@ class VllmLifecycle:
         self.device = device
         self.state = ModelState.LOADING
         self._healthy = True
-        self.prefix_cache = None  # vLLM's own; its KV events are not translated yet
+        self.prefix_cache: PrefixCache | None = None  # vLLM's, in our names (KV events)
+        self._kv_events: KvEventMirror | None = None
         self._cache_dir = cache_dir
         self._llm: Any = None
         self._tokenizer: Any = None
@@ -97,18 +100,26 @@ class VllmLifecycle:
         try:
             folder = model_folder(self.spec, self._cache_dir)
             self._weights_bytes = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
-            args = engine_args(self.spec, folder, self.device, self.RUNNER)
+            if self.KEEPS_KV and self.spec.vllm.enable_prefix_caching is not False:
+                self._kv_events = KvEventMirror()
+            endpoint = self._kv_events.endpoint if self._kv_events else ""
+            args = engine_args(self.spec, folder, self.device, self.RUNNER, endpoint)
             self._llm = AsyncLLM.from_engine_args(
                 args, stat_loggers=[stat_logger_factory(self._figures)]
             )
         except Exception:
             self.state = ModelState.FAILED
+            if self._kv_events is not None:
+                self._kv_events.stop()
             raise
         config = self._llm.vllm_config
         self._max_slots = config.scheduler_config.max_num_seqs
         blocks, block_size = config.cache_config.num_gpu_blocks, config.cache_config.block_size
         self._kv_capacity = (blocks or 0) * (block_size or 0)
         self._tokenizer = self._llm.get_tokenizer()
+        if self._kv_events is not None:
+            self._kv_events.start()
+            self.prefix_cache = self._kv_events.cache
         self.state = ModelState.READY
         log.info(
             "%s ready on vLLM (%s, %s) in %.1fs: %d slots, %d KV tokens",
@@ -134,6 +145,8 @@ class VllmLifecycle:
         if self._closed:
             return
         self._closed = True
+        if self._kv_events is not None:
+            self._kv_events.stop()
         for number, (task, sink) in list(self._running.items()):
             self._running.pop(number, None)
             sink(Unavailable(f"model {self.spec.model_id} stopped"))

@@ -60,11 +60,15 @@ def stat_logger_factory(figures: EngineFigures) -> Any:
     return FiguresLogger
 
 
-def engine_args(spec: ModelSpec, folder: Path, device: str, runner: str = "generate") -> Any:
+def engine_args(
+    spec: ModelSpec, folder: Path, device: str, runner: str = "generate", kv_events: str = ""
+) -> Any:
     """vLLM's `AsyncEngineArgs` for the model: the catalog entry's dtype, context and slots,
     its `[models.vllm]` table, priority scheduling (our classes go to vLLM), and vLLM's
-    `runner` ("generate", or "pooling" for an embedding model)."""
+    `runner` ("generate", or "pooling" for an embedding model); with `kv_events` (a ZMQ
+    endpoint), its KV-cache events published there."""
     from vllm import AsyncEngineArgs
+    from vllm.config import KVEventsConfig
 
     end_spawned_children_with_this_process()  # vLLM's engine core: no orphan after kill -9
     if device == "cpu":
@@ -75,6 +79,11 @@ def engine_args(spec: ModelSpec, folder: Path, device: str, runner: str = "gener
         "kv_cache_memory_bytes": options.kv_cache_bytes or None,
         "max_num_batched_tokens": options.max_num_batched_tokens or None,
         "enable_prefix_caching": options.enable_prefix_caching,
+        "kv_events_config": KVEventsConfig(
+            enable_kv_cache_events=True, publisher="zmq", endpoint=kv_events
+        )
+        if kv_events
+        else None,
     }
     return AsyncEngineArgs(
         model=str(folder),
