@@ -14,6 +14,9 @@
    (`bench.fleet_host`: real sessions, a heartbeat a second, nothing changing) with no
    requests: its CPU per heartbeat, and where it goes.
 
+`--baseline DIR` measures the services of another checkout too, in the same run (for example
+the revision before a change: `git worktree add /tmp/before <rev>`, then `make core` there).
+
 Prints tables and writes JSON. CPU figures are process CPU time: they hold on a busy machine
 better than wall time, but share the cores with the load.
 """
@@ -34,6 +37,7 @@ from inference.v1 import scheduler_pb2_grpc
 
 from bench import write_report
 from bench.fleet import Fleet, wait_for_workers
+from bench.local_system import ROOT
 from bench.sim_cluster import sim_cluster
 from bench.token_path import Paths, run_one
 
@@ -151,8 +155,8 @@ async def drive(paths: Paths, streams: int, seconds: float) -> dict[str, int]:
     return done
 
 
-async def request_costs(args, logs: Path) -> dict:
-    system = sim_cluster(logs / "requests", 1, slots=64, step_ms=1.0, flush_ms=0.0)
+async def request_costs(args, logs: Path, root: Path = ROOT) -> dict:
+    system = sim_cluster(logs / "requests", 1, slots=64, step_ms=1.0, flush_ms=0.0, root=root)
     system.start(ready_timeout_s=120)
     paths = Paths(system, direct_calls=False)
     procs = {n: psutil.Process(system.procs[n].pid) for n in ("scheduler", "router")}
@@ -188,13 +192,13 @@ async def request_costs(args, logs: Path) -> dict:
     }
 
 
-async def heartbeat_costs(workers: int, args, logs: Path) -> dict:
+async def heartbeat_costs(workers: int, args, logs: Path, root: Path = ROOT) -> dict:
     fleet_args = argparse.Namespace(
         workers=workers, hosts=2, slots=8, step_ms=10.0, tokens=16, queue=1000
     )
     work = logs / f"fleet-{workers}"
     work.mkdir()
-    fleet = Fleet(fleet_args, work)
+    fleet = Fleet(fleet_args, work, root)
     fleet.start()
     try:
         async with grpc.aio.insecure_channel(fleet.address) as channel:
@@ -222,29 +226,49 @@ def print_parts(title: str, total_us: float, parts: dict[str, float]) -> None:
         print(f"    {part:<38} {share:>6.1%} {share * total_us:>8.0f} µs")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--streams", type=int, default=32)
-    parser.add_argument("--workers", default="1000,2000")
-    parser.add_argument("--out", default="bench/results/control_plane.json")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        logs = Path(folder)
-        requests = asyncio.run(request_costs(args, logs))
-        fleets = [asyncio.run(heartbeat_costs(int(w), args, logs)) for w in args.workers.split(",")]
-    r = requests
+def measure_side(args, logs: Path, root: Path) -> dict:
+    """Both measures, on the services of the checkout at `root`."""
+    logs.mkdir()
+    requests = asyncio.run(request_costs(args, logs, root))
+    fleets = [
+        asyncio.run(heartbeat_costs(int(w), args, logs, root)) for w in args.workers.split(",")
+    ]
+    return {"root": str(root), "requests": requests, "fleets": fleets}
+
+
+def print_side(name: str, side: dict) -> None:
+    r = side["requests"]
     print(
-        f"requests: {r['requests']} at {r['requests_per_s']:.0f}/s, "
+        f"{name}: {r['requests']} requests at {r['requests_per_s']:.0f}/s, "
         f"{r['messages_per_request']:.1f} messages each"
     )
     print_parts("scheduler CPU per request", r["scheduler_us_per_request"], r["scheduler_parts"])
     print_parts("router CPU per request", r["router_us_per_request"], r["router_parts"])
     print(f"  router CPU per relayed message: {r['router_us_per_message']:.0f} µs")
-    for f in fleets:
-        print(f"{f['workers']} workers at 1 s heartbeats: {f['scheduler_cores']:.2f} of a core")
+    for f in side["fleets"]:
+        print(
+            f"{name}: {f['workers']} workers, a heartbeat a second each: "
+            f"{f['scheduler_cores']:.2f} of a core"
+        )
         print_parts("scheduler CPU per heartbeat", f["us_per_heartbeat"], f["parts"])
-    write_report(args.out, {"args": vars(args), "requests": requests, "fleets": fleets})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--streams", type=int, default=32)
+    parser.add_argument("--workers", default="1000,2000")
+    parser.add_argument("--baseline", default="", help="another checkout, measured in the same run")
+    parser.add_argument("--out", default="bench/results/control_plane.json")
+    args = parser.parse_args()
+    sides = {"this": ROOT, **({"baseline": Path(args.baseline)} if args.baseline else {})}
+    with tempfile.TemporaryDirectory() as folder:
+        results = {
+            name: measure_side(args, Path(folder) / name, root) for name, root in sides.items()
+        }
+    for name, side in results.items():
+        print_side(name, side)
+    write_report(args.out, {"args": vars(args), **results})
 
 
 if __name__ == "__main__":

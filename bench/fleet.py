@@ -75,8 +75,9 @@ kv_capacity_tokens = 10000000
 class Fleet:
     """The scheduler process and the host processes of the simulated workers."""
 
-    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+    def __init__(self, args: argparse.Namespace, work: Path, root: Path = ROOT) -> None:
         self.args = args
+        self.root = root  # the checkout whose scheduler runs (another one: a baseline)
         self.config = work / "fleet.toml"
         self.config.write_text(config_text(args.slots, args.step_ms, args.tokens, args.queue))
         self.port, self.metrics_port = free_port(), free_port()
@@ -110,7 +111,7 @@ class Fleet:
     def _spawn(self, name: str, command: list[str]) -> None:
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
         self.processes.append(
-            subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            subprocess.Popen(command, cwd=self.root, stdout=log, stderr=subprocess.STDOUT)
         )
 
     def scheduler_process(self) -> psutil.Process:

@@ -346,16 +346,12 @@ class Coordinator:
         )
 
 
-async def sweep_forever(
-    coordinator: Coordinator, interval_s: float, on_tick: Callable[[], object] | None = None
-) -> None:
-    """Runs the coordinator's periodic work, then `on_tick`, every `interval_s`. One failing
-    round is logged and the next one runs: the sweep never dies silently."""
+async def sweep_forever(coordinator: Coordinator, interval_s: float) -> None:
+    """Runs the coordinator's periodic work every `interval_s`. One failing round is logged
+    and the next one runs: the sweep never dies silently."""
     while True:
         await asyncio.sleep(interval_s)
         try:
             coordinator.tick()
-            if on_tick is not None:
-                on_tick()
         except Exception:
             log.exception("scheduler sweep failed; continuing")

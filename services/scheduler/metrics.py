@@ -1,16 +1,17 @@
 """The scheduler's Prometheus metrics.
 
-Gauges that mirror the scheduler's state are refreshed by `refresh`, called on the event loop
-(the sweeper), so the metrics HTTP thread never reads live scheduler state.
+Gauges that mirror the scheduler's state are refreshed by `refresh` when the registry is
+collected (a scrape), run on the event loop (`RefreshedRegistry`), so the metrics HTTP thread
+never reads live scheduler state and nobody scraping costs nothing.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-from services.common.metrics import LATENCY_BUCKETS
+from services.common.metrics import LATENCY_BUCKETS, RefreshedRegistry
 from services.scheduler.core.fairness import ServedTokens
 from services.scheduler.core.types import Lease, Outcome, Priority, Usage, WorkerState
 
@@ -25,7 +26,7 @@ _LOST_REASONS = {
 
 class SchedulerMetrics:
     def __init__(self, served: ServedTokens) -> None:
-        self.registry = r = CollectorRegistry()
+        self.registry = r = RefreshedRegistry()
         self.served = served
         self._per_worker: dict[str, tuple[Gauge, Gauge]] = {}  # its leases and slots children
         self._per_gpu: dict[str, tuple[str, list[Gauge]]] = {}  # its GPU and device children

@@ -93,11 +93,10 @@ class SchedulerServer:
     async def start(self) -> int:
         port = await self.grpc.start()
         interval = self.config.heartbeat_interval_ms / 1000.0 / 2
-        self._sweeper = asyncio.create_task(
-            sweep_forever(
-                self.coordinator, interval, lambda: self.metrics.refresh(self.coordinator)
-            )
+        self.metrics.registry.bind(
+            asyncio.get_running_loop(), lambda: self.metrics.refresh(self.coordinator)
         )
+        self._sweeper = asyncio.create_task(sweep_forever(self.coordinator, interval))
         self.metrics_endpoint.start()
         return port
 

@@ -1,8 +1,14 @@
-"""The scheduler's per-worker gauges follow the workers: set each refresh, gone with them."""
+"""The scheduler's per-worker gauges follow the workers: set each refresh, gone with them;
+a refresh runs when the registry is scraped, on the event loop."""
 
+import asyncio
+import threading
 from collections import Counter
 from types import SimpleNamespace
 
+from prometheus_client import Gauge
+
+from services.common.metrics import RefreshedRegistry
 from services.scheduler.core.fairness import ServedTokens
 from services.scheduler.core.types import ModelSlots, WorkerRecord
 from services.scheduler.metrics import SchedulerMetrics
@@ -57,3 +63,19 @@ def test_a_workers_series_are_set_each_refresh_and_removed_when_it_leaves():
         (("gpu_id", "gpu-1"), ("worker", "a"))
     ]
     assert series(metrics, "inference_scheduler_workers")[(("state", "ready"),)] == 1.0
+
+
+async def test_a_scrape_refreshes_the_gauges_on_the_event_loop():
+    registry = RefreshedRegistry()
+    gauge = Gauge("refreshed", "set by the refresh", registry=registry)
+    threads: list[threading.Thread] = []
+
+    def refresh() -> None:
+        threads.append(threading.current_thread())
+        gauge.set(len(threads))
+
+    assert registry.get_sample_value("refreshed") == 0  # unbound: nothing to refresh
+    registry.bind(asyncio.get_running_loop(), refresh)
+    scraped = await asyncio.to_thread(registry.get_sample_value, "refreshed")  # metrics thread
+    assert scraped == 1 and threads == [threading.current_thread()]  # it ran on the loop
+    assert registry.get_sample_value("refreshed") == 2  # read on the loop itself
