@@ -28,6 +28,7 @@ from services.common import tracing
 from services.common.errors import DeadlineExceeded, Unavailable
 from services.common.status import LEASE_END_KEY, PREEMPTED, REQUEST_CODES, answered, trailer
 from services.common.tokens import estimate_tokens
+from services.common.unreachable import UnreachableWorkers
 from services.common.worker_channels import WorkerChannels
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class LeasedRun:
         self._workers = workers
         self._max_resumes = max_resumes
         self._clock = clock
+        self.unreachable = UnreachableWorkers(clock)  # named in every ticket
 
     async def generate(
         self,
@@ -173,13 +175,14 @@ class LeasedRun:
                     metadata=tracing.outgoing_metadata(span),
                 )
             except grpc.aio.AioRpcError as exc:
-                failure = _failure(exc, grant)
+                failure = self._failure(exc, grant)
                 if not isinstance(failure, LeaseLost):
                     raise failure from None
                 self._resume(grant, failure, attempts, 0)
                 continue
             finally:
                 span.end()
+            self.unreachable.answered(grant.worker_id)
             response.queue_time_ms = attempts.queue_ms
             return response
 
@@ -188,6 +191,8 @@ class LeasedRun:
     ) -> scheduler_pb2.LeaseGrant:
         if attempts.resubmission is not None:
             ticket.resubmission.CopyFrom(attempts.resubmission)
+        del ticket.unreachable_workers[:]
+        ticket.unreachable_workers.extend(self.unreachable.now())
         grant = await self._acquire(ticket, self._remaining(deadline))
         attempts.leases += 1
         attempts.queue_ms += grant.queue_time_ms
@@ -223,6 +228,8 @@ class LeasedRun:
         )
         try:
             async for message in call:
+                if attempts.tokens == tokens_before:  # its first message: it answers
+                    self.unreachable.answered(grant.worker_id)
                 if message.HasField("delta"):
                     attempts.texts.append(message.delta.text)
                     attempts.tokens += message.delta.token_count
@@ -233,7 +240,7 @@ class LeasedRun:
                 if message.HasField("summary"):
                     return
         except grpc.aio.AioRpcError as exc:
-            raise _failure(exc, grant) from None
+            raise self._failure(exc, grant) from None
         finally:
             call.cancel()
             span.end()
@@ -263,6 +270,12 @@ class LeasedRun:
             attempts.tokens,
         )
         attempts.lost(grant, lost, tokens_before, self._clock())
+
+    def _failure(self, exc: grpc.aio.AioRpcError, grant: scheduler_pb2.LeaseGrant) -> Exception:
+        """`_failure`, and a worker whose call went unanswered is avoided a while."""
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and not answered(exc):
+            self.unreachable.failed(grant.worker_id)
+        return _failure(exc, grant)
 
     def _remaining(self, deadline: float) -> float:
         remaining = deadline - self._clock()

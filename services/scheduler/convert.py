@@ -136,6 +136,7 @@ def ticket(request: scheduler_pb2.AcquireRequest) -> Ticket:
         affinity_key=request.affinity_key,
         allow_fallback=request.allow_fallback,
         prefix_blocks=tuple(request.prefix_blocks),
+        unreachable=tuple(request.unreachable_workers),
     )
 
 

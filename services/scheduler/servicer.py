@@ -20,6 +20,7 @@ from services.common.errors import DeadlineExceeded, InvalidArgument, ResourceEx
 from services.common.lease_token import LeaseSigner
 from services.common.leased_run import LeasedRun
 from services.common.prefix_blocks import MAX_TICKET_BLOCKS
+from services.common.unreachable import MAX_UNREACHABLE
 from services.scheduler import convert
 from services.scheduler.coordinator import Coordinator, Grant
 from services.scheduler.core.admission import Shed
@@ -70,6 +71,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             raise InvalidArgument("request_id and model_id are required")
         if len(request.prefix_blocks) > MAX_TICKET_BLOCKS:
             raise InvalidArgument(f"prefix_blocks: at most {MAX_TICKET_BLOCKS} block hashes")
+        if len(request.unreachable_workers) > MAX_UNREACHABLE:
+            raise InvalidArgument(f"unreachable_workers: at most {MAX_UNREACHABLE}")
         logs.request_id.set(request.request_id)
         ticket = convert.ticket(request)
         again = convert.resubmission(request)

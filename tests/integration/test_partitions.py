@@ -65,3 +65,26 @@ async def test_a_blip_shorter_than_the_detection_bound_moves_nothing(fleet):
     results = await run_streams(fleet, blip)
     assert [text for text, _, _ in results] == undisturbed
     assert lost_leases(fleet) == before  # no lease ended early: nothing resumed
+
+
+async def test_a_worker_its_router_cannot_reach_is_left_out_of_that_routers_requests(fleet):
+    """One way: the scheduler still hears the worker, the router's calls to it go unanswered.
+    Its streams move; the router's next requests name it unreachable and go elsewhere, so no
+    lease is lost on it again while it stays cut."""
+    undisturbed = [text for text, _, _ in await run_streams(fleet)]
+    cut, router = fleet.worker_hosts[1], fleet.hosts["router"]
+
+    async def cut_from_the_router():
+        await asyncio.sleep(1.0)
+        cut.cut(router)
+
+    try:
+        moved = await run_streams(fleet, cut_from_the_router)
+        lost = lost_leases(fleet)
+        later = await run_streams(fleet)
+        assert lost_leases(fleet) == lost, fleet.logs()
+    finally:
+        cut.heal()
+    assert [text for text, _, _ in moved] == undisturbed
+    assert [text for text, _, _ in later] == undisturbed
+    assert all(worker != cut.name for _, _, worker in moved + later)

@@ -1,5 +1,9 @@
+from dataclasses import replace
+
+from services.common.unreachable import UNREACHABLE_S, UnreachableWorkers
 from services.scheduler.core.leases import LeaseTable
 from services.scheduler.core.types import ModelSlots, PendingRequest, Priority, WorkerState
+from tests.factories import Clock
 
 
 def req(rid: str, model: str = "m", kv: int = 0) -> PendingRequest:
@@ -90,3 +94,28 @@ def test_a_lone_lease_always_fits_the_kv_budget():
     table = LeaseTable()
     table.upsert_worker("w1", "w1:1", "cpu-0", [ModelSlots("m", 2, True, kv_capacity=100)], 0)
     assert table.grant(req("big", kv=500), 0) is not None
+
+
+def test_a_worker_its_router_cannot_reach_is_used_only_when_no_other_has_room():
+    for policy in ("least_loaded", "kv_aware", "round_robin"):
+        table = LeaseTable.placing_by(policy)
+        for worker_id in ("w1", "w2"):
+            table.upsert_worker(worker_id, f"{worker_id}:1", "cpu-0", [ModelSlots("m", 2, True)], 0)
+        away = replace(req("r0"), unreachable=("w1",))
+        assert {table.grant(replace(away, request_id=f"r{i}"), 0).worker_id for i in range(2)} == {
+            "w2"
+        }
+        assert table.grant(away, 0).worker_id == "w1"  # w2 is full: better tried than refused
+
+
+def test_unreachable_workers_are_named_until_they_answer_or_time_passes():
+    clock = Clock()
+    unreachable = UnreachableWorkers(clock)
+    unreachable.failed("w1")
+    clock.now += 1
+    unreachable.failed("w2")
+    assert unreachable.now() == ["w2", "w1"]
+    unreachable.answered("w2")
+    assert unreachable.now() == ["w1"]
+    clock.now += UNREACHABLE_S
+    assert unreachable.now() == []

@@ -62,8 +62,7 @@ class LeaseTable:
 
     @classmethod
     def placing_by(cls, placement: str, id_prefix: str = "lease") -> LeaseTable:
-        """A table whose workers are chosen by the policy named `placement` (worker_choice),
-        which reads the table's prefix index where it places by cached prefixes."""
+        """A table placing by the policy named `placement`, which may read its prefix index."""
         prefixes = PrefixIndex()
         return cls(make_policy(placement, None, prefixes), id_prefix, prefixes)
 
@@ -206,15 +205,16 @@ class LeaseTable:
         return lease
 
     def _choose(self, request: PendingRequest) -> WorkerRecord | None:
-        """The least loaded worker from the index in O(log W) (kv_aware's choice too for a
-        request without prompt blocks); kv_aware's among the workers caching the prompt's
-        first block and that one; any other policy (or a request those picks do not suit)
-        looks at every worker of the model."""
+        """The least loaded worker from the index, O(log W) (kv_aware's too for a request
+        without blocks); kv_aware's among those caching the prompt's first block and that one;
+        else (other policies, picks that do not suit) every worker of the model, those the
+        request avoids or its router cannot reach last."""
         policy = type(self._placement)
         if policy is LeastLoaded or policy is KvAware:
             worker = self._index.least_loaded(
                 request.model_id, request.kv_tokens, request.avoid_worker
             )
+            worker = None if worker and worker.worker_id in request.unreachable else worker
             if not request.prefix_blocks or policy is LeastLoaded:
                 if worker is not None:
                     return worker
@@ -229,20 +229,22 @@ class LeaseTable:
                     candidates.append(worker)
         if not candidates:
             return None
-        elsewhere = [w for w in candidates if w.worker_id != request.avoid_worker]
+        shunned = {request.avoid_worker, *request.unreachable}
+        elsewhere = [w for w in candidates if w.worker_id not in shunned]
         return self._placement.choose(elsewhere or candidates, request, serving)
 
     def _holders(
         self, request: PendingRequest, least_loaded: WorkerRecord | None
     ) -> list[WorkerRecord] | None:
         """kv_aware's candidates: the workers with room that cache the prompt's first block
-        (the others would prefill it all, so the least loaded of them stands for them all),
-        and the least loaded; None when that leaves none."""
+        (the others would prefill it all: the least loaded stands for them), and the least
+        loaded; None when that leaves none."""
         model_id, kv_tokens = request.model_id, request.kv_tokens
         found = [least_loaded] if least_loaded is not None else []
         for worker_id in self.prefixes.holders(model_id, request.prefix_blocks[0]):
             worker = self._workers.get(worker_id)
-            if worker is None or worker is least_loaded or worker_id == request.avoid_worker:
+            shunned = worker_id == request.avoid_worker or worker_id in request.unreachable
+            if worker is None or worker is least_loaded or shunned:
                 continue
             slots = worker.models.get(model_id)
             if worker.accepts_leases and slots is not None and slots.fits(kv_tokens):

@@ -73,6 +73,7 @@ class PendingRequest:
     deadline: float | None = None  # clock seconds by which it must be done; None: none
     affinity_key: str = ""  # the prompt's first characters, for prefix-affinity placement
     prefix_blocks: tuple[int, ...] = ()  # the prompt's block-hash chain, for kv_aware
+    unreachable: tuple[str, ...] = ()  # workers its router cannot reach: others first
     avoid_worker: str = ""  # a worker that just failed it: another is preferred
     resumed: bool = False  # it held a lease before: admitted already, its prompt charged
     resumed_tokens: int = 0  # tokens it generated before; they count against max_tokens
@@ -238,6 +239,7 @@ class Ticket:
     affinity_key: str = ""
     allow_fallback: bool = False  # it may be served by a smaller model under load
     prefix_blocks: tuple[int, ...] = ()  # the prompt's block-hash chain (kv_aware placement)
+    unreachable: tuple[str, ...] = ()  # workers its router cannot reach now
 
     def pending(self, enqueued_at: float, model_id: str, max_tokens: int) -> PendingRequest:
         """The request as it waits in the queue, on the model and budget it was admitted to."""
@@ -253,6 +255,7 @@ class Ticket:
             deadline=self.deadline,
             affinity_key=self.affinity_key,
             prefix_blocks=self.prefix_blocks,
+            unreachable=self.unreachable,
         )
 
 
