@@ -25,6 +25,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def consecutive_free_ports(count: int) -> int:
     """The first of `count` free consecutive ports."""
     while True:
@@ -196,9 +205,31 @@ class LocalSystem:
         )
 
     def restart(self, name: str) -> None:
-        """Starts a process that exited (or was killed) again, as it was started."""
+        """Starts a process that exited (or was killed) again, as it was started; a worker
+        whose port something else took meanwhile (an outgoing connection's ephemeral port:
+        the kernel hands those out from the range `free_port` draws from) on a new port."""
         args, env, python = self._commands[name]
+        if name.startswith("worker-"):
+            args = self._free_worker_ports(name, args)
         self._spawn(name, args, env, mode="a", python=python)
+
+    def _free_worker_ports(self, name: str, args: list[str]) -> list[str]:
+        """The worker's arguments, with a new port for each of its ports taken meanwhile."""
+        index = int(name.removeprefix("worker-"))
+        args = list(args)
+        for flag in ("--listen", "--metrics-listen"):
+            if flag not in args:
+                continue
+            at = args.index(flag) + 1
+            if port_is_free(int(args[at].rpartition(":")[2])):
+                continue
+            port = free_port()
+            args[at] = f"127.0.0.1:{port}"
+            if flag == "--listen":
+                self.worker_ports[index] = port
+            else:
+                self.metrics_ports[name] = port
+        return args
 
     def _spawn(
         self,
