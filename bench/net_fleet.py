@@ -161,9 +161,9 @@ async def run_streams(fleet: NetFleet, during=None) -> list[tuple[str, float, st
         return await asyncio.gather(*streams)
 
 
-def scheduler_metric(fleet: NetFleet, name: str) -> dict[str, float]:
-    """A counter of the scheduler's /metrics, by its label values."""
+def scheduler_metric(fleet: NetFleet, name: str, suffix: str = "_total") -> dict[str, float]:
+    """A counter of the scheduler's /metrics (a gauge: `suffix=""`), by its label values."""
     scheduler = fleet.hosts["scheduler"].address
     text = urllib.request.urlopen(f"http://{scheduler}:9092/metrics", timeout=5).read().decode()
-    pattern = rf"^{name}_total\{{[^=]*=\"([^\"]*)\"\}} (\S+)$"
+    pattern = rf"^{name}{suffix}\{{[^=]*=\"([^\"]*)\"\}} (\S+)$"
     return {label: float(value) for label, value in re.findall(pattern, text, re.MULTILINE)}

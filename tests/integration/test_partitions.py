@@ -28,6 +28,11 @@ def fleet(tmp_path):
         bed.close()
 
 
+def registered_workers(fleet) -> float:
+    """Workers the scheduler has registered, in any state."""
+    return sum(scheduler_metric(fleet, "inference_scheduler_workers", suffix="").values())
+
+
 def lost_leases(fleet) -> float:
     """Leases the scheduler recorded as ended early (resubmitted by a router)."""
     return sum(scheduler_metric(fleet, "inference_scheduler_leases_lost").values())
@@ -88,3 +93,28 @@ async def test_a_worker_its_router_cannot_reach_is_left_out_of_that_routers_requ
     assert [text for text, _, _ in moved] == undisturbed
     assert [text for text, _, _ in later] == undisturbed
     assert all(worker != cut.name for _, _, worker in moved + later)
+
+
+async def test_a_worker_the_scheduler_loses_still_finishes_the_routers_streams(fleet):
+    """The other way: the worker's host is cut from the scheduler only. The router still
+    streams from it, so no stream is disturbed; the scheduler declares the worker dead and, when
+    the link heals, the worker registers again and serves once more."""
+    undisturbed = [text for text, _, _ in await run_streams(fleet)]
+    cut, scheduler = fleet.worker_hosts[1], fleet.hosts["scheduler"]
+
+    async def cut_from_the_scheduler():
+        await asyncio.sleep(1.0)
+        cut.cut(scheduler)
+
+    try:
+        results = await run_streams(fleet, cut_from_the_scheduler)
+        for _ in range(100):  # the scheduler declares it dead (its leases end there as lost)
+            if registered_workers(fleet) == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert registered_workers(fleet) == 1
+    finally:
+        cut.heal()
+    assert [text for text, _, _ in results] == undisturbed, fleet.logs()
+    await asyncio.to_thread(fleet.wait_ready, 30)  # both workers ready again
+    assert [text for text, _, _ in await run_streams(fleet)] == undisturbed
