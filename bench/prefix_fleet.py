@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from bench import write_report
 from services.common.catalog import GpuProfile
-from services.common.prefix_blocks import BLOCK_TOKENS, block_hashes, reusable_blocks
+from services.common.prefix_blocks import BLOCK_TOKENS, block_hashes
 from services.gpu_worker.engines.prefix_cache import PrefixCache
 from services.gpu_worker.engines.simulated import step_seconds
 from services.scheduler.core.admission import AdmissionRules
@@ -70,7 +70,7 @@ class SimWorker:
         """Starts a lease: (first token at, done at, prompt tokens its cache held)."""
         self.running += 1
         self.reserved += kv_tokens
-        found = len(self.cache.lookup(chain[: reusable_blocks(PROMPT)], PROMPT))
+        found = len(self.cache.lookup(chain, PROMPT))
         self.cache.store(chain, [None] * len(chain))
         self.cache.shrink_to((PROFILE.kv_capacity_tokens - self.reserved) // BLOCK_TOKENS)
         computed = PROMPT - found * BLOCK_TOKENS

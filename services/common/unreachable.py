@@ -4,7 +4,7 @@ A network can fail one way: the scheduler still hears a worker while a router's 
 go unanswered. The scheduler would keep granting that router leases there, each one failing.
 So the router remembers a worker whose call failed without an answer (UNAVAILABLE and none of
 our status trailers: the connection, not the worker, failed), for UNREACHABLE_S after the
-last failure or until a call to it is answered, and every ticket it sends names those workers:
+last failure or until a call to it completes, and every ticket it sends names those workers:
 the scheduler places the request elsewhere while another worker has room.
 """
 

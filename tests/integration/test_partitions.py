@@ -8,6 +8,7 @@ import pytest
 
 from bench.net_fleet import NetFleet, run_streams, scheduler_metric
 from bench.netbed import NetBed, available
+from tests.service.test_scheduling import wait_until
 
 pytestmark = [
     pytest.mark.slow,
@@ -38,26 +39,35 @@ def lost_leases(fleet) -> float:
     return sum(scheduler_metric(fleet, "inference_scheduler_leases_lost").values())
 
 
-async def test_a_silent_worker_loses_no_stream_and_every_stream_keeps_its_text(fleet):
-    undisturbed = [text for text, _, _ in await run_streams(fleet)]
-    cut = fleet.worker_hosts[1]
+def cut_after_a_second(host, peer=None):
+    """What `run_streams` runs meanwhile: `host` cut off (from `peer` only, if given)."""
 
-    async def cut_after_a_second():
+    async def cut() -> None:
         await asyncio.sleep(1.0)
-        cut.cut()
+        host.cut(peer)
 
+    return cut
+
+
+def texts(results) -> list[str]:
+    return [text for text, _, _ in results]
+
+
+async def test_a_silent_worker_loses_no_stream_and_every_stream_keeps_its_text(fleet):
+    undisturbed = texts(await run_streams(fleet))
+    cut = fleet.worker_hosts[1]
     try:
-        results = await run_streams(fleet, cut_after_a_second)
+        results = await run_streams(fleet, cut_after_a_second(cut))
     finally:
         cut.heal()
-    assert [text for text, _, _ in results] == undisturbed
+    assert texts(results) == undisturbed
     # every stream ended on the worker still reachable (how long they were silent is
     # measured by bench.partitions, not asserted here)
     assert all(worker != cut.name for _, _, worker in results), fleet.logs()
 
 
 async def test_a_blip_shorter_than_the_detection_bound_moves_nothing(fleet):
-    undisturbed = [text for text, _, _ in await run_streams(fleet)]
+    undisturbed = texts(await run_streams(fleet))
     before = lost_leases(fleet)
     blipped = fleet.worker_hosts[1]
 
@@ -68,7 +78,7 @@ async def test_a_blip_shorter_than_the_detection_bound_moves_nothing(fleet):
         blipped.heal()
 
     results = await run_streams(fleet, blip)
-    assert [text for text, _, _ in results] == undisturbed
+    assert texts(results) == undisturbed
     assert lost_leases(fleet) == before  # no lease ended early: nothing resumed
 
 
@@ -76,22 +86,16 @@ async def test_a_worker_its_router_cannot_reach_is_left_out_of_that_routers_requ
     """One way: the scheduler still hears the worker, the router's calls to it go unanswered.
     Its streams move; the router's next requests name it unreachable and go elsewhere, so no
     lease is lost on it again while it stays cut."""
-    undisturbed = [text for text, _, _ in await run_streams(fleet)]
-    cut, router = fleet.worker_hosts[1], fleet.hosts["router"]
-
-    async def cut_from_the_router():
-        await asyncio.sleep(1.0)
-        cut.cut(router)
-
+    undisturbed = texts(await run_streams(fleet))
+    cut = fleet.worker_hosts[1]
     try:
-        moved = await run_streams(fleet, cut_from_the_router)
+        moved = await run_streams(fleet, cut_after_a_second(cut, fleet.hosts["router"]))
         lost = lost_leases(fleet)
         later = await run_streams(fleet)
         assert lost_leases(fleet) == lost, fleet.logs()
     finally:
         cut.heal()
-    assert [text for text, _, _ in moved] == undisturbed
-    assert [text for text, _, _ in later] == undisturbed
+    assert texts(moved) == texts(later) == undisturbed
     assert all(worker != cut.name for _, _, worker in moved + later)
 
 
@@ -99,22 +103,14 @@ async def test_a_worker_the_scheduler_loses_still_finishes_the_routers_streams(f
     """The other way: the worker's host is cut from the scheduler only. The router still
     streams from it, so no stream is disturbed; the scheduler declares the worker dead and, when
     the link heals, the worker registers again and serves once more."""
-    undisturbed = [text for text, _, _ in await run_streams(fleet)]
-    cut, scheduler = fleet.worker_hosts[1], fleet.hosts["scheduler"]
-
-    async def cut_from_the_scheduler():
-        await asyncio.sleep(1.0)
-        cut.cut(scheduler)
-
+    undisturbed = texts(await run_streams(fleet))
+    cut = fleet.worker_hosts[1]
     try:
-        results = await run_streams(fleet, cut_from_the_scheduler)
-        for _ in range(100):  # the scheduler declares it dead (its leases end there as lost)
-            if registered_workers(fleet) == 1:
-                break
-            await asyncio.sleep(0.1)
-        assert registered_workers(fleet) == 1
+        results = await run_streams(fleet, cut_after_a_second(cut, fleet.hosts["scheduler"]))
+        # the scheduler declares it dead (its leases end there as lost)
+        await wait_until(lambda: registered_workers(fleet) == 1, timeout_s=10)
     finally:
         cut.heal()
-    assert [text for text, _, _ in results] == undisturbed, fleet.logs()
+    assert texts(results) == undisturbed, fleet.logs()
     await asyncio.to_thread(fleet.wait_ready, 30)  # both workers ready again
-    assert [text for text, _, _ in await run_streams(fleet)] == undisturbed
+    assert texts(await run_streams(fleet)) == undisturbed

@@ -56,6 +56,7 @@ def test_lookup_finds_the_longest_cached_start_and_counts_hits():
     other = block_hashes([7, *ids(5 * B)[1:]])  # the same tokens but the first: nothing shared
     assert cache.lookup(other, 5 * B) == []
     assert (cache.queried_tokens, cache.hit_tokens) == (10 * B, 3 * B)
+    assert cache.lookup(chain[:3], 3 * B) == ["a", "b"]  # a prompt's last token is run again
 
 
 def test_eviction_keeps_the_budget_and_drops_a_chains_tail_before_its_head():
@@ -64,10 +65,10 @@ def test_eviction_keeps_the_budget_and_drops_a_chains_tail_before_its_head():
     cache.store(one, [1, 2, 3])
     cache.store(two, [4, 5, 6])
     assert len(cache) == 4
-    assert cache.lookup(two, 3 * B) == [4, 5, 6]
+    assert cache.lookup(two, 3 * B + 1) == [4, 5, 6]
     cache.store(one, [1, 2, 3])  # touched again: the old ones go, the tail before the head
-    assert len(cache) == 4 and cache.lookup(one, 3 * B) == [1, 2, 3]
-    assert cache.lookup(two, 3 * B) == [4]
+    assert len(cache) == 4 and cache.lookup(one, 3 * B + 1) == [1, 2, 3]
+    assert cache.lookup(two, 3 * B + 1) == [4]
     cache.shrink_to(1)
     assert cache.held() == [two[0]]  # the block used last
 
@@ -187,7 +188,7 @@ def test_blocks_without_payload_are_found_too():
     cache = PrefixCache(capacity_tokens=8 * B)  # the simulated engine keeps no tensors
     chain = block_hashes(ids(3 * B))
     cache.store(chain, [None] * 3)
-    assert cache.lookup(chain, 3 * B) == [None] * 3
+    assert cache.lookup(chain, 3 * B + 1) == [None] * 3
 
 
 @given(st.lists(st.integers(0, 40), min_size=1, max_size=6), st.integers(0, 40))

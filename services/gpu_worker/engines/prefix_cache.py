@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.prefix_blocks import BLOCK_TOKENS
+from services.common.prefix_blocks import BLOCK_TOKENS, reusable_blocks
 
 MAX_PENDING_EVENTS = 4096  # stored/removed hashes held for the next report; past it, a resync
 
@@ -54,9 +54,11 @@ class PrefixCache:
         return len(self._blocks)
 
     def lookup(self, hashes: Sequence[int], prompt_tokens: int) -> list[Any]:
-        """The payloads of the longest cached run of `hashes` from the start; touches them.
-        `prompt_tokens` (the prompt's length) only feeds the hit-rate counters."""
+        """The payloads of the longest cached run of a prompt's chain `hashes` from its start,
+        short of the prompt's last token (`reusable_blocks`); touches them. `prompt_tokens`:
+        the prompt's length (it also feeds the hit-rate counters)."""
         found: list[Any] = []
+        hashes = hashes[: reusable_blocks(prompt_tokens)]
         with self._lock:
             blocks = self._blocks
             for h in hashes:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from services.common.catalog import GpuProfile, ModelSpec
 from services.common.errors import Unavailable
-from services.common.prefix_blocks import BLOCK_TOKENS, block_hashes, reusable_blocks
+from services.common.prefix_blocks import BLOCK_TOKENS, block_hashes
 from services.common.prompt_encoding import simulated_token_ids
 from services.common.windowed import SlidingWindow
 from services.gpu_worker.engines.admission import admit_in_order, context_error
@@ -236,8 +236,7 @@ class SimulatedEngine:
         )
         cache = self.prefix_cache
         for seq in joining:
-            usable = seq.blocks[: reusable_blocks(seq.prompt_tokens)]
-            seq.cached_tokens = len(cache.lookup(usable, seq.prompt_tokens)) * BLOCK_TOKENS
+            seq.cached_tokens = len(cache.lookup(seq.blocks, seq.prompt_tokens)) * BLOCK_TOKENS
             cache.store(seq.blocks, [None] * len(seq.blocks))
             prefill = seq.prompt_tokens - seq.cached_tokens
             seq.ready_at = time.monotonic() + prefill / self.profile.prefill_tokens_per_s

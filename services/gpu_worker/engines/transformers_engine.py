@@ -18,7 +18,7 @@ from typing import Any
 
 from services.common.catalog import ModelSpec
 from services.common.errors import Unavailable
-from services.common.prefix_blocks import BLOCK_TOKENS, block_hashes, reusable_blocks
+from services.common.prefix_blocks import BLOCK_TOKENS, block_hashes
 from services.common.windowed import SlidingWindow
 from services.gpu_worker.engines.admission import admit_in_order, context_error
 from services.gpu_worker.engines.base import (
@@ -40,7 +40,7 @@ class TransformersEngine(ThreadedEngine):
     def __init__(self, spec: ModelSpec, cache_dir: Path, device: str) -> None:
         super().__init__(spec, device)
         self._cache_dir = cache_dir
-        self.prefix_cache = self._cache = PrefixCache(spec.prefix_cache_tokens)  # prompt blocks
+        self.prefix_cache = PrefixCache(spec.prefix_cache_tokens)  # prompt blocks seen
         self._tokenizer: Any = None
         self._model: Any = None
         self._eos: set[int] = set()
@@ -95,8 +95,8 @@ class TransformersEngine(ThreadedEngine):
             tokens_per_second=self._produced.per_second(),
             memory_bytes=self.weights_bytes,
             max_slots=self.spec.max_slots,
-            prefix_cache_queries=self._cache.queried_tokens,
-            prefix_cache_hits=self._cache.hit_tokens,
+            prefix_cache_queries=self.prefix_cache.queried_tokens,
+            prefix_cache_hits=self.prefix_cache.hit_tokens,
         )
 
     # -- the engine thread -----------------------------------------------------------------
@@ -227,21 +227,20 @@ class TransformersEngine(ThreadedEngine):
         prefix = kv_batch.gather(found)
         rest = [s.prompt_ids[s.cached_prompt_tokens :] for s in joining]
         fresh = kv_batch.prefill(self._model, rest, self.device, prefix)
-        if self._cache.enabled:
+        if self.prefix_cache.enabled:
             for row, (s, blocks) in enumerate(zip(joining, found, strict=True)):
                 full = s.block_hashes[len(blocks) :]
                 if full:
                     start, end = len(blocks) * BLOCK_TOKENS, len(s.block_hashes) * BLOCK_TOKENS
                     payloads = kv_batch.blocks_of(fresh, row, start, end, BLOCK_TOKENS)
-                    self._cache.store(full, payloads)
+                    self.prefix_cache.store(full, payloads)
         return joining, fresh
 
     def _lookup(self, seq: Sequence) -> list[Any]:
         """The cached blocks `seq` starts from; sets its cached prompt tokens."""
-        if not self._cache.enabled:
+        if not self.prefix_cache.enabled:
             return []
-        usable = seq.block_hashes[: reusable_blocks(len(seq.prompt_ids))]
-        blocks = self._cache.lookup(usable, len(seq.prompt_ids))
+        blocks = self.prefix_cache.lookup(seq.block_hashes, len(seq.prompt_ids))
         seq.cached_prompt_tokens = len(blocks) * BLOCK_TOKENS
         return blocks
 
@@ -266,7 +265,7 @@ class TransformersEngine(ThreadedEngine):
             seq.sink(error)
             return False
         seq.prompt_ids = ids
-        if self._cache.enabled:
+        if self.prefix_cache.enabled:
             seq.block_hashes = block_hashes(ids, limit=len(ids))
         seq.generated = request.resume_tokens
         seq.detok = IncrementalDetokenizer(self._tokenizer)
@@ -283,7 +282,7 @@ class TransformersEngine(ThreadedEngine):
             self._waiting, budget, len(rows), lambda s: s.kv_tokens, self.spec.max_slots
         )
         left = budget - sum(s.kv_tokens for s in admitted)
-        self._cache.shrink_to(left // BLOCK_TOKENS)
+        self.prefix_cache.shrink_to(left // BLOCK_TOKENS)
         return admitted
 
     def _drop_cancelled(self) -> None:
