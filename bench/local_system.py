@@ -6,6 +6,7 @@ Used by the benchmarks and the integration tests, the way `make up` runs the sys
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,9 +21,21 @@ WorkerLaunch = Callable[[int], tuple[str, dict[str, str]]]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range: one picked now and bound later by a
+    process cannot be handed meanwhile to an outgoing connection (port 0 draws from that
+    range, and did collide)."""
+    low = _ephemeral_start()
+    while True:
+        port = random.randrange(10_000, max(low, 20_000))
+        if port_is_free(port):
+            return port
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def port_is_free(port: int) -> bool:
