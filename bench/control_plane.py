@@ -11,8 +11,10 @@
    charged to the first frame, from the innermost, that belongs to a part (the
    core, protobuf, gRPC, asyncio, lease signing, tracing, metrics, logging, ...).
 2. **A worker**: the scheduler alone hearing `--workers` simulated workers
-   (`bench.fleet_host`: real sessions, a heartbeat a second, nothing changing) with no
-   requests: its CPU per heartbeat, and where it goes.
+   (`bench.fleet_host`: real sessions, each on a connection of its own, a heartbeat interval
+   of a second, nothing changing) with no requests: its CPU per worker and interval (what a
+   heartbeat cost when every interval had one; with quiet heartbeats, the few that go and the
+   transport's pings), and where it goes.
 
 `--baseline DIR` measures the services of another checkout too, in the same run (for example
 the revision before a change: `git worktree add /tmp/before <rev>`, then `make core` there).
@@ -194,7 +196,7 @@ async def request_costs(args, logs: Path, root: Path = ROOT) -> dict:
 
 async def heartbeat_costs(workers: int, args, logs: Path, root: Path = ROOT) -> dict:
     fleet_args = argparse.Namespace(
-        workers=workers, hosts=2, slots=8, step_ms=10.0, tokens=16, queue=1000
+        workers=workers, hosts=2, slots=8, step_ms=10.0, tokens=16, queue=1000, own_channels=True
     )
     work = logs / f"fleet-{workers}"
     work.mkdir()
@@ -215,7 +217,7 @@ async def heartbeat_costs(workers: int, args, logs: Path, root: Path = ROOT) -> 
     return {
         "workers": workers,
         "scheduler_cores": cpu / elapsed,
-        "us_per_heartbeat": cpu * 1e6 / beats,
+        "us_per_heartbeat": cpu * 1e6 / beats,  # per worker and interval
         "parts": shares(work / "scheduler.txt"),
     }
 
@@ -229,35 +231,40 @@ def print_parts(title: str, total_us: float, parts: dict[str, float]) -> None:
 def measure_side(args, logs: Path, root: Path) -> dict:
     """Both measures, on the services of the checkout at `root`."""
     logs.mkdir()
-    requests = asyncio.run(request_costs(args, logs, root))
+    requests = asyncio.run(request_costs(args, logs, root)) if args.streams else None
     fleets = [
-        asyncio.run(heartbeat_costs(int(w), args, logs, root)) for w in args.workers.split(",")
+        asyncio.run(heartbeat_costs(int(w), args, logs, root)) for w in args.workers.split(",") if w
     ]
     return {"root": str(root), "requests": requests, "fleets": fleets}
 
 
 def print_side(name: str, side: dict) -> None:
     r = side["requests"]
-    print(
-        f"{name}: {r['requests']} requests at {r['requests_per_s']:.0f}/s, "
-        f"{r['messages_per_request']:.1f} messages each"
-    )
-    print_parts("scheduler CPU per request", r["scheduler_us_per_request"], r["scheduler_parts"])
-    print_parts("router CPU per request", r["router_us_per_request"], r["router_parts"])
-    print(f"  router CPU per relayed message: {r['router_us_per_message']:.0f} µs")
+    if r is not None:
+        print(
+            f"{name}: {r['requests']} requests at {r['requests_per_s']:.0f}/s, "
+            f"{r['messages_per_request']:.1f} messages each"
+        )
+        print_parts(
+            "scheduler CPU per request", r["scheduler_us_per_request"], r["scheduler_parts"]
+        )
+        print_parts("router CPU per request", r["router_us_per_request"], r["router_parts"])
+        print(f"  router CPU per relayed message: {r['router_us_per_message']:.0f} µs")
     for f in side["fleets"]:
         print(
             f"{name}: {f['workers']} workers, a heartbeat a second each: "
             f"{f['scheduler_cores']:.2f} of a core"
         )
-        print_parts("scheduler CPU per heartbeat", f["us_per_heartbeat"], f["parts"])
+        print_parts(
+            "scheduler CPU per worker and heartbeat interval", f["us_per_heartbeat"], f["parts"]
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--streams", type=int, default=32)
-    parser.add_argument("--workers", default="1000,2000")
+    parser.add_argument("--streams", type=int, default=32, help="0: no request measure")
+    parser.add_argument("--workers", default="1000,2000", help="empty: no worker measure")
     parser.add_argument("--baseline", default="", help="another checkout, measured in the same run")
     parser.add_argument("--out", default="bench/results/control_plane.json")
     args = parser.parse_args()

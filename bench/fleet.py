@@ -105,13 +105,19 @@ class Fleet:
                     *("bench.fleet_host", "--config", str(self.config)),
                     *("--scheduler", self.address, "--workers", str(count)),
                     *("--first", str(h * per_host)),
+                    *(
+                        ["--channel-per-worker"]
+                        if getattr(self.args, "own_channels", False)
+                        else []
+                    ),
                 ],
+                cwd=ROOT,  # this checkout's workers; they speak as the scheduler accepts them
             )
 
-    def _spawn(self, name: str, command: list[str]) -> None:
+    def _spawn(self, name: str, command: list[str], cwd: Path | None = None) -> None:
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
         self.processes.append(
-            subprocess.Popen(command, cwd=self.root, stdout=log, stderr=subprocess.STDOUT)
+            subprocess.Popen(command, cwd=cwd or self.root, stdout=log, stderr=subprocess.STDOUT)
         )
 
     def scheduler_process(self) -> psutil.Process:

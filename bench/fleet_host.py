@@ -25,9 +25,11 @@ from inference.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2, worker_pb
 from services.common.catalog import ModelSpec, parse_catalog
 from services.common.config import read_toml
 from services.common.lease_token import LeaseRefused, LeaseVerifier, check_claims
+from services.common.server import SESSION_CHANNEL_OPTIONS
 from services.common.status import LEASE_END_KEY, PREEMPTED
 from services.gpu_worker import convert
 from services.gpu_worker.engines.simulated import step_seconds
+from services.gpu_worker.quiet_heartbeats import QuietHeartbeats
 
 HEARTBEAT = object()
 
@@ -40,6 +42,7 @@ class SimWorker:
     running: dict[str, asyncio.Event] = field(default_factory=dict)  # lease → revoked
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     interval_s: float = 1.0
+    quiet: QuietHeartbeats = field(default_factory=QuietHeartbeats)
 
     def model(self) -> types_pb2.WorkerModel:
         return types_pb2.WorkerModel(
@@ -149,15 +152,16 @@ async def _session(host: Host, worker: SimWorker, stub) -> None:
             with contextlib.suppress(TimeoutError):
                 yield await asyncio.wait_for(worker.outbox.get(), worker.interval_s)
                 continue
-            sequence += 1
             beat = scheduler_pb2.WorkerHeartbeat(
-                sequence=sequence,
+                sequence=sequence + 1,
                 device=worker.device(),
                 models=[worker.model()],
                 healthy=True,
                 lease_ids=list(worker.running),
             )
-            yield scheduler_pb2.WorkerSessionRequest(heartbeat=beat)
+            if worker.quiet.worth_sending(beat):
+                sequence += 1
+                yield scheduler_pb2.WorkerSessionRequest(heartbeat=beat)
 
     call = stub.WorkerSession(outgoing())
     async for command in call:
@@ -165,6 +169,7 @@ async def _session(host: Host, worker: SimWorker, stub) -> None:
         if kind == "accepted":
             host.verifier.add_key(command.accepted.lease_public_key)
             worker.interval_s = command.accepted.heartbeat_interval_ms / 1000.0
+            worker.quiet.restart(command.accepted.quiet_heartbeats)
         elif kind == "revoke_lease":
             revoked = worker.running.get(command.revoke_lease.lease_id)
             if revoked is not None:
@@ -183,13 +188,22 @@ async def serve(args: argparse.Namespace) -> None:
     worker_pb2_grpc.add_WorkerServicer_to_server(host, server)
     await server.start()
     print(f"port {port}", flush=True)
-    async with grpc.aio.insecure_channel(args.scheduler) as channel:
-        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+    async with contextlib.AsyncExitStack() as channels:
+        shared = await channels.enter_async_context(channel_to(args.scheduler))
         sessions = []
         for worker in workers.values():  # spread the registrations over a second or two
+            channel = shared
+            if args.channel_per_worker:  # as real workers: a connection each, pinged each
+                channel = await channels.enter_async_context(channel_to(args.scheduler))
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
             sessions.append(asyncio.create_task(session_forever(host, worker, stub)))
             await asyncio.sleep(0.002)
         await asyncio.gather(*sessions)
+
+
+def channel_to(address: str) -> grpc.aio.Channel:
+    """A channel with the options a worker's session channel has (its keepalive pings)."""
+    return grpc.aio.insecure_channel(address, options=SESSION_CHANNEL_OPTIONS)
 
 
 def main() -> None:
@@ -200,6 +214,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=500)
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--channel-per-worker", action="store_true")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args))

@@ -93,7 +93,7 @@ class Fleet:
         entry = ModelCatalogEntry(MODEL, True, 16384, 1024, OUTPUT)
         admission = AdmissionRules(queue_capacity=10**7, shed_low_at=1.0, shed_medium_at=1.0)
         dispatch = DispatchRules(placement=placement, recovery_s=0.0, preemption=False)
-        settings = CoreSettings(1.0, 3, admission=admission, dispatch=dispatch)
+        settings = CoreSettings(1.0, 3, 0, admission=admission, dispatch=dispatch)
         self.core = SchedulerCore({MODEL: entry}, lambda: self.now, settings)
         self.workers = {f"w{i}": SimWorker() for i in range(workers)}
         for worker_id in self.workers:

@@ -57,7 +57,7 @@ def build(queued: int, workers: int) -> SchedulerCore:
     no_shedding = AdmissionRules(
         queue_capacity=queued + workers * 4 + 10, shed_low_at=1.0, shed_medium_at=1.0
     )
-    settings = CoreSettings(1.0, 3, admission=no_shedding, dispatch=DispatchRules(recovery_s=0))
+    settings = CoreSettings(1.0, 3, 0, admission=no_shedding, dispatch=DispatchRules(recovery_s=0))
     core = SchedulerCore(catalog, clock, settings)
     for w in range(workers):
         model = MODELS[w % len(MODELS)]

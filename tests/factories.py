@@ -31,12 +31,17 @@ def core_settings(**keys) -> CoreSettings:
     scaling warm-up (a test starts from nothing), and `keys` set in whichever section owns
     them (`queue_capacity=8`, `preemption=False`, `scale_up_cooldown_s=1`, ...)."""
     keys = {"recovery_s": 0.0, "warmup_s": 0.0} | keys
-    heartbeat = {k: keys.pop(k) for k in ("heartbeat_s", "heartbeat_misses") if k in keys}
+    heartbeat = {
+        k: keys.pop(k) for k in ("heartbeat_s", "heartbeat_misses", "quiet_heartbeats") if k in keys
+    }
     nested = nest_flat_keys(keys, warn=False)
     unknown = set(nested) - set(SECTIONS)
     assert not unknown, f"no section has {unknown}"
     sections = {name: replace(SECTIONS[name](), **nested.get(name, {})) for name in SECTIONS}
-    return CoreSettings(**({"heartbeat_s": 1.0, "heartbeat_misses": 3} | heartbeat), **sections)
+    return CoreSettings(
+        **({"heartbeat_s": 1.0, "heartbeat_misses": 3, "quiet_heartbeats": 0} | heartbeat),
+        **sections,
+    )
 
 
 def make_core(

@@ -55,6 +55,14 @@ TOKEN_PATH_OPTIONS = tuple(
         }
     ).items()
 )
+# The scheduler watches its workers' sessions the same way from its side: a worker whose
+# report did not change sends no heartbeat for a few intervals, and a session whose peer went
+# silent closes 1-4 s after (its worker is then suspect, and removed unless it registers again).
+SESSION_WATCH_OPTIONS = (
+    ("grpc.keepalive_time_ms", TOKEN_PATH_KEEPALIVE_MS),
+    ("grpc.keepalive_timeout_ms", TOKEN_PATH_PING_TIMEOUT_MS),
+)
+SESSION_CHANNEL_OPTIONS = tuple((dict(CHANNEL_OPTIONS) | dict(SESSION_WATCH_OPTIONS)).items())
 SERVER_OPTIONS = (
     *CHANNEL_OPTIONS,
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),

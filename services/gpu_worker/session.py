@@ -1,5 +1,6 @@
 """The worker's side of Scheduler.WorkerSession: register, heartbeat, report lease ends,
-obey commands.
+obey commands. A heartbeat goes every interval when its report changed, and otherwise every
+`quiet_heartbeats + 1` intervals (`QuietHeartbeats`, as the scheduler accepted the session).
 
 Reconnects whenever the stream breaks (scheduler restart, network), within a second or so
 (bounded backoff), registering again each time with the leases it runs, so the scheduler may
@@ -19,16 +20,19 @@ from inference.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from services.common.internal_auth import internal_channel
 from services.common.lease_token import LeaseKeyError
-from services.common.server import CHANNEL_OPTIONS
+from services.common.server import SESSION_CHANNEL_OPTIONS
 from services.common.tls import TlsFiles
 from services.gpu_worker import convert
 from services.gpu_worker.commands import Command
+from services.gpu_worker.quiet_heartbeats import QuietHeartbeats
 
 log = logging.getLogger(__name__)
 
 MIN_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 1.0  # a restarted scheduler hears from every worker within about a second
 HEARTBEAT = object()  # in the outbox: send a heartbeat now
+CLOSED = object()  # in a session's outbox: the session is over
+INTERVAL = object()  # an interval passed: a heartbeat, unless the report did not change
 REGISTRATION_TIMEOUT_S = 5.0
 
 
@@ -51,6 +55,9 @@ class SchedulerSession:
         self._heartbeat = heartbeat
         self._on_command = on_command
         self._interval_s = 1.0
+        self._quiet = QuietHeartbeats()
+        self._batch_ends = False  # the scheduler takes several lease ends in one message
+        self._open_batch: list | None = None  # lease ends queued in a row, still joinable
         self._outbox: asyncio.Queue = asyncio.Queue()
         self.connected = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -63,7 +70,16 @@ class SchedulerSession:
         self._outbox.put_nowait(HEARTBEAT)
 
     def report(self, message: scheduler_pb2.WorkerSessionRequest) -> None:
-        """Sends a message (a lease's end) on the current session, right away."""
+        """Sends a message (a lease's end) on the current session, right away. Lease ends
+        reported in a row before the first of them is sent go in one message (one engine
+        step often ends several), where the scheduler takes them so."""
+        if self._batch_ends and message.HasField("lease_ended"):
+            if self._open_batch is None:
+                self._open_batch = []
+                self._outbox.put_nowait(self._open_batch)
+            self._open_batch.append(message.lease_ended)
+            return
+        self._open_batch = None  # what follows goes after this message, in order
         self._outbox.put_nowait(message)
 
     async def stop(self) -> None:
@@ -77,7 +93,7 @@ class SchedulerSession:
     async def _run_forever(self) -> None:
         backoff = MIN_BACKOFF_S
         channel = internal_channel(
-            self._address, self._secret, CHANNEL_OPTIONS, self._tls, peer_role="scheduler"
+            self._address, self._secret, SESSION_CHANNEL_OPTIONS, self._tls, peer_role="scheduler"
         )
         async with channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
@@ -99,20 +115,24 @@ class SchedulerSession:
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
 
     async def _session(self, stub: scheduler_pb2_grpc.SchedulerStub) -> None:
-        call = stub.WorkerSession(self._outgoing())
-        try:  # registration has a deadline: a scheduler that does not answer is retried
-            first = await asyncio.wait_for(call.read(), REGISTRATION_TIMEOUT_S)
-        except TimeoutError:
-            call.cancel()
-            log.warning("the scheduler did not accept the registration in time; retrying")
-            return
-        command = first
+        # this session's own outbox: what the last one did not send is stale, and its
+        # request generator, which gRPC may leave running after the call ended, reads only its
+        # own (it once took the next session's first heartbeat) and stops at CLOSED
+        outbox = self._outbox = asyncio.Queue()
+        self._open_batch, self._batch_ends = None, False  # until this scheduler says
+        call = stub.WorkerSession(self._outgoing(outbox))
         try:
+            try:  # registration has a deadline: a scheduler that does not answer is retried
+                command = await asyncio.wait_for(call.read(), REGISTRATION_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("the scheduler did not accept the registration in time; retrying")
+                return
             while command is not grpc.aio.EOF:
                 self._obey(command)
                 command = await call.read()
         finally:
             call.cancel()  # a no-op once the scheduler ended it
+            outbox.put_nowait(CLOSED)
 
     def _obey(self, command: scheduler_pb2.WorkerSessionResponse) -> None:
         """Acts on one message of the scheduler (a command that fails is logged, not fatal)."""
@@ -127,6 +147,8 @@ class SchedulerSession:
     def _act(self, kind: str | None, command: scheduler_pb2.WorkerSessionResponse) -> None:
         if kind == "accepted":
             self._interval_s = max(0.05, command.accepted.heartbeat_interval_ms / 1000.0)
+            self._quiet.restart(command.accepted.quiet_heartbeats)
+            self._batch_ends = command.accepted.batched_lease_ends
             if self._on_accepted is not None:
                 self._on_accepted(command.accepted)
             self.send_heartbeat_now()  # first heartbeat now, then on the scheduler's interval
@@ -137,18 +159,34 @@ class SchedulerSession:
         else:
             log.warning("scheduler command %s is not supported by this worker", kind)
 
-    async def _outgoing(self) -> AsyncIterator[scheduler_pb2.WorkerSessionRequest]:
-        self._outbox = asyncio.Queue()  # what the last session did not send is stale
+    async def _outgoing(
+        self, outbox: asyncio.Queue
+    ) -> AsyncIterator[scheduler_pb2.WorkerSessionRequest]:
         yield self._registration()
         loop = asyncio.get_running_loop()
         sequence, due = 0, loop.time() + self._interval_s
         while True:
-            item = HEARTBEAT
+            item = INTERVAL
             with contextlib.suppress(TimeoutError):
-                item = await asyncio.wait_for(self._outbox.get(), max(0.0, due - loop.time()))
-            if item is not HEARTBEAT:
+                item = await asyncio.wait_for(outbox.get(), max(0.0, due - loop.time()))
+            if item is CLOSED:
+                return
+            if isinstance(item, list):  # lease ends reported in a row
+                if item is self._open_batch:
+                    self._open_batch = None  # sent now: later ends start another
+                yield _lease_ends(item)
+                continue
+            if item is not HEARTBEAT and item is not INTERVAL:
                 yield item
                 continue
-            sequence += 1
             due = loop.time() + self._interval_s
-            yield self._heartbeat(sequence)
+            beat = self._heartbeat(sequence + 1)
+            if self._quiet.worth_sending(beat.heartbeat, forced=item is HEARTBEAT):
+                sequence += 1
+                yield beat
+
+
+def _lease_ends(ended: list[scheduler_pb2.LeaseEnded]) -> scheduler_pb2.WorkerSessionRequest:
+    if len(ended) == 1:
+        return scheduler_pb2.WorkerSessionRequest(lease_ended=ended[0])
+    return scheduler_pb2.WorkerSessionRequest(lease_endings=scheduler_pb2.LeaseEndings(ended=ended))

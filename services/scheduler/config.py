@@ -35,7 +35,10 @@ class SchedulerConfig(SecuritySettings):
     metrics_listen: str = "127.0.0.1:9092"  # Prometheus /metrics; empty: off
     fairness_window_s: float = 60.0  # Jain's index covers tokens served this long ago
     heartbeat_interval_ms: int = 1000
-    heartbeat_misses: int = 3  # a worker silent this many intervals is declared dead
+    heartbeat_misses: int = 3  # a worker silent this many intervals is suspect (no new lease)
+    # a worker whose report did not change may let this many intervals pass without a
+    # heartbeat while this scheduler's pings keep its session's transport watched
+    quiet_heartbeats: int = 4
     max_resumes: int = 3  # for Schedule (deprecated); routers have their own max_resumes
     pool: str = ""  # this scheduler serves the [[models]] of this pool ("": the default one)
     # Ed25519 key leases are signed with (python -m services.common.lease_token new FILE);
@@ -53,6 +56,7 @@ class SchedulerConfig(SecuritySettings):
         self.require_secret("scheduler", self.listen)
         require(self.heartbeat_interval_ms >= 50, "scheduler.heartbeat_interval_ms must be >= 50")
         require(self.heartbeat_misses >= 1, "scheduler.heartbeat_misses must be >= 1")
+        require(self.quiet_heartbeats >= 0, "scheduler.quiet_heartbeats must be >= 0")
         require(self.max_resumes >= 0, "scheduler.max_resumes must be >= 0")
         if self.lease_signing_key_file:
             self.lease_signer()  # a key file that does not load stops the start here
@@ -78,6 +82,7 @@ class SchedulerConfig(SecuritySettings):
         return CoreSettings(
             heartbeat_s=self.heartbeat_interval_ms / 1000.0,
             heartbeat_misses=self.heartbeat_misses,
+            quiet_heartbeats=self.quiet_heartbeats,
             admission=self.admission,
             dispatch=self.dispatch,
             autoscaling=replace(self.autoscaling, bounds=bounds),

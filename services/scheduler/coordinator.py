@@ -157,6 +157,8 @@ class Coordinator:
         """Waits for the request's lease as its current caller. One that gives up withdraws
         the request, unless a retry of it took over the wait (then the retry is the caller)."""
         try:
+            if future.done():  # granted (or refused) as it was submitted: no timer to set
+                return future.result()
             return await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except (TimeoutError, asyncio.CancelledError) as gave_up:
             if self._callers.get(request_id) is caller:

@@ -12,7 +12,7 @@ from inference.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.common.lease_token import public_key_text
 from services.common.leased_run import LeasedRun
 from services.common.metrics import MetricsEndpoint
-from services.common.server import GrpcService
+from services.common.server import SESSION_WATCH_OPTIONS, GrpcService
 from services.common.worker_channels import WorkerChannels
 from services.scheduler import convert
 from services.scheduler.config import SchedulerConfig
@@ -72,11 +72,12 @@ class SchedulerServer:
             config.internal_secret,
             tls,
             roles=CALLER_ROLES,
+            options=SESSION_WATCH_OPTIONS,
         )
         scheduler_pb2_grpc.add_SchedulerServicer_to_server(
             SchedulerServicer(
                 self.coordinator,
-                config.heartbeat_interval_ms,
+                (config.heartbeat_interval_ms, config.quiet_heartbeats),
                 self.metrics,
                 self.lease_signer,
                 config.dispatch.lease_start_timeout_s,

@@ -35,7 +35,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(
         self,
         coordinator: Coordinator,
-        heartbeat_interval_ms: int,
+        heartbeats: tuple[int, int],
         metrics: SchedulerMetrics,
         lease_signer: LeaseSigner,
         lease_start_s: float,
@@ -43,7 +43,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     ) -> None:
         self._metrics = metrics
         self._coord = coordinator
-        self._heartbeat_interval_ms = heartbeat_interval_ms
+        # the interval in ms, and how many of them an unchanged worker may let pass quietly
+        self._heartbeat_interval_ms, self._quiet_heartbeats = heartbeats
         self._lease_signer = lease_signer
         self._lease_start_ms = int(lease_start_s * 1000)
         self._compat = compat(self._grant)
@@ -138,6 +139,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             yield scheduler_pb2.WorkerSessionResponse(
                 accepted=scheduler_pb2.SessionAccepted(
                     heartbeat_interval_ms=self._heartbeat_interval_ms,
+                    quiet_heartbeats=self._quiet_heartbeats,
+                    batched_lease_ends=True,
                     lease_public_key=self._lease_signer.public_key,
                     scheduler_time_unix_ms=int(time.time() * 1000),
                     lease_start_timeout_ms=self._lease_start_ms,
@@ -172,17 +175,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         """`where`: the worker's address and GPU, as it registered."""
         try:
             async for message in request_iterator:
-                if message.HasField("lease_ended"):
-                    ended = message.lease_ended
-                    self._coord.lease_ended(
-                        session.worker_id,
-                        ended.lease_id,
-                        convert.outcome(ended.outcome),
-                        convert.usage(ended),
-                    )
-                elif message.HasField("lease_started"):
+                kind = message.WhichOneof("message")
+                if kind == "lease_ended":
+                    self._lease_ended(session, message.lease_ended)
+                elif kind == "lease_endings":
+                    for ended in message.lease_endings.ended:
+                        self._lease_ended(session, ended)
+                elif kind == "lease_started":
                     self._lease_started(session, message.lease_started, where)
-                elif message.HasField("heartbeat") and not self._heartbeat(session, message):
+                elif kind == "heartbeat" and not self._heartbeat(session, message):
                     break
         except grpc.aio.AioRpcError:
             pass  # stream broke: the worker is gone
@@ -190,6 +191,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             log.exception("worker %s: bad session message; ending its session", session.worker_id)
         finally:
             session.outbox.put_nowait(END_SESSION)
+
+    def _lease_ended(self, session: Session, ended: scheduler_pb2.LeaseEnded) -> None:
+        self._coord.lease_ended(
+            session.worker_id, ended.lease_id, convert.outcome(ended.outcome), convert.usage(ended)
+        )
 
     def _lease_started(
         self, session: Session, claims: types_pb2.LeaseClaims, where: tuple[str, str]

@@ -2,6 +2,7 @@ from dataclasses import replace
 
 from services.common.unreachable import UNREACHABLE_S, UnreachableWorkers
 from services.scheduler.core.leases import LeaseTable
+from services.scheduler.core.liveness import SilenceBounds
 from services.scheduler.core.types import ModelSlots, PendingRequest, Priority, WorkerState
 from tests.factories import Clock
 
@@ -72,9 +73,24 @@ def test_reregistration_keeps_lease_counts():
 def test_silent_workers_are_suspect_first_then_dead():
     table = table_with(("w1", 1), ("w2", 1))  # both beat at 0
     table.heartbeat("w2", 5.0, WorkerState.READY)
-    assert table.silent_workers(now=5.0, suspect_after_s=3.0, dead_after_s=6.0) == []
+    bounds = SilenceBounds(suspect_after_s=3.0, dead_after_s=6.0, closed_dead_after_s=3.0)
+    assert table.silent_workers(now=5.0, bounds=bounds) == []
     assert table.worker("w1").suspect and not table.worker("w2").suspect
-    assert table.silent_workers(now=6.5, suspect_after_s=3.0, dead_after_s=6.0) == ["w1"]
+    assert table.silent_workers(now=6.5, bounds=bounds) == ["w1"]
+
+
+def test_a_worker_whose_session_closed_is_removed_sooner_unless_it_registers_again():
+    table = table_with(("w1", 1), ("w2", 1), ("w3", 1))
+    bounds = SilenceBounds(suspect_after_s=7.0, dead_after_s=14.0, closed_dead_after_s=3.0)
+    for worker_id in ("w1", "w2", "w3"):
+        table.heartbeat(worker_id, 5.0, WorkerState.READY)
+    table.session_closed("w1", 6.0)
+    table.session_closed("w2", 6.0)
+    assert table.worker("w1").suspect  # no new lease from the close on
+    table.upsert_worker("w2", "w2:1", "cpu-0", [ModelSlots("m", 1, True)], 7.0)  # registers
+    assert table.silent_workers(now=8.9, bounds=bounds) == []
+    assert table.silent_workers(now=9.1, bounds=bounds) == ["w1"]  # 3 s after its close
+    assert not table.worker("w3").suspect  # quiet, its session open: heard 4.1 s ago
 
 
 def test_kv_budget_bounds_leases_beyond_slots():

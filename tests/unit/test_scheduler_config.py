@@ -53,7 +53,10 @@ def test_each_default_is_the_one_its_dataclass_states():
         arrival_window_s=10.0,
     )
     settings = config.core_settings()
-    assert (settings.heartbeat_s, settings.heartbeat_timeout_s) == (1.0, 3.0)
+    # suspect after the 4 quiet intervals a worker whose report did not change may let pass,
+    # and 3 missed ones; removed 3 s after its session closed
+    assert (settings.heartbeat_s, settings.heartbeat_timeout_s) == (1.0, 7.0)
+    assert settings.silence_bounds.closed_dead_after_s == 3.0
     assert settings.lease_expiry_s == 12.0  # start-by time plus two heartbeats
     assert settings.autoscaling.bounds_of("a") == ScalingBounds(1, 3)  # from [[models]]
     assert settings.admission.shed_at(Priority.HIGH) == 1.0

@@ -16,6 +16,7 @@ import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 
+from services.scheduler.core.liveness import Liveness, SilenceBounds
 from services.scheduler.core.prefix_index import PrefixIndex
 from services.scheduler.core.room_index import RoomIndex
 from services.scheduler.core.types import (
@@ -57,7 +58,7 @@ class LeaseTable:
         self._serving: dict[str, dict[str, WorkerRecord]] = {}  # model → its workers
         self._index = RoomIndex(self._workers.get)
         self._rooms = MappingProxyType(self._index.rooms)  # a read-only live view
-        self._by_beat: dict[str, None] = {}  # workers, the longest silent first
+        self._liveness = Liveness()  # when each worker was last heard from
         self._unstarted: dict[str, float] = {}  # lease → start-by time, in grant order
 
     @classmethod
@@ -120,8 +121,12 @@ class LeaseTable:
 
     def _beat(self, record: WorkerRecord, now: float) -> None:
         record.last_heartbeat = now
-        self._by_beat.pop(record.worker_id, None)
-        self._by_beat[record.worker_id] = None
+        self._liveness.heard(record.worker_id, now)
+
+    def session_closed(self, worker_id: str, now: float) -> None:
+        """Its session closed: no new lease, and removed soon unless it registers again."""
+        self.suspect(worker_id)
+        self._liveness.closed(worker_id, now)
 
     def suspect(self, worker_id: str) -> None:
         """Takes no new leases on a worker that just failed a call, until its next
@@ -140,7 +145,7 @@ class LeaseTable:
             self._serving.get(model_id, {}).pop(worker_id, None)
         self._index.forget(worker_id, iter(record.models))
         self.prefixes.forget(worker_id)
-        self._by_beat.pop(worker_id, None)
+        self._liveness.forget(worker_id)
         reclaimed = [self._leases.pop(lease_id) for lease_id in sorted(record.leases)]
         for lease in reclaimed:
             self._unlist(lease)
@@ -150,19 +155,13 @@ class LeaseTable:
                 self._preempting[lease.model_id] -= 1
         return reclaimed
 
-    def silent_workers(self, now: float, suspect_after_s: float, dead_after_s: float) -> list[str]:
-        """Workers silent past `dead_after_s`, to be removed; those silent past
-        `suspect_after_s` only are made suspect (no new lease; their leases kept: a host cut
-        off for a moment comes back with them). The front of the heartbeat order."""
-        dead = []
-        for worker_id in self._by_beat:
-            silence = now - self._workers[worker_id].last_heartbeat
-            if silence <= suspect_after_s:
-                break
-            if silence > dead_after_s:
-                dead.append(worker_id)
-            else:
-                self.suspect(worker_id)
+    def silent_workers(self, now: float, bounds: SilenceBounds) -> list[str]:
+        """Workers to remove (`Liveness.silent`); those silent a shorter while are made
+        suspect (no new lease; their leases kept: a host cut off for a moment comes back
+        with them)."""
+        suspects, dead = self._liveness.silent(now, bounds)
+        for worker_id in suspects:
+            self.suspect(worker_id)
         return dead
 
     def workers(self) -> list[WorkerRecord]:

@@ -245,11 +245,11 @@ class SchedulerCore:
     def session_closed(self, worker_id: str) -> Changes:
         """A drained worker that runs nothing has left. Any other may be cut off a moment (a
         blip): no new lease, its leases kept, until it registers again (they are reconciled,
-        each ends once) or misses enough heartbeats to be declared dead."""
+        each ends once) or is declared dead (`CoreSettings.silence_bounds`)."""
         record = self._leases.worker(worker_id)
         if record is not None and record.state is WorkerState.DRAINING and not record.leases:
             return self.remove_worker(worker_id)
-        self._leases.suspect(worker_id)  # (nothing for a worker it does not know)
+        self._leases.session_closed(worker_id, self.clock())  # (nothing for one it does not know)
         return Changes()
 
     # -- periodic work ---------------------------------------------------------------------
@@ -257,7 +257,7 @@ class SchedulerCore:
         """Suspects, then removes, silent workers; ends leases never presented in time; drops
         requests that cannot meet their deadline; places models; serves the queue; scales."""
         changes, now = Changes(), self.clock()
-        for worker_id in self._leases.silent_workers(now, *self.settings.silence_bounds_s):
+        for worker_id in self._leases.silent_workers(now, self.settings.silence_bounds):
             self._remove(worker_id, changes)
             changes.removed_workers.append(worker_id)
         for lease_id in self._leases.expired(now):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from services.common.config import require
 from services.scheduler.core.admission import AdmissionRules
 from services.scheduler.core.autoscaling import ScalingPolicy
+from services.scheduler.core.liveness import SilenceBounds
 from services.scheduler.core.worker_choice import POLICIES
 
 
@@ -42,26 +43,32 @@ class CoreSettings:
     the timeouts that wait on heartbeats derive from it."""
 
     heartbeat_s: float
-    heartbeat_misses: int  # a worker silent this many intervals is declared dead
+    heartbeat_misses: int  # a worker silent this many intervals (past its quiet ones): suspect
+    # intervals in a row a worker whose report did not change lets pass without a heartbeat
+    # (its session's transport is watched meanwhile); 0: a heartbeat every interval
+    quiet_heartbeats: int
     admission: AdmissionRules = field(default_factory=AdmissionRules)
     dispatch: DispatchRules = field(default_factory=DispatchRules)
     autoscaling: ScalingPolicy = field(default_factory=ScalingPolicy)
 
     @property
     def heartbeat_timeout_s(self) -> float:
-        """A worker silent this long takes no new lease (suspect)."""
-        return self.heartbeat_s * self.heartbeat_misses
+        """A worker with an open session silent this long takes no new lease (suspect): its
+        quiet intervals, then `heartbeat_misses` more."""
+        return self.heartbeat_s * (self.quiet_heartbeats + self.heartbeat_misses)
 
     @property
-    def dead_after_s(self) -> float:
-        """A worker silent this long is removed and its leases end LOST; until then a host
-        cut off for a moment keeps its place and its leases (routers resume any stream they
-        lost on their own, within seconds)."""
-        return 2 * self.heartbeat_timeout_s
-
-    @property
-    def silence_bounds_s(self) -> tuple[float, float]:
-        return self.heartbeat_timeout_s, self.dead_after_s
+    def silence_bounds(self) -> SilenceBounds:
+        """Silent twice the timeout, a worker is removed and its leases end LOST; until then a
+        host cut off for a moment keeps its place and its leases (routers resume any stream
+        they lost on their own, within seconds). One whose session closed (its transport's
+        pings went unanswered, or the stream broke) is removed `heartbeat_misses` intervals
+        later unless it registers again: a worker reconnects within about a second."""
+        return SilenceBounds(
+            self.heartbeat_timeout_s,
+            2 * self.heartbeat_timeout_s,
+            self.heartbeat_s * self.heartbeat_misses,
+        )
 
     @property
     def lease_expiry_s(self) -> float:
