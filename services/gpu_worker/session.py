@@ -5,7 +5,7 @@ obey commands. A heartbeat goes every interval when its report changed, and othe
 Reconnects whenever the stream breaks (scheduler restart, network), within a second or so
 (bounded backoff), registering again each time with the leases it runs, so the scheduler may
 come and go without losing them. Reports queued while no session is up are dropped: the next
-registration says what runs then.
+registration says what runs then, and repeats the lease ends not known delivered.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -34,6 +36,10 @@ HEARTBEAT = object()  # in the outbox: send a heartbeat now
 CLOSED = object()  # in a session's outbox: the session is over
 INTERVAL = object()  # an interval passed: a heartbeat, unless the report did not change
 REGISTRATION_TIMEOUT_S = 5.0
+# A lease end sent on a session that stayed up this long after is taken as delivered (a
+# broken transport is found within 4 s); until then every registration tells it again.
+DELIVERED_S = 10.0
+MAX_UNDELIVERED = 4096  # lease ends kept to be told again, at most
 
 
 class SchedulerSession:
@@ -58,6 +64,11 @@ class SchedulerSession:
         self._quiet = QuietHeartbeats()
         self._batch_ends = False  # the scheduler takes several lease ends in one message
         self._open_batch: list | None = None  # lease ends queued in a row, still joinable
+        # lease ends not known delivered (when each was reported), the oldest first
+        self._undelivered: deque[tuple[float, scheduler_pb2.LeaseEnded]] = deque(
+            maxlen=MAX_UNDELIVERED
+        )
+        self._up_since: float | None = None  # when the current session was accepted
         self._outbox: asyncio.Queue = asyncio.Queue()
         self.connected = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -73,6 +84,8 @@ class SchedulerSession:
         """Sends a message (a lease's end) on the current session, right away. Lease ends
         reported in a row before the first of them is sent go in one message (one engine
         step often ends several), where the scheduler takes them so."""
+        if message.HasField("lease_ended"):
+            self._keep_until_delivered(message.lease_ended)
         if self._batch_ends and message.HasField("lease_ended"):
             if self._open_batch is None:
                 self._open_batch = []
@@ -81,6 +94,20 @@ class SchedulerSession:
             return
         self._open_batch = None  # what follows goes after this message, in order
         self._outbox.put_nowait(message)
+
+    def _keep_until_delivered(self, ended: scheduler_pb2.LeaseEnded) -> None:
+        """Keeps a lease's end to tell it again at the next registration, until a session
+        that was up when it went (or that began after) has lasted DELIVERED_S since."""
+        now, kept, up_since = time.monotonic(), self._undelivered, self._up_since
+        while kept and up_since is not None and now - max(kept[0][0], up_since) > DELIVERED_S:
+            kept.popleft()
+        kept.append((now, ended))
+
+    def _registration_now(self) -> scheduler_pb2.WorkerSessionRequest:
+        """The registration, with the lease ends that may not have arrived."""
+        message = self._registration()
+        message.registration.ended.extend(ended for _, ended in self._undelivered)
+        return message
 
     async def stop(self) -> None:
         """Ends the session. Cancels until the task is done: on Python 3.11 a cancellation
@@ -111,6 +138,7 @@ class SchedulerSession:
                     log.exception("scheduler session broke; retrying in %.1fs", backoff)
                 finally:
                     self.connected.clear()
+                    self._up_since = None
                 await asyncio.sleep(backoff)
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
 
@@ -149,6 +177,7 @@ class SchedulerSession:
             self._interval_s = max(0.05, command.accepted.heartbeat_interval_ms / 1000.0)
             self._quiet.restart(command.accepted.quiet_heartbeats)
             self._batch_ends = command.accepted.batched_lease_ends
+            self._up_since = time.monotonic()
             if self._on_accepted is not None:
                 self._on_accepted(command.accepted)
             self.send_heartbeat_now()  # first heartbeat now, then on the scheduler's interval
@@ -162,7 +191,7 @@ class SchedulerSession:
     async def _outgoing(
         self, outbox: asyncio.Queue
     ) -> AsyncIterator[scheduler_pb2.WorkerSessionRequest]:
-        yield self._registration()
+        yield self._registration_now()
         loop = asyncio.get_running_loop()
         sequence, due = 0, loop.time() + self._interval_s
         while True:

@@ -52,6 +52,7 @@ class LeaseObserver(Protocol):
 
     def lease_started(self, lease: Lease, how: str) -> None: ...
     def lease_ended(self, lease: Lease, outcome: Outcome, usage: Usage | None) -> None: ...
+    def lease_reconciled(self, lease: Lease, outcome: Outcome, usage: Usage | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,8 @@ class Coordinator:
                 self._seen.lease_started(lease, "granted")
             for ended in changes.ended:
                 self._seen.lease_ended(ended.lease, ended.outcome, ended.usage)
+            for late in changes.reconciled:
+                self._seen.lease_reconciled(late.lease, late.outcome, late.usage)
         for failure in changes.failed:
             if failure.reason is not FailReason.ORPHANED:
                 self.actions[failure.reason.value] += 1
@@ -268,13 +271,22 @@ class Coordinator:
         memory_budget: int = 0,
         running: Iterable[Lease] = (),
         caches: Iterable[CacheReport] = (),
+        ended: Iterable[tuple[str, Outcome, Usage]] = (),
     ) -> Session:
         """Registers a worker with the leases it runs (the lease table is rebuilt from them
         after a scheduler restart)."""
         session = self.sessions.open(worker_id, device)
         self._apply(
             self._core.register_worker(
-                worker_id, address, gpu_id, models, loadable, memory_budget, running, caches
+                worker_id,
+                address,
+                gpu_id,
+                models,
+                loadable,
+                memory_budget,
+                running,
+                caches,
+                ended,
             )
         )
         log.info("worker %s registered at %s (%s)", worker_id, address, gpu_id)

@@ -61,6 +61,14 @@ class SchedulerMetrics:
             ["outcome"],
             registry=r,
         )
+        self.lease_reconciliations = Counter(
+            "inference_scheduler_leases_reconciled",
+            "Leases ended here unreported (declared lost while their worker was cut off) whose "
+            "end was told later, by their worker or by their router resuming them, by the "
+            "outcome told: their tokens are charged then",
+            ["outcome"],
+            registry=r,
+        )
         self.lease_starts = Counter(
             "inference_scheduler_lease_starts",
             "Leases this scheduler started holding: granted, or adopted from a worker that ran "
@@ -142,6 +150,14 @@ class SchedulerMetrics:
     def lease_ended(self, lease: Lease, outcome: Outcome, usage: Usage | None) -> None:
         """Counts a lease's end, and the tokens its worker reports it generated."""
         self.lease_ends.labels(outcome.value).inc()
+        if usage is not None and usage.completion_tokens:
+            self.served.add(lease.tenant_id, usage.completion_tokens)
+            self.served_tokens.labels(lease.tenant_id).inc(usage.completion_tokens)
+
+    def lease_reconciled(self, lease: Lease, outcome: Outcome, usage: Usage | None) -> None:
+        """A lease that ended here unreported, settled by a late report (its worker's, or its
+        router's resubmission)."""
+        self.lease_reconciliations.labels(outcome.value).inc()
         if usage is not None and usage.completion_tokens:
             self.served.add(lease.tenant_id, usage.completion_tokens)
             self.served_tokens.labels(lease.tenant_id).inc(usage.completion_tokens)

@@ -164,6 +164,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             memory_budget=reg.memory_budget_bytes,
             running=[convert.running_lease(c, reg.address, gpu_id, now) for c in reg.leases],
             caches=convert.cache_reports(reg.prefix_caches),
+            ended=[(e.lease_id, convert.outcome(e.outcome), convert.usage(e)) for e in reg.ended],
         )
 
     async def _read_session(

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bench.net_fleet import NetFleet, run_streams, scheduler_metric
+from bench.net_fleet import STREAMS, TOKENS, NetFleet, run_streams, scheduler_metric
 from bench.netbed import NetBed, available
 from tests.service.test_scheduling import wait_until
 
@@ -37,6 +37,11 @@ def registered_workers(fleet) -> float:
 def lost_leases(fleet) -> float:
     """Leases the scheduler recorded as ended early (resubmitted by a router)."""
     return sum(scheduler_metric(fleet, "inference_scheduler_leases_lost").values())
+
+
+def served_tokens(fleet) -> float:
+    """Tokens the scheduler has charged its tenants for, as their workers reported them."""
+    return sum(scheduler_metric(fleet, "inference_scheduler_served_tokens").values())
 
 
 def cut_after_a_second(host, peer=None):
@@ -102,15 +107,22 @@ async def test_a_worker_its_router_cannot_reach_is_left_out_of_that_routers_requ
 async def test_a_worker_the_scheduler_loses_still_finishes_the_routers_streams(fleet):
     """The other way: the worker's host is cut from the scheduler only. The router still
     streams from it, so no stream is disturbed; the scheduler declares the worker dead and, when
-    the link heals, the worker registers again and serves once more."""
+    the link heals, the worker registers again, tells the ends of the leases that ran on
+    meanwhile (their tokens are charged then, as they really happened), and serves once more."""
+    before = served_tokens(fleet)
     undisturbed = texts(await run_streams(fleet))
+    await wait_until(lambda: served_tokens(fleet) - before == STREAMS * TOKENS)
+    before = served_tokens(fleet)
     cut = fleet.worker_hosts[1]
     try:
         results = await run_streams(fleet, cut_after_a_second(cut, fleet.hosts["scheduler"]))
         # the scheduler declares it dead (its leases end there as lost)
         await wait_until(lambda: registered_workers(fleet) == 1, timeout_s=10)
+        assert served_tokens(fleet) - before < STREAMS * TOKENS  # the cut one's not heard
     finally:
         cut.heal()
     assert texts(results) == undisturbed, fleet.logs()
     await asyncio.to_thread(fleet.wait_ready, 30)  # both workers ready again
+    await wait_until(lambda: served_tokens(fleet) - before == STREAMS * TOKENS, timeout_s=10)
+    assert sum(scheduler_metric(fleet, "inference_scheduler_leases_reconciled").values()) > 0
     assert texts(await run_streams(fleet)) == undisturbed

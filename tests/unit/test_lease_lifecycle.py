@@ -65,13 +65,15 @@ def test_a_lost_lease_is_charged_the_tokens_its_router_saw():
     c.remove_worker(lease.worker_id)  # died without a report: its prompt is charged
     assert service(c, "a") == 10
     resubmitted = c.resubmit(first, again(lease, Outcome.FAILED, 25, 25))
-    assert resubmitted.ended == []  # the lease had ended already
+    assert resubmitted.ended == []  # the lease had ended already: settled late, as told
+    [late] = resubmitted.reconciled
+    assert (late.lease, late.outcome, late.usage) == (lease, Outcome.FAILED, Usage(0, 25))
     [(_, resumed)] = resubmitted.granted
     assert service(c, "a") == 35 + 75  # the 25 tokens the client got; 75 may still come
     c.end_lease(resumed.lease_id, Outcome.CANCELLED)
     c.withdraw("r")
-    c.resubmit(first, again(lease, Outcome.FAILED, 25, 25))  # a second report pays nothing
-    assert service(c, "a") == 35 + 75
+    assert not c.resubmit(first, again(lease, Outcome.FAILED, 25, 25)).reconciled  # told again
+    assert service(c, "a") == 35 + 75  # a second report pays nothing
 
 
 def test_a_lease_ends_once_whoever_notices_first():
@@ -81,7 +83,8 @@ def test_a_lease_ends_once_whoever_notices_first():
     [(_, lease)] = c.submit(first).granted
     resubmitted = c.resubmit(first, again(lease, Outcome.FAILED, 3))
     [ended] = resubmitted.ended  # the router noticed first
-    assert ended.lease == lease and ended.outcome is Outcome.FAILED and ended.usage is None
+    assert ended.lease == lease and ended.outcome is Outcome.FAILED
+    assert ended.usage == Usage(completion_tokens=3)  # as the router saw it
     assert not c.end_lease(lease.lease_id, Outcome.FAILED, Usage(completion_tokens=3)).ended
     assert c.remove_worker("w1").ended == []
 
@@ -223,3 +226,45 @@ def test_a_lease_that_ended_while_its_host_was_cut_off_is_revoked_not_adopted():
     assert back.adopted == [] and c.leases() == []
     assert [(x.worker_id, x.lease_id) for x in back.commands] == [("w1", lease.lease_id)]
     assert c.end_lease(lease.lease_id, Outcome.PREEMPTED).ended == []  # ended once
+
+
+def test_a_lease_declared_lost_is_settled_by_its_workers_late_report_once():
+    """Issue 27: the scheduler lost the worker while the lease ran on; its report comes after
+    the partition heals, with the tokens that really happened."""
+    c, clock = make()
+    worker(c)
+    [(_, lease)] = c.submit(ticket("r", tenant_id="a", prompt_tokens=10, max_tokens=100)).granted
+    c.session_closed("w1")
+    clock.now += 3.5
+    [ended] = c.tick().ended
+    assert ended.outcome is Outcome.LOST and service(c, "a") == 10  # the prompt alone
+    report = ("w1", Outcome.COMPLETED, Usage(prompt_tokens=10, completion_tokens=40))
+    model = (c.catalog["m"], ModelSlots("m", 1, True))
+    changes = c.register_worker(
+        "w1", "w1:1", "cpu-0", [model], ended=[(lease.lease_id, *report[1:])]
+    )
+    assert [(e.lease.lease_id, e.outcome) for e in changes.reconciled] == [
+        (lease.lease_id, Outcome.COMPLETED)
+    ]
+    assert changes.ended == [] and service(c, "a") == 10 + 40
+    assert not c.end_lease(lease.lease_id, *report[1:]).reconciled  # told again: nothing
+    [(_, resumed)] = c.resubmit(
+        ticket("r", tenant_id="a"), again(lease, Outcome.LOST, 40, 40)
+    ).granted
+    assert service(c, "a") == 10 + 40 + resumed.charged  # the router's 40 not charged again
+
+
+def test_a_registration_ends_a_held_lease_as_its_worker_reports_it():
+    c, _ = make()
+    worker(c)
+    [(_, lease)] = c.submit(ticket("r", tenant_id="a", prompt_tokens=10, max_tokens=100)).granted
+    c.session_closed("w1")  # its report was lost with the session; back within the bound
+    model = (c.catalog["m"], ModelSlots("m", 1, True))
+    usage = Usage(prompt_tokens=10, completion_tokens=25)
+    changes = c.register_worker(
+        "w1", "w1:1", "cpu-0", [model], ended=[(lease.lease_id, Outcome.COMPLETED, usage)]
+    )
+    assert [(e.lease.lease_id, e.outcome, e.usage) for e in changes.ended] == [
+        (lease.lease_id, Outcome.COMPLETED, usage)
+    ]
+    assert service(c, "a") == 35 and not changes.reconciled

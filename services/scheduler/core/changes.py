@@ -41,7 +41,7 @@ class Failure:
 class EndedLease:
     lease: Lease
     outcome: Outcome
-    usage: Usage | None  # what its worker reported; None: nobody did
+    usage: Usage | None  # what its worker reported, or its router saw; None: nobody said
 
     def __init__(self, lease: Lease, outcome: Outcome, usage: Usage | None = None) -> None:
         self.lease, self.outcome, self.usage = lease, outcome, usage
@@ -57,11 +57,15 @@ class Changes:
     removed_workers: list[str]  # their sessions must end
     scaling: list[ScalingDecision]  # this tick's decisions
     adopted: list[Lease]  # leases a worker runs that this scheduler did not grant: now held
+    # leases that had ended here unreported, settled later by their worker's report or their
+    # router's resubmission (the tokens it says); their end was counted when they ended
+    reconciled: list[EndedLease]
 
     def __init__(self) -> None:
         self.admitted = None
         self.granted, self.failed, self.ended, self.commands = [], [], [], []
         self.removed_workers, self.scaling, self.adopted = [], [], []
+        self.reconciled = []
 
     def __bool__(self) -> bool:
         return bool(
@@ -73,6 +77,7 @@ class Changes:
             or self.removed_workers
             or self.scaling
             or self.adopted
+            or self.reconciled
         )
 
     def fail(

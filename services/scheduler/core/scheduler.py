@@ -131,12 +131,10 @@ class SchedulerCore:
             self._leases.suspect(again.previous_worker_id)
         lease = self._leases.lease(again.previous_lease_id)
         if lease is None:
-            self._ledger.settle_resubmitted(
-                pending, again.previous_lease_id, again.previous_lease_tokens
-            )
+            changes.reconciled += self._ledger.settle_resubmitted(pending, again)
         else:
             usage = Usage(completion_tokens=again.previous_lease_tokens)
-            self._end(lease.lease_id, again.previous_outcome, usage, changes, reported=False)
+            self._end(lease.lease_id, again.previous_outcome, usage, changes)
         if not self._available(pending.model_id):
             raise Unavailable(f"no worker is serving model {pending.model_id!r} now")
         changes.admitted = self._queue.push(pending, force=True)
@@ -178,10 +176,12 @@ class SchedulerCore:
         memory_budget: int = 0,
         running: Iterable[Lease] = (),
         caches: Iterable[CacheReport] = (),
+        ended: Iterable[tuple[str, Outcome, Usage]] = (),
     ) -> Changes:
         """Registers a worker (or a reconnecting one again) with the leases it is `running`:
         those the table lacks are adopted (the scheduler restarted) unless they ended here,
-        those it holds as started that the worker no longer runs end LOST."""
+        those it holds as started that the worker no longer runs end LOST. The leases it says
+        `ended` lately end first, as it says (or are settled late: `_end`)."""
         slots = []
         for entry, model_slots in models:
             if entry.model_id not in self.catalog:
@@ -192,9 +192,10 @@ class SchedulerCore:
         self._leases.prefixes.forget(worker_id)  # a registration tells all it caches
         self._leases.prefixes.apply_all(worker_id, caches)
         self._placer.worker_changed(record)
-        running = list(running)
+        changes, running = Changes(), list(running)
+        for lease_id, outcome, usage in ended:  # reports a broken session may have lost
+            self._end(lease_id, outcome, usage, changes)
         gone = self._leases.started_on(worker_id) - {lease.lease_id for lease in running}
-        changes = Changes()
         for lease in running:  # one that ended here while its host was cut off is stopped
             if self._ledger.ended(lease.lease_id):  # (its request went on elsewhere)
                 changes.commands.append(RevokeLease(worker_id, lease.lease_id, Outcome.LOST.value))
@@ -331,19 +332,20 @@ class SchedulerCore:
         return changes
 
     def _end(
-        self, lease_id: str, outcome: Outcome, usage: Usage | None, changes: Changes, reported=True
+        self, lease_id: str, outcome: Outcome, usage: Usage | None, changes: Changes
     ) -> Lease | None:
-        """Ends one lease, once; None if it had ended already. `reported`: the usage is the
-        worker's (else it is what a router says it streamed, charged but not reported)."""
+        """Ends one lease, once; None if it had ended already. `usage`: what its worker
+        reported, or what a router says it streamed under it; None: nobody said."""
         lease = self._leases.release(lease_id)
-        if lease is None:
+        if lease is None:  # ended here unreported? its worker's late report settles it
+            changes.reconciled += self._ledger.settle_late(lease_id, outcome, usage)
             return None
         if outcome is Outcome.COMPLETED:
             self._rate.record(lease.model_id, self.clock() - lease.granted_at)  # its duration
         if usage is not None and usage.time_to_first_token_ms > 0:
             self._leases.observe_latency(lease.worker_id, usage.time_to_first_token_ms)
         self._ledger.settle(lease, usage)
-        changes.ended.append(EndedLease(lease, outcome, usage if reported else None))
+        changes.ended.append(EndedLease(lease, outcome, usage))
         return lease
 
     def _remove(self, worker_id: str, changes: Changes) -> None:
@@ -367,13 +369,9 @@ class SchedulerCore:
     def _autoscale(self) -> list[ScalingDecision]:
         """Desired worker counts per catalog model (see core.autoscaling); the settled ones
         are kept in `decisions`, what status views, metrics and actuators see."""
+        entries, workers, queue = self._entries().values(), self._leases.workers(), self._queue
         loads = model_loads(
-            self._entries().values(),
-            self._leases.workers(),
-            self._queue.backlog(),
-            self.clock(),
-            self._arrivals,
-            self._rate,
+            entries, workers, queue.backlog(), self.clock(), self._arrivals, self._rate
         )
         decided = [self._autoscaler.decide(load) for load in loads]
         self.decisions = {d.model_id: d for d in decided if d.settled}
