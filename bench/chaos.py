@@ -1,18 +1,22 @@
 """Nothing lost under continuous chaos: `make up` with two routers and two workers of each
 model serves mixed traffic while a process is killed with kill -9 every few seconds.
 
-    python -m bench.chaos [--minutes 10] [--clients 6] [--seed 1] [--out bench/results/chaos.json]
+    python -m bench.chaos [--minutes 10] [--clients 6] [--seed 1] [--partitions]
+        [--out bench/results/chaos.json]
 
 The system is started as a user starts it (bench/chaos_system.py): the supervisor restarts
 what dies, the actuator replaces workers. First every request's answer is taken from the
 undisturbed system; then, for `--minutes`, `--clients` users send streams, Infer, Embed and
 OpenAI SSE streams (three priorities, three tenants, one over its rate; bench/chaos_traffic.py)
 while a random scheduler, worker, router or actuator is killed every 4-10 s, sometimes two at
-once. At the end: each request's outcome (its full answer, identical to the undisturbed one,
-after any retry its client made on an explicit status with a retry hint; or wrong, failed,
-lost), the kills by kind, the lease table (empty once the system is quiet, and every lease it
-holds or held ended once: starts = ends in the scheduler's metrics), each kind of process's
-memory over its longest life (warm, then at its end), and the ERROR lines in the logs.
+once. With `--partitions` (root and nft), a worker is also cut off silently every 6-14 s
+for 2-12 s, from everyone, from the routers only or from the scheduler only
+(bench/chaos_cuts.py). At the end: each request's outcome (its full answer, identical to the
+undisturbed one, after any retry its client made on an explicit status with a retry hint; or
+wrong, failed, lost), the kills and cuts by kind, the lease table (empty once the system is
+quiet, and every lease it holds or held ended once: starts = ends in the scheduler's
+metrics), each kind of process's memory over its longest life (warm, then at its end), and
+the ERROR lines in the logs.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench import write_report
+from bench import chaos_cuts, write_report
 from bench.chaos_system import MODELS, WORKERS_PER_MODEL, ChaosSystem, rss_mb
 from bench.chaos_traffic import Result, random_job, references, run_job
 from client.sdk import InferenceClient
@@ -141,8 +145,8 @@ def memory_report(samples: dict) -> dict[str, dict]:
     return best
 
 
-def run(minutes: float, clients: int, seed: int, run_dir: Path) -> dict:
-    rng = random.Random(seed)
+def run(minutes: float, clients: int, seed: int, run_dir: Path, partitions: bool = False) -> dict:
+    rng, cuts = random.Random(seed), []
     system = ChaosSystem(run_dir)
     system.start()
     try:
@@ -151,8 +155,13 @@ def run(minutes: float, clients: int, seed: int, run_dir: Path) -> dict:
         stop, kills, results, samples = threading.Event(), [], [], {}
         killer = threading.Thread(target=kill_loop, args=(system, rng, stop, kills))
         sampler = threading.Thread(target=sample_memory, args=(system, stop, samples))
+        cutter = threading.Thread(
+            target=chaos_cuts.cut_loop, args=(system, random.Random(seed + 7), stop, cuts)
+        )
         killer.start()
         sampler.start()
+        if partitions:
+            cutter.start()
         with ThreadPoolExecutor(clients) as pool:
             for i in range(clients):
                 pool.submit(
@@ -162,12 +171,15 @@ def run(minutes: float, clients: int, seed: int, run_dir: Path) -> dict:
             stop.set()
             killer.join()
             sampler.join()
+            if partitions:
+                cutter.join()
         settled_s = wait_whole(system)
         leases = lease_counts(system)
     finally:
         system.stop()
         leftovers = system.leftovers()
     report = summarize(results, kills, leases, settled_s, minutes)
+    report["cuts"], report["cut_log"] = dict(Counter(c["kind"] for c in cuts)), cuts
     report["leftover_processes"] = leftovers
     report["memory"] = memory_report(samples)
     report["log_errors"] = log_errors(run_dir)
@@ -232,6 +244,8 @@ def print_report(report: dict) -> None:
     for kind, row in sorted(report["requests"].items()):
         print(f"{kind:>8} " + " ".join(f"{row.get(o, 0):>17}" for o in outcomes))
     print("kills:", ", ".join(f"{k} {n}" for k, n in sorted(report["kills"].items())) or "none")
+    cuts = report.get("cuts", {})
+    print("cuts:", ", ".join(f"{k} {n}" for k, n in sorted(cuts.items())) or "none")
     print(f"leases after the run: {report['leases']} (settled in {report['settled_s']} s)")
     print(f"processes left behind after the stop: {len(report['leftover_processes'])}")
     print(f"{'process (longest life)':>28} {'lived s':>8} {'MB warm':>8} {'MB at end':>10}")
@@ -248,10 +262,13 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--partitions", action="store_true", help="cut workers off too")
     parser.add_argument("--out", default="bench/results/chaos.json")
     args = parser.parse_args()
+    if args.partitions and (why := chaos_cuts.available()):
+        raise SystemExit(f"--partitions: {why}")
     with tempfile.TemporaryDirectory(prefix="chaos-") as run_dir:
-        report = run(args.minutes, args.clients, args.seed, Path(run_dir))
+        report = run(args.minutes, args.clients, args.seed, Path(run_dir), args.partitions)
     print_report(report)
     write_report(args.out, report)
 

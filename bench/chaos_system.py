@@ -54,6 +54,7 @@ class ChaosSystem:
     routers: list[str] = field(default_factory=list)
     http: list[str] = field(default_factory=list)
     scheduler_metrics: str = ""
+    scheduler_port: int = 0
     up: subprocess.Popen | None = None
 
     def start(self, ready_timeout_s: float = 600) -> None:
@@ -61,7 +62,8 @@ class ChaosSystem:
         config = self.run_dir / "chaos.toml"
         chaos_config(config)
         base, http_base, metrics_base = (consecutive_free_ports(2) for _ in range(3))
-        scheduler = f"127.0.0.1:{free_port()}"
+        self.scheduler_port = free_port()
+        scheduler = f"127.0.0.1:{self.scheduler_port}"
         self.routers = [f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"]
         self.http = [f"127.0.0.1:{http_base}", f"127.0.0.1:{http_base + 1}"]
         self.scheduler_metrics = f"127.0.0.1:{free_port()}"
