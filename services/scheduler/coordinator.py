@@ -231,7 +231,7 @@ class Coordinator:
             if future is not None and not future.done():
                 future.set_exception(failure.error)
         for worker_id in changes.removed_workers:
-            log.warning("worker %s missed its heartbeats: declared dead", worker_id)
+            log.warning("worker %s declared dead: gone silent, or gone and not back", worker_id)
             self.sessions.end(worker_id)
         for command in changes.commands:
             self._send(command)
