@@ -30,6 +30,13 @@ class SchedulerMetrics:
         self.served = served
         self._per_worker: dict[str, tuple[Gauge, Gauge]] = {}  # its leases and slots children
         self._per_gpu: dict[str, tuple[str, list[Gauge]]] = {}  # its GPU and device children
+        self._declare_request_metrics(r)
+        self._declare_lease_metrics(r)
+        self._declare_fleet_metrics(r)
+        self._declare_model_metrics(r)
+
+    def _declare_request_metrics(self, r: RefreshedRegistry) -> None:
+        """Queues and sheds: what happens to requests before a lease."""
         self.queue_depth = Gauge(
             "inference_scheduler_queue_depth",
             "Requests waiting for a lease",
@@ -49,6 +56,9 @@ class SchedulerMetrics:
             ["tenant", "priority", "reason"],
             registry=r,
         )
+
+    def _declare_lease_metrics(self, r: RefreshedRegistry) -> None:
+        """Leases: how they start and end, and the tokens they served."""
         self.lease_lost = Counter(
             "inference_scheduler_leases_lost",
             "Leases that ended before their stream: requests resubmitted to resume elsewhere",
@@ -89,6 +99,9 @@ class SchedulerMetrics:
             ["tenant"],
             registry=r,
         )
+
+    def _declare_fleet_metrics(self, r: RefreshedRegistry) -> None:
+        """Workers and their devices, refreshed on scrape."""
         self.leases = Gauge(
             "inference_scheduler_leases", "Leases held per worker", ["worker"], registry=r
         )
@@ -116,6 +129,9 @@ class SchedulerMetrics:
             ["worker", "gpu_id"],
             registry=r,
         )
+
+    def _declare_model_metrics(self, r: RefreshedRegistry) -> None:
+        """Models and tenants: desired workers, slot use, fairness."""
         self.desired_workers = Gauge(
             "inference_scheduler_desired_workers",
             "Workers each model should have, by the autoscaling policy (drives KEDA)",
