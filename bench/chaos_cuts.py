@@ -24,11 +24,16 @@ KINDS = ("worker silent", "worker cut from the routers", "worker cut from the sc
 
 
 def available() -> str:
-    """Why cuts cannot be made here ("" when they can)."""
+    """Why cuts cannot be made here ("" when they can): tried with an empty table."""
     if os.geteuid() != 0:
         return "needs root"
     if shutil.which("nft") is None:
         return "needs nft (Debian: apt-get install nftables)"
+    probe = f"{TABLE}_probe"
+    made = subprocess.run(["nft", "add", "table", "inet", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"nft cannot add a table here: {made.stderr.strip()}"
+    subprocess.run(["nft", "delete", "table", "inet", probe], capture_output=True)
     return ""
 
 
@@ -67,7 +72,7 @@ def cut_loop(system, rng: random.Random, stop: threading.Event, log: list) -> No
     """Every 6-14 s a worker cut one of the KINDS of ways for 2-12 s, then healed."""
     began = time.monotonic()
     try:
-        while not stop.wait(rng.uniform(6.0, 14.0)):
+        while not stop.wait(rng.uniform(6.0, 14.0)):  # a failing cut raises: the run says so
             victims = system.victims("worker")
             if not victims:
                 continue
