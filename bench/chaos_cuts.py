@@ -24,17 +24,18 @@ KINDS = ("worker silent", "worker cut from the routers", "worker cut from the sc
 
 
 def available() -> str:
-    """Why cuts cannot be made here ("" when they can): tried with an empty table."""
+    """Why cuts cannot be made here ("" when they can): tried with a table whose chain hooks
+    input and holds no rule."""
     if os.geteuid() != 0:
         return "needs root"
     if shutil.which("nft") is None:
         return "needs nft (Debian: apt-get install nftables)"
     probe = f"{TABLE}_probe"
-    made = subprocess.run(["nft", "add", "table", "inet", probe], capture_output=True, text=True)
-    if made.returncode != 0:
-        return f"nft cannot add a table here: {made.stderr.strip()}"
+    chain = f"add chain inet {probe} input {{ type filter hook input priority 0; }}"
+    script = f"add table inet {probe}\n{chain}"
+    made = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True)
     subprocess.run(["nft", "delete", "table", "inet", probe], capture_output=True)
-    return ""
+    return f"nft cannot hook here: {made.stderr.strip()}" if made.returncode else ""
 
 
 def worker_ports(pid: int, scheduler_port: int, kind: str) -> list[int]:
