@@ -86,12 +86,12 @@ class SchedulerSession:
         step often ends several), where the scheduler takes them so."""
         if message.HasField("lease_ended"):
             self._keep_until_delivered(message.lease_ended)
-        if self._batch_ends and message.HasField("lease_ended"):
-            if self._open_batch is None:
-                self._open_batch = []
-                self._outbox.put_nowait(self._open_batch)
-            self._open_batch.append(message.lease_ended)
-            return
+            if self._batch_ends:
+                if self._open_batch is None:
+                    self._open_batch = []
+                    self._outbox.put_nowait(self._open_batch)
+                self._open_batch.append(message.lease_ended)
+                return
         self._open_batch = None  # what follows goes after this message, in order
         self._outbox.put_nowait(message)
 

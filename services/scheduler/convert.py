@@ -145,6 +145,11 @@ def cache_reports(reports: Iterable[types_pb2.PrefixCacheReport]) -> list[CacheR
     return [CacheReport(r.model_id, tuple(r.stored), tuple(r.removed), r.full) for r in reports]
 
 
+def lease_end(ended: scheduler_pb2.LeaseEnded) -> tuple[str, Outcome, Usage]:
+    """A worker's report of a lease's end: the lease, how it ended, what it used."""
+    return ended.lease_id, outcome(ended.outcome), usage(ended)
+
+
 def usage(ended: scheduler_pb2.LeaseEnded) -> Usage:
     return Usage(ended.prompt_tokens, ended.completion_tokens, ended.time_to_first_token_ms)
 

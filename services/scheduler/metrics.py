@@ -166,14 +166,15 @@ class SchedulerMetrics:
     def lease_ended(self, lease: Lease, outcome: Outcome, usage: Usage | None) -> None:
         """Counts a lease's end, and the tokens its worker reports it generated."""
         self.lease_ends.labels(outcome.value).inc()
-        if usage is not None and usage.completion_tokens:
-            self.served.add(lease.tenant_id, usage.completion_tokens)
-            self.served_tokens.labels(lease.tenant_id).inc(usage.completion_tokens)
+        self._count_served(lease, usage)
 
     def lease_reconciled(self, lease: Lease, outcome: Outcome, usage: Usage | None) -> None:
         """A lease that ended here unreported, settled by a late report (its worker's, or its
         router's resubmission)."""
         self.lease_reconciliations.labels(outcome.value).inc()
+        self._count_served(lease, usage)
+
+    def _count_served(self, lease: Lease, usage: Usage | None) -> None:
         if usage is not None and usage.completion_tokens:
             self.served.add(lease.tenant_id, usage.completion_tokens)
             self.served_tokens.labels(lease.tenant_id).inc(usage.completion_tokens)

@@ -164,7 +164,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             memory_budget=reg.memory_budget_bytes,
             running=[convert.running_lease(c, reg.address, gpu_id, now) for c in reg.leases],
             caches=convert.cache_reports(reg.prefix_caches),
-            ended=[(e.lease_id, convert.outcome(e.outcome), convert.usage(e)) for e in reg.ended],
+            ended=[convert.lease_end(e) for e in reg.ended],
         )
 
     async def _read_session(
@@ -194,9 +194,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             session.outbox.put_nowait(END_SESSION)
 
     def _lease_ended(self, session: Session, ended: scheduler_pb2.LeaseEnded) -> None:
-        self._coord.lease_ended(
-            session.worker_id, ended.lease_id, convert.outcome(ended.outcome), convert.usage(ended)
-        )
+        self._coord.lease_ended(session.worker_id, *convert.lease_end(ended))
 
     def _lease_started(
         self, session: Session, claims: types_pb2.LeaseClaims, where: tuple[str, str]

@@ -37,19 +37,20 @@ def state_of(scheduler: SchedulerServer, worker_id: str):
 
 
 async def test_an_idle_worker_stays_quiet_and_alive_and_a_change_goes_at_the_next_interval():
-    stack = await start_stack([MODEL], workers=1, quiet_heartbeats=4)  # 100 ms intervals
+    # 100 ms intervals; quiet, a worker beats once in 21 (2.1 s), suspect after 3 s of silence
+    stack = await start_stack([MODEL], workers=1, quiet_heartbeats=20, heartbeat_misses=10)
     try:
         [worker] = stack.workers
         await asyncio.sleep(0.5)  # its first heartbeats, while its model came up
         heard = count_heartbeats(stack.scheduler)
         await asyncio.sleep(2.0)  # 20 intervals, nothing changing
-        assert 2 <= len(heard) <= 6  # one in every 5 intervals, not 20
+        assert len(heard) <= 3  # not one an interval
         record = state_of(stack.scheduler, worker.worker_id)
-        assert not record.suspect  # silent 0.5 s at a time, past the 5 misses' 0.5 s
+        assert not record.suspect  # silent longer than misses alone allow: quiet, not dead
         answer = await stack.router_stub().Infer(request("sim-quiet", max_tokens=4), timeout=5)
         assert answer.worker_id == worker.worker_id
-        worker.host.draining = True  # what a decision reads: it goes at the next interval
-        await wait_until(lambda: record.state is WorkerState.DRAINING, timeout_s=0.3)
+        worker.host.draining = True  # what a decision reads goes at the next interval,
+        await wait_until(lambda: record.state is WorkerState.DRAINING, timeout_s=1.0)  # < 2.1 s
     finally:
         await stack.close()
 

@@ -58,7 +58,7 @@ class LeaseTable:
         self._serving: dict[str, dict[str, WorkerRecord]] = {}  # model → its workers
         self._index = RoomIndex(self._workers.get)
         self._rooms = MappingProxyType(self._index.rooms)  # a read-only live view
-        self._liveness = Liveness()  # when each worker was last heard from
+        self._liveness = Liveness(lambda w: self._workers[w].last_heartbeat)
         self._unstarted: dict[str, float] = {}  # lease → start-by time, in grant order
 
     @classmethod
@@ -121,7 +121,7 @@ class LeaseTable:
 
     def _beat(self, record: WorkerRecord, now: float) -> None:
         record.last_heartbeat = now
-        self._liveness.heard(record.worker_id, now)
+        self._liveness.heard(record.worker_id)
 
     def session_closed(self, worker_id: str, now: float) -> None:
         """Its session closed: no new lease, and removed soon unless it registers again."""

@@ -9,6 +9,7 @@ is removed soon after unless it registers again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -20,14 +21,18 @@ class SilenceBounds:
 
 
 class Liveness:
-    def __init__(self) -> None:
-        self._by_beat: dict[str, float] = {}  # worker → last heard, the longest silent first
+    """The order in which workers were heard from; when each was is `last_heard`'s (the
+    worker's record owns it)."""
+
+    def __init__(self, last_heard: Callable[[str], float]) -> None:
+        self._last_heard = last_heard
+        self._by_beat: dict[str, None] = {}  # workers, the longest silent first
         self._closed: dict[str, float] = {}  # worker → when its session closed
 
-    def heard(self, worker_id: str, now: float) -> None:
+    def heard(self, worker_id: str) -> None:
         """A message of the worker arrived (a new session's registration included)."""
         self._by_beat.pop(worker_id, None)
-        self._by_beat[worker_id] = now
+        self._by_beat[worker_id] = None
         self._closed.pop(worker_id, None)
 
     def closed(self, worker_id: str, now: float) -> None:
@@ -44,8 +49,8 @@ class Liveness:
         and those whose session closed too long ago."""
         suspect: list[str] = []
         dead: list[str] = []
-        for worker_id, heard in self._by_beat.items():
-            silence = now - heard
+        for worker_id in self._by_beat:
+            silence = now - self._last_heard(worker_id)
             if silence <= bounds.suspect_after_s:
                 break
             (dead if silence > bounds.dead_after_s else suspect).append(worker_id)
