@@ -95,7 +95,7 @@ class Fleet:
                 *("--metrics-listen", f"127.0.0.1:{self.metrics_port}", "--log-level", "warning"),
             ],
         )
-        per_host = -(-self.args.workers // self.args.hosts)
+        per_host = -(-self.args.workers // max(1, self.args.hosts))  # none: workers elsewhere
         for h in range(self.args.hosts):
             count = min(per_host, self.args.workers - h * per_host)
             self._spawn(

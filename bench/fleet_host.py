@@ -150,7 +150,8 @@ async def _session(host: Host, worker: SimWorker, stub) -> None:
         sequence = 0
         while True:
             with contextlib.suppress(TimeoutError):
-                yield await asyncio.wait_for(worker.outbox.get(), worker.interval_s)
+                first = await asyncio.wait_for(worker.outbox.get(), worker.interval_s)
+                yield _reported_in_a_row(first, worker.outbox)
                 continue
             beat = scheduler_pb2.WorkerHeartbeat(
                 sequence=sequence + 1,
@@ -174,6 +175,18 @@ async def _session(host: Host, worker: SimWorker, stub) -> None:
             revoked = worker.running.get(command.revoke_lease.lease_id)
             if revoked is not None:
                 revoked.set()
+
+
+def _reported_in_a_row(
+    first: scheduler_pb2.WorkerSessionRequest, outbox: asyncio.Queue
+) -> scheduler_pb2.WorkerSessionRequest:
+    """The lease ends queued now, in one message, as a worker reports them."""
+    if outbox.empty():
+        return first
+    ended = [first.lease_ended]
+    while not outbox.empty():
+        ended.append(outbox.get_nowait().lease_ended)
+    return scheduler_pb2.WorkerSessionRequest(lease_endings=scheduler_pb2.LeaseEndings(ended=ended))
 
 
 async def serve(args: argparse.Namespace) -> None:

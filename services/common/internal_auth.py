@@ -95,7 +95,8 @@ class _WithSecret:
         self._call = call
         self._pair = (SECRET_KEY, secret)
 
-    def __call__(self, request: Any, *args: Any, metadata: Any = None, **kwargs: Any) -> Any:
+    def __call__(self, request: Any = None, *args: Any, metadata: Any = None, **kwargs: Any) -> Any:
+        # request: None for a stream written with call.write()
         return self._call(request, *args, metadata=(*(metadata or ()), self._pair), **kwargs)
 
 

@@ -87,6 +87,39 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[st
     return grpc.StatusCode.INTERNAL, "internal error", ()
 
 
+def refusal_for(exc: BaseException) -> tuple[grpc.StatusCode, str, int]:
+    """`status_for` as a message carries it rather than a call: (code, details, retry after
+    in ms, 0 when not said)."""
+    code, details, trailers = status_for(exc)
+    retry = next((int(v) for k, v in trailers if k == RETRY_AFTER_KEY), 0)
+    return code, details, retry
+
+
+def error_for(code: int, details: str, retry_after_ms: int = 0) -> Exception:
+    """The error a refusal carried in a message stands for (`refusal_for` on the other side):
+    raised where the call would have raised, it ends the caller's request with the same status
+    and retry hint. A code we do not relay becomes INTERNAL there, as a call's would."""
+    status = _STATUS_BY_VALUE.get(code)
+    with_hint = _WITH_RETRY_HINT.get(status)
+    if with_hint is not None:
+        return with_hint(details, retry_after_ms)
+    kind = _ERROR_BY_STATUS.get(status)
+    if kind is None or kind is errors.LeaseEnded:
+        return RuntimeError(f"refused with status {code}: {details}")
+    return kind(details)
+
+
+_STATUS_BY_VALUE = {status.value[0]: status for status in grpc.StatusCode}
+_ERROR_BY_STATUS: dict[grpc.StatusCode | None, type[errors.ServiceError]] = {
+    status: kind for kind, status in _CODES.items()
+}
+_WITH_RETRY_HINT: dict[grpc.StatusCode | None, Callable[[str, int], errors.ServiceError]] = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+}
+
+
 def answered(exc: grpc.aio.AioRpcError) -> bool:
     """True when a service of ours answered with this status; False when the call failed on
     the way (peer unreachable, connection cut, process killed)."""

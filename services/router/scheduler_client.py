@@ -20,6 +20,7 @@ from inference.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 from services.common import tracing
 from services.common.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from services.common.status import answered
+from services.router.ticket_stream import TicketStream
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,15 @@ HIGH_RESERVE = 0.1  # of the cap on waiting calls, kept for high-priority reques
 
 class SchedulerClient:
     def __init__(
-        self, stub: scheduler_pb2_grpc.SchedulerStub, wait_s: float, max_waiting: int = 1000
+        self,
+        stub: scheduler_pb2_grpc.SchedulerStub,
+        wait_s: float,
+        max_waiting: int = 1000,
+        ticket_stream: bool = True,
     ) -> None:
         self.stub = stub
+        # Acquire on one stream (Scheduler.Tickets); a call each if the scheduler has none
+        self._tickets = TicketStream(stub) if ticket_stream else None
         self._wait_s = wait_s
         self._max_waiting = max_waiting
         self._waiting = 0  # Acquire calls this router has open now
@@ -70,11 +77,7 @@ class SchedulerClient:
         while True:
             elapsed = time.monotonic() - started
             try:
-                return await self.stub.Acquire(
-                    ticket,
-                    timeout=max(0.001, timeout_s - elapsed),
-                    metadata=tracing.outgoing_metadata(),
-                )
+                return await self._ask(ticket, max(0.001, timeout_s - elapsed))
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in MISCONFIGURED:
                     raise misconfigured(exc) from None
@@ -88,6 +91,24 @@ class SchedulerClient:
             await asyncio.sleep(delay)
             delay = min(RETRY_DELAY_S[1], delay * 2)
             ticket.resubmission.waited_ms = base_ms + (time.monotonic() - started) * 1000.0
+
+    async def _ask(
+        self, ticket: scheduler_pb2.AcquireRequest, timeout_s: float
+    ) -> scheduler_pb2.LeaseGrant:
+        """One Acquire: on the ticket stream, or a call of its own."""
+        if self._tickets is not None and self._tickets.supported:
+            try:
+                return await self._tickets.acquire(ticket, timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                if self._tickets.supported or exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+        return await self.stub.Acquire(
+            ticket, timeout=timeout_s, metadata=tracing.outgoing_metadata()
+        )
+
+    async def close(self) -> None:
+        if self._tickets is not None:
+            await self._tickets.close()
 
 
 def _reached(exc: grpc.aio.AioRpcError) -> bool:

@@ -31,6 +31,7 @@ CALLER_ROLES = {
     f"/{SERVICE_NAME}/{method}": roles
     for method, roles in {
         "Acquire": _ROUTER,
+        "Tickets": _ROUTER,
         "Schedule": _ROUTER,
         "Embed": _ROUTER,
         "WorkerSession": _WORKER,

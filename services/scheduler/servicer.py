@@ -1,7 +1,8 @@
 """inference.v1.Scheduler: converts protobuf and calls the coordinator. No tokens pass here.
 
-`Acquire` answers with a signed lease; the router runs it on the worker. `Schedule` and `Embed`
-serve routers of the previous release by running the same lease path here (`LeasedRun`).
+`Acquire` answers with a signed lease; the router runs it on the worker. `Tickets` does the same
+for many requests on one stream. `Schedule` and `Embed` serve routers of the previous release
+by running the same lease path here (`LeasedRun`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from services.scheduler.coordinator import Coordinator, Grant
 from services.scheduler.core.admission import Shed
 from services.scheduler.metrics import SchedulerMetrics, priority_label
 from services.scheduler.sessions import END_SESSION, Session
+from services.scheduler.ticket_desk import TicketDesk
 
 log = logging.getLogger(__name__)
 TRACER = tracing.tracer("services.scheduler")
@@ -56,6 +58,17 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             "scheduler.Acquire", context.invocation_metadata(), **_attributes(request)
         ):
             return await self._grant(request, context.time_remaining())
+
+    async def Tickets(
+        self,
+        request_iterator: AsyncIterator[scheduler_pb2.TicketBatch],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[scheduler_pb2.TicketAnswers]:
+        """A router's Acquire calls on one stream (`TicketDesk`)."""
+        desk = TicketDesk(self._grant, _attributes)
+        async with contextlib.aclosing(desk.serve(request_iterator)) as answers:
+            async for message in answers:
+                yield message
 
     async def _grant(
         self, request: scheduler_pb2.AcquireRequest, timeout_s: float | None

@@ -7,16 +7,8 @@ import pytest
 from inference.v1 import scheduler_pb2, types_pb2
 
 from services.common.status import RETRY_AFTER_KEY
-from tests.stack import request, sim_model, start_stack
-
-SLOW = sim_model("sim-slow", slots=1, step_ms=20.0)
-
-
-@pytest.fixture
-async def one_slot():
-    stack = await start_stack([SLOW], queue_capacity=3)
-    yield stack
-    await stack.close()
+from tests.service.conftest import SLOW
+from tests.stack import request, start_stack
 
 
 async def wait_until(predicate, timeout_s=5.0):
