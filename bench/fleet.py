@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -32,7 +33,7 @@ import grpc
 import psutil
 from inference.v1 import scheduler_pb2_grpc, types_pb2
 
-from bench.local_system import free_port
+from bench.local_system import free_port, with_own_protos
 from services.common.errors import ResourceExhausted, ServiceError
 from services.common.leased_run import LeasedRun, generate_ticket
 from services.common.status import code_for
@@ -117,7 +118,13 @@ class Fleet:
     def _spawn(self, name: str, command: list[str], cwd: Path | None = None) -> None:
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
         self.processes.append(
-            subprocess.Popen(command, cwd=cwd or self.root, stdout=log, stderr=subprocess.STDOUT)
+            subprocess.Popen(
+                command,
+                cwd=cwd or self.root,
+                env=with_own_protos(cwd or self.root, dict(os.environ)),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         )
 
     def scheduler_process(self) -> psutil.Process:

@@ -62,6 +62,14 @@ def consecutive_free_ports(count: int) -> int:
             continue
 
 
+def with_own_protos(root: Path, env: dict[str, str]) -> dict[str, str]:
+    """`env` for a process of the checkout at `root`: its own generated protobuf code first
+    (the venv's path names this checkout's; a baseline's scheduler must not serve this one's
+    newer methods as its own)."""
+    paths = [str(root / "gen"), *filter(None, [env.get("PYTHONPATH", "")])]
+    return {**env, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 def start_make_up(env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """scripts/up.sh (what `make up` runs) in its own process group, its output to
     `log_path`."""
@@ -132,7 +140,7 @@ class LocalSystem:
         `deferred` are not started: `restart("worker-N")` starts them later."""
         scheduler = f"127.0.0.1:{self.ports['scheduler']}"
         env = {
-            **os.environ,
+            **with_own_protos(self.root, dict(os.environ)),
             "ROUTER_LISTEN": self.router_address,
             "ROUTER_SCHEDULER_ADDRESS": scheduler,
             "ROUTER_METRICS_LISTEN": f"127.0.0.1:{self.metrics_ports['router']}",

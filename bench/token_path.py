@@ -14,7 +14,8 @@ the worker. Everything runs as processes on 127.0.0.1, in one run, on a simulate
 3. unloaded first-token latency, stack and worker alone, p50 over sequential requests.
 
 `--baseline DIR` also measures the stack of another checkout (for example the revision before
-this change: `git worktree add /tmp/before <rev>`) in the same run, at saturation.
+this change: `git worktree add /tmp/before <rev>`) in the same run: at saturation, its CPU per
+request, and its unloaded first token taken in turn with this stack's.
 """
 
 from __future__ import annotations
@@ -126,11 +127,32 @@ def cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-async def first_token(paths: Paths, path: str, requests: int) -> float:
-    for _ in range(5):
-        await run_one(paths, path, 4)
-    samples = [(await run_one(paths, path, 4))[2] for _ in range(requests)]
-    return statistics.median(samples)
+async def first_tokens(ways: dict[str, tuple[Paths, str]], requests: int) -> dict[str, float]:
+    """p50 ms to the first token of unloaded requests, one at a time, the ways (name → paths
+    and path) taken in turn, so that the machine's noise falls on each alike."""
+    samples: dict[str, list[float]] = {name: [] for name in ways}
+    for n in range(5 + requests):
+        for name, (paths, path) in ways.items():
+            first = (await run_one(paths, path, 4))[2]
+            if n >= 5:  # the first few warm the connections
+                samples[name].append(first)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+async def first_token_beside(paths: Paths, args, logs: Path) -> dict[str, float]:
+    """Unloaded first tokens: the worker alone and this stack, and with `--baseline` that
+    checkout's stack, running alongside."""
+    ways = {"worker": (paths, "worker"), "stack": (paths, "stack")}
+    if not args.baseline:
+        return await first_tokens(ways, 100)
+    system = sim_cluster(logs / "baseline-ttft", 1, 64, 1.0, 0.0, root=Path(args.baseline))
+    system.start(ready_timeout_s=120)
+    then = Paths(system, direct_calls=False)
+    try:
+        return await first_tokens({**ways, "baseline": (then, "stack")}, 100)
+    finally:
+        await then.close()
+        system.stop()
 
 
 async def measure(flush_ms: float, args, logs: Path) -> dict:
@@ -150,9 +172,7 @@ async def measure(flush_ms: float, args, logs: Path) -> dict:
                 str(tokens): await cpu_per_request(paths, procs, tokens, args.requests)
                 for tokens in (32, 512)
             }
-            row["ttft_ms_p50"] = {
-                path: await first_token(paths, path, 100) for path in ("worker", "stack")
-            }
+            row["ttft_ms_p50"] = await first_token_beside(paths, args, logs)
         return row
     finally:
         await paths.close()
@@ -211,6 +231,11 @@ def report(rows: list[dict]) -> None:
         f"first token p50, unloaded: worker alone {ttft['worker']:.2f} ms, stack "
         f"{ttft['stack']:.2f} ms: router + scheduler add {ttft['stack'] - ttft['worker']:.2f} ms"
     )
+    if "baseline" in ttft:
+        print(
+            f"first token p50, unloaded, baseline stack {ttft['baseline']:.2f} ms (taken in turn"
+            f" with the above): router + scheduler add {ttft['baseline'] - ttft['worker']:.2f} ms"
+        )
 
 
 def main() -> None:

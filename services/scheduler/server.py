@@ -75,17 +75,15 @@ class SchedulerServer:
             roles=CALLER_ROLES,
             options=SESSION_WATCH_OPTIONS,
         )
-        scheduler_pb2_grpc.add_SchedulerServicer_to_server(
-            SchedulerServicer(
-                self.coordinator,
-                (config.heartbeat_interval_ms, config.quiet_heartbeats),
-                self.metrics,
-                self.lease_signer,
-                config.dispatch.lease_start_timeout_s,
-                lambda acquire: LeasedRun(acquire, self.workers, config.max_resumes),
-            ),
-            self.grpc.server,
+        self.servicer = SchedulerServicer(
+            self.coordinator,
+            (config.heartbeat_interval_ms, config.quiet_heartbeats),
+            self.metrics,
+            self.lease_signer,
+            config.dispatch.lease_start_timeout_s,
+            lambda acquire: LeasedRun(acquire, self.workers, config.max_resumes),
         )
+        scheduler_pb2_grpc.add_SchedulerServicer_to_server(self.servicer, self.grpc.server)
         self._sweeper: asyncio.Task | None = None
 
     @property
@@ -106,6 +104,7 @@ class SchedulerServer:
         """Ends worker sessions, lets in-flight requests finish within the grace period."""
         await self.grpc.set_serving(False)
         self.coordinator.end_all_sessions()
+        self.servicer.end_ticket_streams()
         await self.grpc.stop(grace_s)
         if self._sweeper is not None:
             self._sweeper.cancel()

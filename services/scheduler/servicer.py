@@ -50,6 +50,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self._lease_signer = lease_signer
         self._lease_start_ms = int(lease_start_s * 1000)
         self._compat = compat(self._grant)
+        self._desks: set[TicketDesk] = set()  # the open ticket streams
 
     async def Acquire(
         self, request: scheduler_pb2.AcquireRequest, context: grpc.aio.ServicerContext
@@ -66,9 +67,18 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     ) -> AsyncIterator[scheduler_pb2.TicketAnswers]:
         """A router's Acquire calls on one stream (`TicketDesk`)."""
         desk = TicketDesk(self._grant, _attributes)
-        async with contextlib.aclosing(desk.serve(request_iterator)) as answers:
-            async for message in answers:
-                yield message
+        self._desks.add(desk)
+        try:
+            async with contextlib.aclosing(desk.serve(request_iterator)) as answers:
+                async for message in answers:
+                    yield message
+        finally:
+            self._desks.discard(desk)
+
+    def end_ticket_streams(self) -> None:
+        """At shutdown: every ticket stream ends (its routers submit its tickets again)."""
+        for desk in list(self._desks):
+            desk.close()
 
     async def _grant(
         self, request: scheduler_pb2.AcquireRequest, timeout_s: float | None

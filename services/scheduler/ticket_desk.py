@@ -5,7 +5,8 @@ answer, a grant or the status Acquire would have ended with, joins the answers n
 the stream sends them together in its next message. So tickets that arrive together, and
 answers decided together, cost a message between them rather than a call each. A withdrawn
 ticket, and every ticket still waiting when the stream closes, leaves the queue as a cancelled
-Acquire call does.
+Acquire call does. A scheduler that stops closes its streams at once rather than at the end of
+its grace period: a stream would take new tickets until then, where new calls are refused.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ class TicketDesk:
             reader.cancel()
             for wait in list(self._waiting.values()):
                 wait.cancel()
+
+    def close(self) -> None:
+        """Ends the stream (the scheduler stops): the answers ready go, the waiting tickets
+        are withdrawn here, and the router, its stream broken, submits them again."""
+        self._open = False
+        self._ready.set()
 
     async def _read(self, tickets: AsyncIterator[scheduler_pb2.TicketBatch]) -> None:
         try:

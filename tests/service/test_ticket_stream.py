@@ -1,7 +1,8 @@
 """Issue 26: a router's Acquire calls on one stream (Scheduler.Tickets). Tickets sent together
 are answered each, by number, grants and refusals alike; a withdrawn ticket, and every ticket of
 a stream that closes, leaves the queue; a router whose scheduler has no ticket stream (the
-previous release) acquires with a call each."""
+previous release) acquires with a call each; a scheduler that stops ends its streams, and the
+router submits their tickets again."""
 
 import asyncio
 
@@ -11,6 +12,8 @@ from inference.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
 from services.common.errors import NotFound
 from services.router.scheduler_client import SchedulerClient
+from services.scheduler.config import with_overrides
+from services.scheduler.server import SchedulerServer
 from tests.service.test_scheduling import queued, wait_until
 from tests.stack import request
 
@@ -119,3 +122,25 @@ async def test_a_scheduler_without_a_ticket_stream_gets_a_call_each():
             await client.close()
     finally:
         await server.stop(0)
+
+
+async def test_a_stopping_scheduler_ends_its_ticket_streams_and_the_router_submits_again(
+    one_slot,
+):
+    stub = one_slot.router_stub()
+    blocker = asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=50)))
+    await wait_until(lambda: one_slot.scheduler.coordinator.state.active_leases() == 1)
+    waiting = asyncio.ensure_future(stub.Infer(request("sim-slow", max_tokens=2), timeout=30))
+    await wait_until(lambda: queued(one_slot) == 1)
+    old = one_slot.scheduler
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await old.stop(10.0)
+    assert loop.time() - began < 5.0  # no ticket stream held it for its grace period
+    one_slot.scheduler = SchedulerServer(  # waits for its workers, as a restarted one does
+        with_overrides(old.config, listen=one_slot.scheduler_address, recovery_s=5.0)
+    )
+    await one_slot.scheduler.start()
+    answer = await waiting  # submitted again, to the scheduler that took over
+    assert answer.completion_tokens == 2
+    await blocker
