@@ -147,12 +147,14 @@ async def _session(host: Host, worker: SimWorker, stub) -> None:
                 models=[worker.model()],
             )
         )
-        sequence = 0
-        while True:
+        sequence, loop = 0, asyncio.get_running_loop()
+        due = loop.time() + worker.interval_s
+        while True:  # heartbeats keep their interval however many lease ends go between
             with contextlib.suppress(TimeoutError):
-                first = await asyncio.wait_for(worker.outbox.get(), worker.interval_s)
+                first = await asyncio.wait_for(worker.outbox.get(), max(0.0, due - loop.time()))
                 yield _reported_in_a_row(first, worker.outbox)
                 continue
+            due = loop.time() + worker.interval_s
             beat = scheduler_pb2.WorkerHeartbeat(
                 sequence=sequence + 1,
                 device=worker.device(),
