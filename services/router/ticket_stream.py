@@ -76,13 +76,21 @@ class _Stream:
         self.waiting.clear()
 
     async def _write(self) -> None:
-        with contextlib.suppress(grpc.aio.UsageError, grpc.aio.AioRpcError):
+        """Writes what is queued, together, whenever the last write is done. A stream that
+        ended is the reader's to report; any other failure cancels the call, so that the
+        reader fails its tickets and the router submits them again."""
+        try:
             while True:
                 await self.to_write.wait()
                 self.to_write.clear()
                 batch = scheduler_pb2.TicketBatch(tickets=self.tickets, withdrawn=self.withdrawn)
                 self.tickets, self.withdrawn = [], []
                 await self.call.write(batch)
+        except (grpc.aio.UsageError, grpc.aio.AioRpcError):
+            pass
+        except Exception:
+            log.exception("writing to the ticket stream failed; its tickets are submitted again")
+            self.call.cancel()
 
 
 class TicketStream:

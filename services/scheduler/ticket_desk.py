@@ -12,13 +12,17 @@ its grace period: a stream would take new tickets until then, where new calls ar
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import grpc
 from inference.v1 import scheduler_pb2
 
 from services.common import tracing
+from services.common.errors import InvalidArgument
 from services.common.status import refusal_for
 
+log = logging.getLogger(__name__)
 Grant = Callable[[scheduler_pb2.AcquireRequest, float | None], Awaitable[scheduler_pb2.LeaseGrant]]
 Attributes = Callable[[scheduler_pb2.AcquireRequest], dict[str, object]]
 
@@ -33,6 +37,7 @@ class TicketDesk:
         self._answers: list[scheduler_pb2.TicketAnswer] = []
         self._ready = asyncio.Event()  # answers to send, or the stream's end
         self._open = True
+        self._refused: InvalidArgument | None = None  # why the stream ends with a status
 
     async def serve(
         self, tickets: AsyncIterator[scheduler_pb2.TicketBatch]
@@ -47,6 +52,8 @@ class TicketDesk:
                 if self._answers:
                     ready, self._answers = self._answers, []
                     yield scheduler_pb2.TicketAnswers(answers=ready)
+            if self._refused is not None:
+                raise self._refused
         finally:
             reader.cancel()
             for wait in list(self._waiting.values()):
@@ -61,6 +68,9 @@ class TicketDesk:
     async def _read(self, tickets: AsyncIterator[scheduler_pb2.TicketBatch]) -> None:
         try:
             async for batch in tickets:
+                if not isinstance(batch, scheduler_pb2.TicketBatch):  # it did not parse
+                    self._refused = InvalidArgument("malformed ticket batch: not a TicketBatch")
+                    return
                 for number in batch.withdrawn:
                     wait = self._waiting.get(number)
                     if wait is not None:
@@ -68,6 +78,10 @@ class TicketDesk:
                 for ticket in batch.tickets:
                     if ticket.number not in self._waiting:  # a number sent twice: once
                         self._waiting[ticket.number] = asyncio.create_task(self._answer(ticket))
+        except grpc.aio.AioRpcError:
+            pass  # the router's side broke: its tickets are withdrawn
+        except Exception:
+            log.exception("a ticket stream failed; ending it (its router submits again)")
         finally:
             self._open = False
             self._ready.set()

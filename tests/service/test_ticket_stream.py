@@ -144,3 +144,22 @@ async def test_a_stopping_scheduler_ends_its_ticket_streams_and_the_router_submi
     answer = await waiting  # submitted again, to the scheduler that took over
     assert answer.completion_tokens == 2
     await blocker
+
+
+async def test_a_ticket_message_that_does_not_parse_ends_its_stream_alone(one_slot):
+    channel = grpc.aio.insecure_channel(one_slot.scheduler_address)
+    raw = channel.stream_stream(
+        "/inference.v1.Scheduler/Tickets",
+        request_serializer=lambda data: data,
+        response_deserializer=scheduler_pb2.TicketAnswers.FromString,
+    )()
+    await raw.write(b"\xff\xff\xff\xff")  # not a TicketBatch
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await asyncio.wait_for(raw.read(), 5)
+    assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await channel.close()
+    call = one_slot.scheduler_stub().Tickets()  # another stream is served as before
+    await call.write(scheduler_pb2.TicketBatch(tickets=[ticket(1, "after")]))
+    message = await asyncio.wait_for(call.read(), 5)
+    assert message.answers[0].grant.lease_id
+    call.cancel()
