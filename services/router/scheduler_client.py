@@ -100,8 +100,8 @@ class SchedulerClient:
             try:
                 return await self._tickets.acquire(ticket, timeout_s)
             except grpc.aio.AioRpcError as exc:
-                if self._tickets.supported or exc.code() != grpc.StatusCode.UNIMPLEMENTED:
-                    raise
+                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise  # UNIMPLEMENTED: the previous release; this one goes as a call
         return await self.stub.Acquire(
             ticket, timeout=timeout_s, metadata=tracing.outgoing_metadata()
         )

@@ -5,7 +5,8 @@ answers those decided together in one: under load a request costs both ends a sh
 message where a call of its own would cost each a call. A request whose caller leaves, or whose
 deadline passes here first, is withdrawn. When the stream breaks, every ticket on it fails with
 the stream's status, as each call would have (the router submits them again, on a new stream);
-a scheduler of the previous release answers UNIMPLEMENTED, and `supported` turns False.
+a scheduler of the previous release answers UNIMPLEMENTED, and `supported` turns False for a
+minute (then the stream is tried again: the scheduler may have been upgraded since).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 
 import grpc
 from inference.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -23,6 +25,7 @@ from services.common.errors import DeadlineExceeded
 from services.common.status import error_for
 
 log = logging.getLogger(__name__)
+RETRY_STREAM_S = 60.0  # after UNIMPLEMENTED, calls for this long, then the stream again
 
 
 class _Stream:
@@ -63,6 +66,9 @@ class _Stream:
         except asyncio.CancelledError:
             self.broken = _ended("the router closed the ticket stream")
             raise
+        except Exception:
+            log.exception("reading the ticket stream failed; its tickets are submitted again")
+            self.broken = _ended("the router could not read the ticket stream")
         finally:
             writer.cancel()
             self.call.cancel()
@@ -100,7 +106,13 @@ class TicketStream:
         self._stub = stub
         self._stream: _Stream | None = None
         self._numbers = itertools.count(1)
-        self.supported = True  # False: the scheduler has no Tickets (the previous release)
+        self._unsupported_until = 0.0  # monotonic: the scheduler answered UNIMPLEMENTED
+
+    @property
+    def supported(self) -> bool:
+        """False for a while after the scheduler showed it has no Tickets (the previous
+        release); then the stream is tried again, for a scheduler upgraded since."""
+        return time.monotonic() >= self._unsupported_until
 
     async def acquire(
         self, request: scheduler_pb2.AcquireRequest, timeout_s: float
@@ -125,7 +137,7 @@ class TicketStream:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED and self.supported:
                 log.info("the scheduler has no ticket stream; acquiring with a call each")
-                self.supported = False
+                self._unsupported_until = time.monotonic() + RETRY_STREAM_S
             raise
         if answer.HasField("grant"):
             return answer.grant

@@ -97,13 +97,18 @@ class PreviousRelease(scheduler_pb2_grpc.SchedulerServicer):
 
     def __init__(self) -> None:
         self.calls = 0
+        self.streams = 0  # Tickets calls it refused
 
     async def Acquire(self, request, context):
         self.calls += 1
         return scheduler_pb2.LeaseGrant(lease_id=f"lease-{request.request_id}", worker_id="w")
 
+    async def Tickets(self, request_iterator, context):
+        self.streams += 1
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
 
-async def test_a_scheduler_without_a_ticket_stream_gets_a_call_each():
+
+async def test_a_scheduler_without_a_ticket_stream_gets_a_call_each_and_is_tried_again_later():
     server = grpc.aio.server()
     previous = PreviousRelease()
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(previous, server)
@@ -118,7 +123,10 @@ async def test_a_scheduler_without_a_ticket_stream_gets_a_call_each():
                 )
                 grant = await client.acquire(request_, 5.0)
                 assert grant.lease_id == f"lease-r{n}"
-            assert previous.calls == 3
+            assert (previous.calls, previous.streams) == (3, 1)  # one try, then calls
+            client._tickets._unsupported_until = 0.0  # a minute later: upgraded since?
+            await client.acquire(scheduler_pb2.AcquireRequest(request_id="r4", model_id="m"), 5)
+            assert (previous.calls, previous.streams) == (4, 2)  # tried again, then a call
             await client.close()
     finally:
         await server.stop(0)
