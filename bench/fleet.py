@@ -302,8 +302,12 @@ async def simulate(fleet: Fleet) -> dict:
             except grpc.aio.AioRpcError as exc:
                 acquire_codes[exc.code().name] += 1
                 raise
-            except ResourceExhausted:
-                acquire_codes["RESOURCE_EXHAUSTED (router cap)"] += 1
+            except ResourceExhausted as exc:
+                capped = "waiting for a lease already" in exc.message
+                acquire_codes["RESOURCE_EXHAUSTED" + (" (router cap)" if capped else "")] += 1
+                raise
+            except ServiceError as exc:  # a refusal on the ticket stream, as its error
+                acquire_codes[f"{code_for(exc).name}: {exc.message}"] += 1
                 raise
             granted[0] += 1  # one decision: a lease granted
             return grant

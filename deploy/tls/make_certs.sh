@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes a private CA and one certificate per role (router, scheduler, worker, actuator) for
 # mTLS between the services. Each certificate serves and authenticates as a client; its
-# common name is its role, which the services check (only routers may call Acquire, only
+# common name is its role, which the services check (only routers may call Acquire and Tickets, only
 # workers open WorkerSession, ...), and callers check a peer's certificate for its role's
 # name, so pods reached by IP need no IP in their certificates.
 #   deploy/tls/make_certs.sh [out_dir]   (default: deploy/tls/certs)
