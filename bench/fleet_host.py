@@ -30,6 +30,7 @@ from services.common.status import LEASE_END_KEY, PREEMPTED
 from services.gpu_worker import convert
 from services.gpu_worker.engines.simulated import step_seconds
 from services.gpu_worker.quiet_heartbeats import QuietHeartbeats
+from services.gpu_worker.session import lease_ends_message
 
 HEARTBEAT = object()
 
@@ -183,12 +184,10 @@ def _reported_in_a_row(
     first: scheduler_pb2.WorkerSessionRequest, outbox: asyncio.Queue
 ) -> scheduler_pb2.WorkerSessionRequest:
     """The lease ends queued now, in one message, as a worker reports them."""
-    if outbox.empty():
-        return first
     ended = [first.lease_ended]
     while not outbox.empty():
         ended.append(outbox.get_nowait().lease_ended)
-    return scheduler_pb2.WorkerSessionRequest(lease_endings=scheduler_pb2.LeaseEndings(ended=ended))
+    return lease_ends_message(ended)
 
 
 async def serve(args: argparse.Namespace) -> None:

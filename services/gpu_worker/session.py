@@ -203,7 +203,7 @@ class SchedulerSession:
             if isinstance(item, list):  # lease ends reported in a row
                 if item is self._open_batch:
                     self._open_batch = None  # sent now: later ends start another
-                yield _lease_ends(item)
+                yield lease_ends_message(item)
                 continue
             if item is not HEARTBEAT and item is not INTERVAL:
                 yield item
@@ -215,7 +215,10 @@ class SchedulerSession:
                 yield beat
 
 
-def _lease_ends(ended: list[scheduler_pb2.LeaseEnded]) -> scheduler_pb2.WorkerSessionRequest:
+def lease_ends_message(
+    ended: list[scheduler_pb2.LeaseEnded],
+) -> scheduler_pb2.WorkerSessionRequest:
+    """Lease ends reported in a row: one alone as `lease_ended`, several as `lease_endings`."""
     if len(ended) == 1:
         return scheduler_pb2.WorkerSessionRequest(lease_ended=ended[0])
     return scheduler_pb2.WorkerSessionRequest(lease_endings=scheduler_pb2.LeaseEndings(ended=ended))

@@ -127,6 +127,8 @@ class RouterServer:
         if self.http is not None:
             doors.append(self.http.stop())
         await asyncio.gather(*doors)
+        for client in self.pools.clients.values():  # their ticket streams, then channels
+            await client.close()
         for channel in self.channels.values():
             await channel.close()
         await self.workers.close()

@@ -48,7 +48,14 @@ class _Stream:
         return future
 
     def withdraw(self, number: int) -> None:
-        if self.waiting.pop(number, None) is not None and self.broken is None:
+        """The ticket's caller gave up: a ticket not written yet is not sent; one written is
+        withdrawn at the scheduler."""
+        if self.waiting.pop(number, None) is None or self.broken is not None:
+            return
+        unsent = [t for t in self.tickets if t.number != number]
+        if len(unsent) < len(self.tickets):
+            self.tickets = unsent
+        else:
             self.withdrawn.append(number)
             self.to_write.set()
 

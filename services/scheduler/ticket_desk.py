@@ -71,13 +71,13 @@ class TicketDesk:
                 if not isinstance(batch, scheduler_pb2.TicketBatch):  # it did not parse
                     self._refused = InvalidArgument("malformed ticket batch: not a TicketBatch")
                     return
-                for number in batch.withdrawn:
-                    wait = self._waiting.get(number)
-                    if wait is not None:
-                        wait.cancel()
                 for ticket in batch.tickets:
                     if ticket.number not in self._waiting:  # a number sent twice: once
                         self._waiting[ticket.number] = asyncio.create_task(self._answer(ticket))
+                for number in batch.withdrawn:  # after: a ticket withdrawn in its own batch
+                    wait = self._waiting.get(number)
+                    if wait is not None:
+                        wait.cancel()
         except grpc.aio.AioRpcError:
             pass  # the router's side broke: its tickets are withdrawn
         except Exception:

@@ -90,13 +90,13 @@ async def test_leases_that_end_together_are_reported_in_one_message_and_each_end
     monkeypatch,
 ):
     sizes: list[int] = []
-    pack = worker_session._lease_ends
+    pack = worker_session.lease_ends_message
 
     def counted(ended):
         sizes.append(len(ended))
         return pack(ended)
 
-    monkeypatch.setattr(worker_session, "_lease_ends", counted)
+    monkeypatch.setattr(worker_session, "lease_ends_message", counted)
     stack = await start_stack([MODEL], workers=1)
     try:
         [worker] = stack.workers

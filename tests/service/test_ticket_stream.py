@@ -60,6 +60,13 @@ async def test_a_withdrawn_ticket_and_a_closed_streams_tickets_leave_the_queue(o
     await wait_until(lambda: queued(one_slot) == 2)
     await call.write(scheduler_pb2.TicketBatch(withdrawn=[1]))
     await wait_until(lambda: queued(one_slot) == 1)
+    # a ticket withdrawn in the batch that carries it never waits
+    await call.write(scheduler_pb2.TicketBatch(tickets=[ticket(3, "c")], withdrawn=[3]))
+    # a ticket read after it, answered at once: by then "c" would have been queued
+    await call.write(scheduler_pb2.TicketBatch(tickets=[ticket(4, "d", model_id="no-such")]))
+    message = await asyncio.wait_for(call.read(), 5)
+    assert [a.number for a in message.answers] == [4]
+    assert queued(one_slot) == 1  # "b" alone
     await call.done_writing()  # the router's side closed: "b" is nobody's any more
     await wait_until(lambda: queued(one_slot) == 0)
     assert await asyncio.wait_for(call.read(), 5) == grpc.aio.EOF  # never answered

@@ -30,7 +30,8 @@ class Liveness:
         self._closed: dict[str, float] = {}  # worker → when its session closed
 
     def heard(self, worker_id: str) -> None:
-        """A message of the worker arrived (a new session's registration included)."""
+        """A heartbeat of the worker arrived (a new session's registration included); its
+        lease ends do not count: a worker whose heartbeats stopped is suspect."""
         self._by_beat.pop(worker_id, None)
         self._by_beat[worker_id] = None
         self._closed.pop(worker_id, None)
